@@ -1,0 +1,104 @@
+"""What every attack gets (the adversary's view) and what it must provide (fit, then score).
+
+The view holds the transcript, the model architecture (the server chose it), the adversary's
+population data and the target records — and nothing else: no ledger, no client data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmia.data.records import Records
+from fedmia.models import set_weights
+from fedmia.registry import Registry
+from fedmia.transcript import Transcript, Weights
+
+
+@dataclass
+class AdversaryView:
+    transcript: Transcript
+    model_factory: Callable[[], nn.Module]
+    population: Records
+    targets: Records
+    num_classes: int
+    device: torch.device
+    population_fpr: float = 0.1  # false-alarm rate the adversary accepts when it sets thresholds
+    batch_size: int = 64
+    _summaries: dict = field(default_factory=dict, repr=False)
+
+    def model_with(self, weights: Weights) -> nn.Module:
+        model = self.model_factory()
+        set_weights(model, weights)
+        return model.to(self.device).eval()
+
+    def pixel_summaries(self, records: Records, weights: Weights | None = None) -> dict[str, np.ndarray]:
+        """Per-record means of per-pixel statistics on a model (default: the final global one).
+
+        One forward pass serves every threshold attack; results are cached per (records, model).
+        """
+        weights = self.transcript.final if weights is None else weights
+        key = (id(records), id(weights))
+        if key not in self._summaries:
+            self._summaries[key] = pixel_summaries(
+                self.model_with(weights), records, device=self.device, batch_size=self.batch_size
+            )
+        return self._summaries[key]
+
+
+@torch.no_grad()
+def pixel_summaries(model: nn.Module, records: Records, *, device, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Mean over pixels of: cross-entropy of the true class, entropy, max-softmax, and Song &
+    Mittal's modified entropy  −(1−p_y)·log p_y − Σ_{i≠y} p_i·log(1−p_i)."""
+    out: dict[str, list[np.ndarray]] = {"loss": [], "entropy": [], "confidence": [], "modified-entropy": []}
+    eps = 1e-12
+    for start in range(0, len(records), batch_size):
+        x = torch.as_tensor(records.images[start : start + batch_size]).to(device)
+        y = torch.as_tensor(records.masks[start : start + batch_size]).to(device)
+        log_p = torch.log_softmax(model(x).float(), dim=1)
+        p = log_p.exp()
+        log_p_true = log_p.gather(1, y.unsqueeze(1)).squeeze(1)
+        p_true = log_p_true.exp()
+        log_1mp = torch.log((1 - p).clamp_min(eps))
+        others = (p * log_1mp).sum(1) - p_true * log_1mp.gather(1, y.unsqueeze(1)).squeeze(1)
+        mentr = -(1 - p_true) * log_p_true - others
+        per_record = {
+            "loss": -log_p_true,
+            "entropy": -(p * log_p).sum(1),
+            "confidence": p.max(1).values,
+            "modified-entropy": mentr,
+        }
+        for name, pixels in per_record.items():
+            out[name].append(pixels.flatten(1).mean(1).cpu().numpy())
+    return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in out.items()}
+
+
+class Attack(ABC):
+    """Subclasses set `name`, learn what they need in `fit`, and return per-record scores where
+    higher means "more likely a member". `threshold` is the adversary's own decision rule
+    (chosen without ground truth), or None if the attack makes no decision."""
+
+    name: ClassVar[str]
+    threshold: float | None = None
+
+    @abstractmethod
+    def fit(self, view: AdversaryView) -> None: ...
+
+    @abstractmethod
+    def score(self, view: AdversaryView, records: Records) -> np.ndarray: ...
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def register_attack(name: str):
+    def add(cls: type[Attack]) -> type[Attack]:
+        cls.name = name
+        return ATTACKS.register(name)(cls)
+
+    return add

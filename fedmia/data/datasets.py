@@ -1,0 +1,104 @@
+"""The dataset registry and its front door, `load_dataset`.
+
+Each dataset module registers a loader with `@DATASETS.register(name)`. A loader is called as
+`loader(records=..., image_size=..., seed=..., options={...})` and returns `(Records, DatasetInfo)`.
+The modules are imported at the bottom of this file, so importing it is enough to fill the registry.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from fedmia.data.records import DatasetInfo, Records
+from fedmia.registry import Registry
+
+Loader = Callable[..., "tuple[Records, DatasetInfo]"]
+
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def load_dataset(
+    name: str, *, records: int, image_size: int, seed: int, options: dict | None = None
+) -> tuple[Records, DatasetInfo]:
+    """Load `records` records of dataset `name` at `image_size`×`image_size`.
+
+    Raises UnknownNameError for an unregistered name and ValueError for bad arguments or options.
+    """
+    loader = DATASETS.get(name)
+    int_option(name, "records", records, minimum=1)
+    int_option(name, "image_size", image_size, minimum=1)
+    int_option(name, "seed", seed, minimum=0)  # numpy seed sequences reject negative seeds
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"{name}: options must be a dict, found {type(options).__name__}")
+    data, info = loader(records=records, image_size=image_size, seed=seed, options=dict(options or {}))
+    # Cheap consistency check: a loader bug here would surface much later as a shape error in training.
+    if data.images.shape[1] != info.in_channels or len(info.class_names) != info.num_classes:
+        raise RuntimeError(f"{name}: loader returned records inconsistent with its DatasetInfo")
+    return data, info
+
+
+def read_options(dataset: str, options: dict, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Merge `options` over `defaults`, rejecting keys the dataset does not know (typos fail loudly)."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"{dataset}: unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"expected some of: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **options}
+
+
+def int_option(dataset: str, key: str, value: Any, *, minimum: int) -> int:
+    # bool is an int subclass, but `max_digits=True` is surely a mistake.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{dataset}: {key} must be an integer >= {minimum}, found {value!r}")
+    return int(value)
+
+
+def float_option(dataset: str, key: str, value: Any, *, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= minimum:
+        raise ValueError(f"{dataset}: {key} must be a number >= {minimum}, found {value!r}")
+    return float(value)
+
+
+def bool_option(dataset: str, key: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{dataset}: {key} must be true or false, found {value!r}")
+    return bool(value)
+
+
+def require_image_size(dataset: str, image_size: int, minimum: int) -> None:
+    if image_size < minimum:
+        raise ValueError(f"{dataset}: image_size must be >= {minimum}, found {image_size}")
+
+
+def resize_images(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of float images (N, C, H, W), one plane at a time through PIL's float mode."""
+    if images.shape[2:] == (height, width):
+        return images.astype(np.float32, copy=True)
+    out = np.empty(images.shape[:2] + (height, width), dtype=np.float32)
+    for n in range(images.shape[0]):
+        for c in range(images.shape[1]):
+            # A float32 array becomes a PIL "F" image, which resizes without 8-bit quantisation.
+            plane = Image.fromarray(np.ascontiguousarray(images[n, c], dtype=np.float32))
+            out[n, c] = np.asarray(plane.resize((width, height), Image.BILINEAR))
+    return np.clip(out, 0.0, 1.0)
+
+
+def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of class masks (N, H, W), so no new class values are invented."""
+    if masks.shape[1:] == (height, width):
+        return masks.astype(np.int64, copy=True)
+    out = np.empty((masks.shape[0], height, width), dtype=np.int64)
+    for n in range(masks.shape[0]):
+        plane = Image.fromarray(np.ascontiguousarray(masks[n], dtype=np.int32))  # mode "I"
+        out[n] = np.asarray(plane.resize((width, height), Image.NEAREST))
+    return out
+
+
+# Imported last: each module does `from fedmia.data.datasets import DATASETS`, which must already exist.
+from fedmia.data import digits_scenes, folder, shapes  # noqa: E402,F401

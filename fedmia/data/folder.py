@@ -1,0 +1,139 @@
+"""`folder`: a user's own images and masks on disk, matched by file stem.
+
+Layout: `<path>/images/a.jpg` ↔ `<path>/masks/a.png` (subfolder names are options). Masks are
+either binary (pixel > 127 is foreground, as in Kvasir-SEG or ISIC) or hold class indices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fedmia.data.datasets import DATASETS, int_option, read_options
+from fedmia.data.records import DatasetInfo, Records
+
+NAME = "folder"
+DEFAULTS = {
+    "path": None,
+    "images": "images",
+    "masks": "masks",
+    "channels": 3,
+    "mask_mode": "binary",
+    "num_classes": None,
+}
+
+
+@DATASETS.register(NAME)
+def load_folder(*, records: int, image_size: int, seed: int, options: dict) -> tuple[Records, DatasetInfo]:
+    del seed  # files on disk are already fixed; nothing to draw
+    opts = read_options(NAME, options, DEFAULTS)
+    if opts["path"] is None:
+        raise ValueError(f"{NAME}: option 'path' is required")
+    root = Path(opts["path"]).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"{NAME}: path '{root}' does not exist")
+    channels = opts["channels"]
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels not in (1, 3):
+        raise ValueError(f"{NAME}: channels must be 1 or 3, found {channels!r}")
+    mask_mode = opts["mask_mode"]
+    if mask_mode not in ("binary", "index"):
+        raise ValueError(f"{NAME}: mask_mode must be 'binary' or 'index', found {mask_mode!r}")
+    num_classes = opts["num_classes"]
+    if num_classes is not None:
+        num_classes = int_option(NAME, "num_classes", num_classes, minimum=2)
+        if mask_mode == "binary" and num_classes != 2:
+            raise ValueError(f"{NAME}: mask_mode 'binary' has 2 classes, found num_classes={num_classes}")
+
+    pairs = _pair_files(root, opts["images"], opts["masks"])
+    if len(pairs) < records:
+        raise ValueError(
+            f"{NAME}: '{root}' has {len(pairs)} image/mask pairs, but {records} records were asked for"
+        )
+    pairs = pairs[:records]
+
+    images = np.stack([_read_image(path, channels, image_size) for _, path, _ in pairs])
+    masks = np.stack([_read_mask(path, mask_mode, image_size) for _, _, path in pairs])
+    if mask_mode == "binary":
+        num_classes = 2
+    else:
+        largest = int(masks.max())
+        if num_classes is None:
+            num_classes = max(largest + 1, 2)  # at least background + one class
+        elif largest >= num_classes:
+            culprit = pairs[int(np.argmax(masks.reshape(len(masks), -1).max(axis=1)))][2]
+            raise ValueError(
+                f"{NAME}: mask '{culprit}' holds class {largest}, but num_classes is {num_classes}"
+            )
+
+    if mask_mode == "binary":
+        class_names = ["background", "foreground"]
+    else:
+        class_names = ["background"] + [f"class{c}" for c in range(1, num_classes)]
+    ids = np.array([f"{NAME}:{stem}" for stem, _, _ in pairs], dtype=object)
+    info = DatasetInfo(name=NAME, in_channels=channels, num_classes=num_classes, class_names=class_names)
+    return Records(images, masks, ids), info
+
+
+def _pair_files(root: Path, images_name: str, masks_name: str) -> list[tuple[str, Path, Path]]:
+    """(stem, image path, mask path) for every image, sorted by stem; every image needs a mask."""
+    images = _files_by_stem(root / images_name, "images")
+    masks = _files_by_stem(root / masks_name, "masks")
+    if not images:
+        raise ValueError(f"{NAME}: no images found in '{root / images_name}'")
+    pairs = []
+    for stem in sorted(images):
+        if stem not in masks:
+            raise ValueError(
+                f"{NAME}: image '{images[stem].name}' has no mask in '{root / masks_name}' "
+                f"(looked for a file named '{stem}.*')"
+            )
+        pairs.append((stem, images[stem], masks[stem]))
+    return pairs
+
+
+def _files_by_stem(folder: Path, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ValueError(f"{NAME}: {role} folder '{folder}' does not exist")
+    readable = set(Image.registered_extensions())  # suffixes PIL can open, e.g. ".png", ".jpg"
+    found: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        if file.name.startswith(".") or not file.is_file() or file.suffix.lower() not in readable:
+            continue
+        if file.stem in found:  # a.jpg and a.png: which one is meant?
+            raise ValueError(
+                f"{NAME}: two {role} share the name '{file.stem}': '{found[file.stem].name}', '{file.name}'"
+            )
+        found[file.stem] = file
+    return found
+
+
+def _read_image(path: Path, channels: int, size: int) -> np.ndarray:
+    with Image.open(path) as image:
+        image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _read_mask(path: Path, mode: str, size: int) -> np.ndarray:
+    with Image.open(path) as mask:
+        if mode == "binary":
+            mask = mask.convert("L").resize((size, size), Image.NEAREST)
+            return (np.asarray(mask) > 127).astype(np.int64)
+        # Class indices: keep the raw values (a palette image's indices, not its colours).
+        if mask.mode in ("RGB", "RGBA"):
+            rgb = np.asarray(mask.convert("RGB"))
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                raise ValueError(
+                    f"{NAME}: index mask '{path}' is in colour; "
+                    "save class indices as a grayscale or palette image"
+                )
+            mask = mask.convert("L")
+        mask = mask.resize((size, size), Image.NEAREST)
+        array = np.asarray(mask).astype(np.int64)
+    if array.ndim != 2 or array.min() < 0:
+        raise ValueError(
+            f"{NAME}: index mask '{path}' must be a single channel of non-negative class indices"
+        )
+    return array

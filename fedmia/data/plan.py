@@ -1,0 +1,131 @@
+"""The federation plan: who holds which record, what the adversary may know, and the ground truth.
+
+One pool of records is split three ways, disjointly:
+  members    — spread over the clients (they train on them);
+  heldout    — never trained on: the non-member targets and the utility test set;
+  population — the adversary's prior data (its threshold calibration, shadow/reference models).
+The *target list* mixes equal numbers of members (drawn round-robin across clients) and
+held-out non-members, shuffled. The *ledger* (record id → owner) is ground truth: only the
+evaluator reads it, never an attack.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedmia.data.datasets import load_dataset
+from fedmia.data.partition import partition
+from fedmia.data.records import DatasetInfo, Records
+from fedmia.data.shapes import apply_domain_shift
+
+NON_MEMBER = "non-member"
+POPULATION = "population"
+
+
+@dataclass(frozen=True)
+class MembershipLedger:
+    """Ground truth: record id → client index (int) or NON_MEMBER / POPULATION."""
+
+    owner: dict[str, int | str]
+
+    def is_member(self, ids) -> np.ndarray:
+        return np.array([isinstance(self.owner[i], int) for i in ids], dtype=bool)
+
+    def client_of(self, ids) -> np.ndarray:
+        return np.array([self.owner[i] if isinstance(self.owner[i], int) else -1 for i in ids])
+
+    def to_json(self) -> dict:
+        return {"owner": self.owner}
+
+    @classmethod
+    def load(cls, path: Path) -> "MembershipLedger":
+        return cls(json.loads(Path(path).read_text())["owner"])
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    info: DatasetInfo
+    clients: list[Records]  # one partition per client, index = Flower partition-id
+    heldout: Records
+    population: Records
+    targets: Records  # what the adversary scores; membership unknown to it
+    ledger: MembershipLedger
+
+
+def _shift(records: Records, domains: np.ndarray, strength: float, seed: int) -> Records:
+    """Apply each record's acquisition domain (one per client/hospital)."""
+    if strength == 0:
+        return records
+    images = records.images.copy()
+    for domain in np.unique(domains):
+        rows = domains == domain
+        images[rows] = apply_domain_shift(images[rows], int(domain), strength, seed)
+    return Records(images, records.masks, records.ids)
+
+
+def _round_robin(parts: list[np.ndarray], count: int, rng: np.random.Generator) -> list[int]:
+    """Take `count` positions alternating over the parts, so every client contributes."""
+    queues = [list(rng.permutation(p)) for p in parts]
+    taken: list[int] = []
+    while len(taken) < count and any(queues):
+        for queue in queues:
+            if queue and len(taken) < count:
+                taken.append(int(queue.pop()))
+    return taken
+
+
+def build_plan(scenario) -> FederationPlan:
+    """Deterministic given the scenario: clients rebuild their own share from it."""
+    return _build_plan_cached(scenario.canonical())
+
+
+@functools.lru_cache(maxsize=4)
+def _build_plan_cached(canonical: str) -> FederationPlan:
+    from fedmia.scenario import Scenario
+
+    scenario = Scenario.model_validate_json(canonical)
+    data, fed = scenario.data, scenario.federation
+    rng = np.random.default_rng(scenario.seed)
+    total = data.members + data.heldout + data.population
+    pool, info = load_dataset(
+        data.dataset, records=total, image_size=data.image_size, seed=scenario.seed, options=data.options
+    )
+    order = rng.permutation(len(pool))
+    member_rows = order[: data.members]
+    heldout_rows = order[data.members : data.members + data.heldout]
+    population_rows = order[data.members + data.heldout : total]
+
+    members = pool.subset(member_rows)
+    parts = partition(
+        data.partition.kind, members.dominant_class(), fed.clients,
+        seed=scenario.seed, alpha=data.partition.alpha,
+    )
+    clients = [_shift(members.subset(p), np.full(len(p), k), data.domain_shift, scenario.seed)
+               for k, p in enumerate(parts)]
+    # Non-members come from the same hospitals as members, so the domain alone reveals no membership.
+    heldout = _shift(pool.subset(heldout_rows), rng.integers(0, fed.clients, data.heldout),
+                     data.domain_shift, scenario.seed)
+    population = _shift(pool.subset(population_rows), rng.integers(0, fed.clients, data.population),
+                        data.domain_shift, scenario.seed)
+
+    owner: dict[str, int | str] = {}
+    for k, client in enumerate(clients):
+        owner.update({rid: k for rid in client.ids})
+    owner.update({rid: NON_MEMBER for rid in heldout.ids})
+    owner.update({rid: POPULATION for rid in population.ids})
+
+    wanted = scenario.evaluation.targets
+    n_members = wanted.members or min(data.members, data.heldout)
+    n_nonmembers = wanted.nonmembers or n_members
+    all_members = Records.concat(clients)
+    offsets = np.cumsum([0] + [len(c) for c in clients])
+    member_pick = _round_robin([np.arange(offsets[k], offsets[k + 1]) for k in range(len(clients))], n_members, rng)
+    nonmember_pick = rng.choice(len(heldout), size=min(n_nonmembers, len(heldout)), replace=False)
+    targets = Records.concat([all_members.subset(member_pick), heldout.subset(nonmember_pick)])
+    targets = targets.subset(rng.permutation(len(targets)))  # order must not reveal membership
+    return FederationPlan(info, clients, heldout, population, targets, MembershipLedger(owner))

@@ -1,0 +1,92 @@
+"""The in-memory form every dataset loader returns: images, per-pixel masks and stable ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+# eq=False: the generated __eq__ would compare arrays elementwise and raise on `==`.
+@dataclass(frozen=True, eq=False)
+class Records:
+    images: np.ndarray  # float32 (N, C, H, W), values in [0, 1]
+    masks: np.ndarray  # int64 (N, H, W), class index per pixel, 0 = background
+    ids: np.ndarray  # object (N,) of str, e.g. "shapes:00012"
+
+    def __post_init__(self) -> None:
+        # Coerce dtypes once here so every consumer can rely on them (frozen, hence __setattr__).
+        images = np.asarray(self.images, dtype=np.float32)
+        masks = np.asarray(self.masks, dtype=np.int64)
+        ids = np.asarray(self.ids, dtype=object)
+        if images.ndim != 4:
+            raise ValueError(f"Records: images must be (N, C, H, W), found shape {images.shape}")
+        if masks.ndim != 3:
+            raise ValueError(f"Records: masks must be (N, H, W), found shape {masks.shape}")
+        if ids.ndim != 1:
+            raise ValueError(f"Records: ids must be (N,), found shape {ids.shape}")
+        if not (len(images) == len(masks) == len(ids)):
+            raise ValueError(
+                f"Records: length mismatch: {len(images)} images, {len(masks)} masks, {len(ids)} ids"
+            )
+        if images.shape[2:] != masks.shape[1:]:
+            raise ValueError(
+                f"Records: image size {images.shape[2:]} differs from mask size {masks.shape[1:]}"
+            )
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "masks", masks)
+        object.__setattr__(self, "ids", ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: np.ndarray | list[int]) -> Records:
+        idx = np.asarray(index)
+        # Boolean masks index as they are; an empty list arrives as float64 and needs the cast.
+        if idx.dtype != bool:
+            idx = idx.astype(np.int64)
+        return Records(self.images[idx], self.masks[idx], self.ids[idx])
+
+    @staticmethod
+    def concat(parts: list[Records]) -> Records:
+        if not parts:
+            raise ValueError("Records.concat: need at least one part")
+        return Records(
+            np.concatenate([p.images for p in parts]),
+            np.concatenate([p.masks for p in parts]),
+            np.concatenate([p.ids for p in parts]),
+        )
+
+    def dominant_class(self) -> np.ndarray:
+        """Most frequent foreground class per record (0 if the mask is all background).
+
+        Ties go to the lower class index, so the result is deterministic.
+        """
+        n = len(self)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        masks = np.maximum(self.masks, 0)  # treat any negative "ignore" label as background
+        k = int(masks.max()) + 1
+        # One bincount over all records at once: offset record i's classes by i * k.
+        flat = masks.reshape(n, -1) + (np.arange(n, dtype=np.int64) * k)[:, None]
+        counts = np.bincount(flat.ravel(), minlength=n * k).reshape(n, k)
+        counts[:, 0] = 0  # background never dominates
+        dominant = counts.argmax(axis=1)
+        dominant[counts.max(axis=1) == 0] = 0
+        return dominant.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    in_channels: int
+    num_classes: int  # including background
+    class_names: list[str]
+
+
+def make_ids(prefix: str, count: int, start: int = 0) -> np.ndarray:
+    """Ids of the form f"{prefix}:{i:05d}".
+
+    An object array rather than numpy's fixed-width str, so assigning a longer id never truncates it.
+    """
+    return np.array([f"{prefix}:{i:05d}" for i in range(start, start + count)], dtype=object)

@@ -1,0 +1,107 @@
+"""ROC and utility plots.
+
+Figures are built on an explicit Agg canvas instead of ``pyplot`` so that plotting neither needs
+a display nor touches pyplot's global figure list or backend selection.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import auc as area_under_curve
+
+from fedmia.io import save_figure_atomic
+
+__all__ = ["plot_roc", "plot_utility"]
+
+_DEFAULT_LOG_FLOOR = 1e-3
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _curve_auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    try:
+        return float(area_under_curve(fpr, tpr))
+    except ValueError:  # fewer than two points, or fpr not monotonic
+        return math.nan
+
+
+def _log_floor(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """Lower axis limit: 1e-3, or the smallest non-zero FPR (about 1/n) when n is larger.
+
+    Following the LiRA paper, the axes should reach down to the resolution the data supports.
+    """
+    floor = _DEFAULT_LOG_FLOOR
+    for fpr, _ in curves.values():
+        positive = np.asarray(fpr, dtype=float)
+        positive = positive[positive > 0]
+        if positive.size:
+            floor = min(floor, float(positive.min()))
+    return floor
+
+
+def plot_roc(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: Path,
+    *,
+    title: str,
+    loglog: bool = True,
+) -> None:
+    """Overlay ROC curves (name -> (fpr, tpr)) in one figure, labelled with their AUC."""
+    fig = _new_figure((5.0, 5.0))
+    ax = fig.add_subplot()
+    floor = _log_floor(curves) if loglog else 0.0
+
+    for name, (fpr, tpr) in curves.items():
+        fpr, tpr = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
+        if fpr.size == 0:
+            continue
+        label = f"{name} (AUC {_curve_auc(fpr, tpr):.3f})"
+        if loglog:
+            # log(0) is undefined; points at 0 are drawn on the axis edge instead of vanishing.
+            fpr, tpr = np.clip(fpr, floor, 1.0), np.clip(tpr, floor, 1.0)
+        ax.plot(fpr, tpr, label=label, linewidth=1.5)
+
+    ax.plot([floor, 1.0], [floor, 1.0], linestyle="--", color="grey", linewidth=1, label="chance")
+    if loglog:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(floor, 1.0)
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel("True positive rate")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    save_figure_atomic(fig, Path(path), dpi=150)
+
+
+def plot_utility(rounds: list[dict], path: Path) -> None:
+    """Global-model Dice and mIoU per federated round (dicts with keys round, dice, miou)."""
+    fig = _new_figure((6.0, 3.5))
+    ax = fig.add_subplot()
+    if rounds:
+        x = [r.get("round", i + 1) for i, r in enumerate(rounds)]
+        for key, label in (("dice", "Dice"), ("miou", "mIoU")):
+            # Missing values become NaN, which matplotlib leaves as a gap rather than failing.
+            y = [math.nan if r.get(key) is None else float(r[key]) for r in rounds]
+            ax.plot(x, y, marker="o", label=label)
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no rounds recorded", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0.0, 1.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    ax.set_xlabel("Round")
+    ax.set_ylabel("Score")
+    ax.set_title("Global model utility per round")
+    ax.grid(True, alpha=0.3)
+    save_figure_atomic(fig, Path(path), dpi=150)

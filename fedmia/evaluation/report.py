@@ -1,0 +1,288 @@
+"""Human-readable views of a run's ``metrics.json``: a Markdown report and a rich summary table.
+
+Both are pure functions of the metrics dict, so a report can be re-rendered from an old run.
+Top-level sections this module does not know (e.g. "privacy", "ood") are rendered generically
+as small tables, so new measurements show up without touching this file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["render_report", "summary_table"]
+
+# Sections with a dedicated rendering; every other dict-valued top-level key goes to _generic_section.
+_KNOWN_SECTIONS = ("scenario", "description", "timing", "utility", "attacks", "setup")
+_MISSING = "n/a"
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _fmt(x: Any) -> str:
+    """Numbers to 3 decimals; tiny non-zero values (e.g. a DP delta) in scientific notation
+    so they do not collapse to 0.000."""
+    if x is None:
+        return _MISSING
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if math.isnan(x):
+            return _MISSING
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        if x != 0 and abs(x) < 1e-3:
+            return f"{x:.3e}"
+        return f"{x:.3f}"
+    return str(x)
+
+
+def _cell(x: Any) -> str:
+    # A pipe would split the Markdown cell, a newline would end the row.
+    return _fmt(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: Iterable[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _as_float(level: str) -> float | None:
+    try:
+        return float(level)
+    except ValueError:
+        return None
+
+
+def _title(key: str) -> str:
+    # Short keys are acronyms in practice ("ood", "dp"); longer ones read as words.
+    return key.upper() if len(key) <= 3 else key.replace("_", " ").capitalize()
+
+
+def _fpr_label(level: str) -> str:
+    """"0.001" -> "0.1%"."""
+    f = _as_float(level)
+    return level if f is None else f"{f * 100:g}%"
+
+
+def _image_link(alt: str, ref: str) -> str:
+    # Reports are read next to the PNGs; an absolute path would break when the run folder moves.
+    p = Path(ref)
+    target = p.name if p.is_absolute() else p.as_posix()
+    if " " in target:
+        target = f"<{target}>"
+    return f"![{alt}]({target})"
+
+
+# --------------------------------------------------------------------------------------------
+# Section accessors
+
+
+def _attacks(metrics: dict) -> dict[str, dict]:
+    attacks = metrics.get("attacks")
+    if not isinstance(attacks, dict):
+        return {}
+    return {name: m for name, m in attacks.items() if isinstance(m, dict)}
+
+
+def _fpr_levels(attacks: dict[str, dict]) -> list[str]:
+    """All FPR levels reported by any attack, lowest first."""
+    levels: set[str] = set()
+    for m in attacks.values():
+        if isinstance(m.get("tpr_at_fpr"), dict):
+            levels.update(m["tpr_at_fpr"])
+    return sorted(levels, key=lambda lv: (_as_float(lv) is None, _as_float(lv) or 0.0))
+
+
+def _tpr(m: dict, level: str) -> Any:
+    tprs = m.get("tpr_at_fpr")
+    return tprs.get(level) if isinstance(tprs, dict) else None
+
+
+def _min_nonmembers(attacks: dict[str, dict]) -> int | None:
+    ns = [m["n_nonmembers"] for m in attacks.values() if _is_number(m.get("n_nonmembers"))]
+    return int(min(ns)) if ns else None
+
+
+# --------------------------------------------------------------------------------------------
+# Report sections
+
+
+def _setup_paragraph(metrics: dict) -> str:
+    setup = metrics.get("setup") if isinstance(metrics.get("setup"), dict) else {}
+    phrases = {
+        "dataset": lambda v: f"dataset **{v}**",
+        "clients": lambda v: f"{v} clients",
+        "rounds": lambda v: f"{v} federated rounds",
+        "model": lambda v: f"model {v}",
+        "server": lambda v: f"server aggregation {v}",
+        "defenses": lambda v: f"defenses: {v}",
+    }
+    parts = [phrases[k](_fmt(setup[k])) for k in phrases if k in setup]
+    parts += [f"{k}: {_fmt(v)}" for k, v in setup.items() if k not in phrases and not isinstance(v, (dict, list))]
+
+    sentences = []
+    if metrics.get("description"):
+        sentences.append(str(metrics["description"]).strip().rstrip(".") + ".")
+    if parts:
+        text = ", ".join(parts)
+        sentences.append(text[0].upper() + text[1:] + ".")
+    else:
+        sentences.append("No setup was recorded.")
+
+    timing = metrics.get("timing")
+    if isinstance(timing, dict) and _is_number(timing.get("wall_s")):
+        details = [f"{k.removesuffix('_s').replace('_', ' ')} {_fmt(v)} s"
+                   for k, v in timing.items() if k != "wall_s" and _is_number(v)]
+        extra = f" ({', '.join(details)})" if details else ""
+        sentences.append(f"Wall time {_fmt(timing['wall_s'])} s{extra}.")
+    return " ".join(sentences)
+
+
+def _utility_section(metrics: dict) -> list[str]:
+    utility = metrics.get("utility")
+    lines = ["## Utility", ""]
+    if not isinstance(utility, dict):
+        return lines + ["No utility was recorded.", ""]
+    lines += [f"Final global model: Dice **{_fmt(utility.get('dice'))}**, mIoU **{_fmt(utility.get('miou'))}**.", ""]
+    rounds = [r for r in utility.get("rounds") or [] if isinstance(r, dict)]
+    if rounds:
+        lines += _md_table(["Round", "Dice", "mIoU"], ([r.get("round"), r.get("dice"), r.get("miou")] for r in rounds))
+        lines.append("")
+    return lines
+
+
+def _attacks_section(metrics: dict) -> list[str]:
+    attacks = _attacks(metrics)
+    lines = ["## Membership-inference attacks", ""]
+    if not attacks:
+        return lines + ["No attacks were run.", ""]
+    levels = _fpr_levels(attacks)
+    tpr_headers = [f"TPR@{_fpr_label(lv)} FPR" for lv in levels]
+    header = ["Attack", "AUC", *tpr_headers, "Balanced accuracy", "Members / non-members"]
+    rows = [
+        [name, m.get("auc"), *(_tpr(m, lv) for lv in levels), m.get("balanced_accuracy"),
+         f"{_fmt(m.get('n_members'))} / {_fmt(m.get('n_nonmembers'))}"]
+        for name, m in attacks.items()
+    ]
+    return lines + _md_table(header, rows) + [""]
+
+
+def _flatten_numbers(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Numeric leaves of a nested dict under dotted keys ({"tpr_at_fpr": {"0.01": x}} -> "tpr_at_fpr.0.01")."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten_numbers(v, f"{name}."))
+        elif _is_number(v) or isinstance(v, bool) or v is None:
+            out[name] = v
+    return out
+
+
+def _generic_section(key: str, value: Any) -> list[str]:
+    """Render an unknown section as tables; returns [] when there is nothing tabular in it.
+
+    Scalars become a two-column table; dict entries become one matrix (rows = entries,
+    columns = their numeric leaves), the common "per attack" or "per client" shape.
+    """
+    if not isinstance(value, dict):
+        return []
+    scalars = [[k, v] for k, v in value.items()
+               if _is_number(v) or isinstance(v, (bool, str)) or v is None]
+    nested = {k: _flatten_numbers(v) for k, v in value.items() if isinstance(v, dict)}
+    nested = {k: v for k, v in nested.items() if v}
+
+    lines: list[str] = []
+    if scalars:
+        lines += _md_table(["Metric", "Value"], scalars) + [""]
+    if nested:
+        columns = list(dict.fromkeys(c for leaves in nested.values() for c in leaves))
+        rows = ([name, *(leaves.get(c) for c in columns)] for name, leaves in nested.items())
+        lines += _md_table(["", *columns], rows) + [""]
+    return [f"## {_title(key)}", "", *lines] if lines else []
+
+
+def _how_to_read(metrics: dict) -> list[str]:
+    attacks = _attacks(metrics)
+    n = _min_nonmembers(attacks)
+    levels = _fpr_levels(attacks)
+    text = (
+        "Each attack scores every target sample; a higher score means \"more likely a member\". "
+        "An AUC of 0.5 is chance. AUC averages over all thresholds, but an attacker who wants "
+        "to be confident about *some* individuals operates at a low false-positive rate, so the "
+        "TPR at 0.1% and 1% FPR matter more than the AUC. A TPR at FPR f is only meaningful with "
+        "at least 1/f non-members (1000 for 0.1%, 100 for 1%); with fewer, it degenerates to the "
+        "TPR at zero false positives. Finally, a high score does not prove "
+        "membership: out-of-distribution inputs can look like \"members\" too, so compare with "
+        "the false-positive rate on out-of-distribution data where it is reported."
+    )
+    lines = ["## How to read this", "", text, ""]
+    if n is None:
+        return lines
+    lines += [f"This run used {n} non-members (the smallest count over all attacks).", ""]
+    for level in levels:
+        f = _as_float(level)
+        if f is None or f <= 0:
+            continue
+        needed = math.ceil(1 / f - 1e-9)  # the slack keeps 1/0.001 at 1000, not 1001
+        if n < needed:
+            lines += [
+                f"> **Warning:** TPR@{_fpr_label(level)} FPR needs at least {needed} non-members to be "
+                f"meaningful; only {n} were used, so it reports the TPR at zero false positives.",
+                "",
+            ]
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def render_report(metrics: dict, *, roc_png: str | None, utility_png: str | None) -> str:
+    """Markdown report for one run; PNGs are linked by the (relative) names given."""
+    scenario = metrics.get("scenario", "unnamed run")
+    lines = [f"# Membership-inference report: {scenario}", "", _setup_paragraph(metrics), ""]
+    lines += _utility_section(metrics)
+    if utility_png:
+        lines += [_image_link("Utility per round", utility_png), ""]
+    lines += _attacks_section(metrics)
+    if roc_png:
+        lines += [_image_link("ROC curves", roc_png), ""]
+    for key, value in metrics.items():
+        if key not in _KNOWN_SECTIONS:
+            lines += _generic_section(key, value)
+    lines += _how_to_read(metrics)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def summary_table(metrics: dict) -> Table:
+    """Compact terminal summary: one row per attack, utility in the caption."""
+    table = Table(title=f"Membership inference: {metrics.get('scenario', 'unnamed run')}")
+    table.add_column("Attack")
+    for header in ("AUC", "TPR@1%", "TPR@0.1%", "Bal. acc"):
+        table.add_column(header, justify="right")
+    for name, m in _attacks(metrics).items():
+        # Text(...) so attack names are never parsed as rich markup.
+        table.add_row(Text(str(name)), _fmt(m.get("auc")), _fmt(_tpr(m, "0.01")), _fmt(_tpr(m, "0.001")),
+                      _fmt(m.get("balanced_accuracy")))
+
+    utility = metrics.get("utility")
+    if isinstance(utility, dict):
+        table.caption = f"Dice {_fmt(utility.get('dice'))} · mIoU {_fmt(utility.get('miou'))}"
+    else:
+        table.caption = "no utility recorded"
+    return table

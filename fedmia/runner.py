@@ -1,0 +1,145 @@
+"""One run, end to end: scenario → Flower simulation on Ray → attacks → evaluation → run folder.
+
+The order is the data flow of DESIGN.md and it only goes forward: the attacks get the
+adversary's view (transcript, population, targets); the ledger is opened afterwards, by the
+evaluator alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedmia.attacks import ATTACKS, AdversaryView
+from fedmia.data.plan import build_plan
+from fedmia.evaluation.run_metrics import evaluate_run
+from fedmia.evaluation import plot_roc, plot_utility, render_report
+from fedmia.io import write_json_atomic, write_text_atomic
+from fedmia.models import build_model
+from fedmia.scenario import Scenario
+from fedmia.training import pick_device
+from fedmia.transcript import Transcript
+
+
+def prepare_run_folder(out_dir: Path, scenario: Scenario) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "scenario.yaml", scenario.to_yaml())
+
+
+def _progress(console: Console | None) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False,
+                    disable=console is None)
+
+
+def backend_config(scenario: Scenario) -> dict:
+    runtime = scenario.runtime
+    init_args = {"num_cpus": runtime.total_cpus or os.cpu_count() or 1, "include_dashboard": False,
+                 "logging_level": logging.ERROR, "log_to_driver": False}
+    return {"client_resources": {"num_cpus": runtime.client_cpus, "num_gpus": runtime.client_gpus},
+            "init_args": init_args}
+
+
+def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None = None,
+                 verbose: bool = False) -> dict:
+    """Train the federation in Flower's simulation engine (Ray backend), then finish the run."""
+    from flwr.simulation import run_simulation
+
+    from fedmia.client_app import make_client_app
+    from fedmia.server_app import make_server_app
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    prepare_run_folder(out_dir, scenario)
+    build_plan(scenario)  # fail on data problems here, before Ray starts
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+    result: dict = {}
+    with _progress(console) as progress:
+        task = progress.add_task("federated rounds", total=scenario.federation.rounds)
+        server_app = make_server_app(scenario, result=result,
+                                     on_round_end=lambda view: progress.advance(task))
+        run_simulation(server_app=server_app, client_app=make_client_app(scenario),
+                       num_supernodes=scenario.federation.clients,
+                       backend_name="ray", backend_config=backend_config(scenario),
+                       verbose_logging=verbose)
+    if "transcript" not in result:
+        raise RuntimeError("the simulation ended without a transcript (see the Flower log above)")
+    timing = {"simulation_s": result["simulation_s"],
+              "startup_s": time.perf_counter() - started - result["simulation_s"]}
+    return finish_run(scenario, result["transcript"], out_dir, timing=timing, console=console,
+                      started=started)
+
+
+def run_attacks(scenario: Scenario, view: AdversaryView, console: Console | None = None) -> dict:
+    """Every attack sees the same view and scores every target. No ledger here."""
+    outputs = {}
+    with _progress(console) as progress:
+        task = progress.add_task("attacks", total=len(scenario.attacks))
+        for name in scenario.attacks:
+            attack = ATTACKS.get(name)()
+            attack.fit(view)
+            outputs[name] = {"scores": np.asarray(attack.score(view, view.targets), dtype=float),
+                             "threshold": attack.threshold, "attack": attack}
+            progress.advance(task)
+    return outputs
+
+
+def adversary_view(scenario: Scenario, transcript: Transcript) -> AdversaryView:
+    plan = build_plan(scenario)
+    info = plan.info
+    return AdversaryView(
+        transcript=transcript,
+        model_factory=lambda: build_model(scenario.model, info.in_channels, info.num_classes),
+        population=plan.population,
+        targets=plan.targets,
+        num_classes=info.num_classes,
+        device=pick_device(scenario.runtime.device),
+        population_fpr=scenario.evaluation.threshold_population_fpr,
+    )
+
+
+def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, timing: dict,
+               console: Console | None = None, started: float | None = None) -> dict:
+    out_dir = Path(out_dir)
+    transcript.save(out_dir / "transcript", keep=scenario.runtime.keep_transcript)
+
+    attacks_started = time.perf_counter()
+    view = adversary_view(scenario, transcript)
+    outputs = run_attacks(scenario, view, console)
+    timing = {**timing, "attacks_s": time.perf_counter() - attacks_started}
+
+    # ---- evaluation: the only place that reads the ground truth ----
+    plan = build_plan(scenario)
+    write_json_atomic(out_dir / "ledger.json", plan.ledger.to_json())
+    metrics, curves = evaluate_run(scenario, plan, transcript, outputs)
+    timing["wall_s"] = time.perf_counter() - started if started is not None else sum(timing.values())
+    metrics["timing"] = timing
+
+    _write_scores(out_dir / "scores.csv", plan.targets.ids, outputs)
+    plot_roc(curves, out_dir / "roc.png", title=f"{scenario.name}: membership inference (log-log ROC)")
+    plot_utility(metrics["utility"]["rounds"], out_dir / "utility.png")
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_text_atomic(out_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))
+    return metrics
+
+
+def _write_scores(path: Path, ids, outputs: dict) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    names = list(outputs)
+    writer.writerow(["record_id", *names])
+    for row, record_id in enumerate(ids):
+        writer.writerow([record_id, *(f"{outputs[n]['scores'][row]:.6g}" for n in names)])
+    write_text_atomic(path, buffer.getvalue())

@@ -1,0 +1,254 @@
+"""The scenario file: one YAML document that fixes a whole experiment.
+
+The pydantic models below are the schema (every field typed, with a default, unknown keys
+rejected). `load_scenario` turns any problem — YAML syntax, wrong types, unknown names,
+impossible plans — into a `ScenarioError` whose lines read `FILE: key.path: what was expected,
+what was found`, so the CLI can print them and exit with code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedmia.registry import UnknownNameError
+
+
+class ScenarioError(Exception):
+    """One or more problems in a scenario file, each already phrased for a person."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {where}: {what}" for where, what in self.problems]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PartitionSpec(Strict):
+    kind: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = skewed")
+
+
+class DataSpec(Strict):
+    dataset: str = "shapes"
+    image_size: int = Field(32, ge=16, le=1024)
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
+    members: int = Field(100, ge=1, description="records spread over the clients (the members)")
+    heldout: int = Field(100, ge=1, description="never trained on: non-member targets and utility")
+    population: int = Field(200, ge=1, description="the adversary's prior data, disjoint from both")
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    domain_shift: float = Field(0.0, ge=0, le=1, description="per-client acquisition shift (0 = none)")
+
+
+class ModelSpec(Strict):
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    encoder_depth: int = Field(3, ge=1, le=5)
+    decoder_channels: list[int] | None = Field(
+        None, description="Unet-style decoders only; default halves from 64 down, one per stage"
+    )
+
+
+class FederationSpec(Strict):
+    clients: int = Field(4, ge=1)
+    clients_per_round: int | None = Field(None, ge=1, description="default: all clients")
+    rounds: int = Field(3, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(0.01, gt=0)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ServerSpec(BaseModel):
+    """`strategy` picks a registered strategy; any other key is that strategy's own parameter,
+    validated against its parameter model."""
+
+    model_config = ConfigDict(extra="allow")
+    strategy: str = "fedavg"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TargetSpec(Strict):
+    members: int | None = Field(None, ge=1, description="default: as many as balance allows")
+    nonmembers: int | None = Field(None, ge=1, description="default: same as members")
+
+
+class EvaluationSpec(Strict):
+    tpr_at_fpr: list[float] = Field(default_factory=lambda: [0.001, 0.01])
+    threshold_population_fpr: float = Field(
+        0.1, gt=0, lt=1,
+        description="threshold attacks call 'member' what beats this share of the population",
+    )
+    targets: TargetSpec = Field(default_factory=TargetSpec)
+
+    @field_validator("tpr_at_fpr")
+    @classmethod
+    def _fractions(cls, levels: list[float]) -> list[float]:
+        for level in levels:
+            if not 0 < level < 1:
+                raise ValueError(f"each level must lie in (0, 1), found {level}")
+        return levels
+
+
+class RuntimeSpec(Strict):
+    backend: Literal["ray"] = "ray"
+    client_cpus: float = Field(1.0, gt=0, description="CPUs per client; 1 runs clients in parallel")
+    client_gpus: float = Field(0.0, ge=0)
+    total_cpus: int | None = Field(None, ge=1, description="CPUs Ray may use; default: all")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    keep_transcript: Literal["all", "final", "none"] = Field(
+        "all", description="which client replies to keep in the run folder"
+    )
+
+
+class Scenario(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    federation: FederationSpec = Field(default_factory=FederationSpec)
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    attacks: list[str] = Field(default_factory=lambda: ["loss", "entropy", "confidence", "modified-entropy"])
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @property
+    def clients_per_round(self) -> int:
+        return self.federation.clients_per_round or self.federation.clients
+
+    def resolved(self) -> dict[str, Any]:
+        """Every field with its value, defaults filled in (what the run folder keeps)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved(), sort_keys=False)
+
+    def canonical(self) -> str:
+        """A stable text form, used as a cache key and to ship the scenario to clients."""
+        return json.dumps(self.resolved(), sort_keys=True)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _describe_pydantic_error(error: dict[str, Any]) -> tuple[str, str]:
+    where = _loc(error["loc"])
+    kind = error["type"]
+    found = error.get("input")
+    if kind == "extra_forbidden":
+        return where, "unknown key (check the spelling; `fedmia validate` lists none it ignores)"
+    if kind == "missing":
+        return where, "required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return where, f"{message}, found {found!r}"
+
+
+def _check_names_and_plan(scenario: Scenario) -> list[tuple[str, str]]:
+    """Checks pydantic cannot express: registered names and a plan that can be carried out."""
+    # Imported here so that parsing a scenario stays cheap and free of import cycles.
+    from fedmia import attacks, models
+    from fedmia.data import datasets
+    import strategies
+
+    problems: list[tuple[str, str]] = []
+
+    def check(where: str, fn) -> None:
+        try:
+            fn()
+        except (UnknownNameError, ValueError) as error:
+            problems.append((where, str(error)))
+
+    data, fed = scenario.data, scenario.federation
+    check("data.dataset", lambda: datasets.DATASETS.get(data.dataset))
+    check("model.arch", lambda: models.check_architecture(scenario.model.arch))
+    check("model.encoder", lambda: models.check_encoder(scenario.model.encoder))
+    if not problems:  # a probe build catches depth/architecture combinations smp cannot shape
+        check("model", lambda: models.build_model(scenario.model, in_channels=1, num_classes=2))
+    check("server.strategy", lambda: strategies.STRATEGIES.get(scenario.server.strategy))
+    if scenario.server.strategy in strategies.STRATEGIES:
+        entry = strategies.STRATEGIES.get(scenario.server.strategy)
+        try:
+            entry.params_model.model_validate(scenario.server.params())
+        except ValidationError as error:
+            for item in error.errors():
+                where, what = _describe_pydantic_error(item)
+                problems.append((f"server.{where}", what))
+    for i, name in enumerate(scenario.attacks):
+        check(f"attacks.{i}", lambda name=name: attacks.ATTACKS.get(name))
+    if len(set(scenario.attacks)) != len(scenario.attacks):
+        problems.append(("attacks", f"each attack may appear once, found {scenario.attacks}"))
+
+    if fed.clients > data.members:
+        problems.append(
+            ("federation.clients", f"{fed.clients} clients cannot share {data.members} member records "
+             "(data.members); expected at most one client per record")
+        )
+    if scenario.clients_per_round > fed.clients:
+        problems.append(
+            ("federation.clients_per_round",
+             f"expected at most federation.clients ({fed.clients}), found {scenario.clients_per_round}")
+        )
+    targets = scenario.evaluation.targets
+    if targets.members is not None and targets.members > data.members:
+        problems.append(("evaluation.targets.members",
+                         f"expected at most data.members ({data.members}), found {targets.members}"))
+    nonmembers = targets.nonmembers or targets.members
+    if nonmembers is not None and nonmembers > data.heldout:
+        problems.append(("evaluation.targets.nonmembers",
+                         f"expected at most data.heldout ({data.heldout}), found {nonmembers}"))
+    if scenario.model.decoder_channels is not None and len(scenario.model.decoder_channels) != scenario.model.encoder_depth:
+        problems.append(("model.decoder_channels",
+                         f"expected one entry per encoder stage ({scenario.model.encoder_depth}), "
+                         f"found {len(scenario.model.decoder_channels)}"))
+    if data.image_size % (2 ** scenario.model.encoder_depth) != 0:
+        problems.append(("data.image_size",
+                         f"expected a multiple of 2**encoder_depth = {2 ** scenario.model.encoder_depth}, "
+                         f"found {data.image_size}"))
+    return problems
+
+
+def parse_scenario(raw: Any, source: str = "<scenario>") -> Scenario:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(raw, dict):
+        raise ScenarioError(source, [("(top level)", f"expected a mapping of keys, found {type(raw).__name__}")])
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as error:
+        raise ScenarioError(source, [_describe_pydantic_error(e) for e in error.errors()]) from None
+    problems = _check_names_and_plan(scenario)
+    if problems:
+        raise ScenarioError(source, problems)
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ScenarioError(source, [("(file)", f"cannot be read: {error.strerror or error}")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        problem = getattr(error, "problem", None) or str(error)
+        raise ScenarioError(source, [(where, f"YAML syntax error: {problem}")]) from None
+    return parse_scenario(raw, source)

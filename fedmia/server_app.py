@@ -1,0 +1,74 @@
+"""The Flower ServerApp: runs the scenario's strategy for the scenario's rounds.
+
+Built on Flower's legacy workflow (`DefaultWorkflow` over a `LegacyContext`), the path that
+carries SecAgg+ in flwr 1.41. The strategy records the transcript; under `fedmia run` the
+runner takes it from here, under `flwr run` this app finishes the run (attacks, report) itself.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+from flwr.common import Context
+from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.workflow import DefaultWorkflow
+
+import strategies
+from fedmia.data.plan import build_plan
+from fedmia.models import build_model, get_weights, weight_names
+from fedmia.scenario import Scenario, load_scenario
+from fedmia.transcript import RoundView, Transcript
+
+
+def make_strategy(scenario: Scenario, on_round_end: Callable[[RoundView], None] | None = None):
+    entry = strategies.STRATEGIES.get(scenario.server.strategy)
+    params = entry.params_model.model_validate(scenario.server.params())
+    info = build_plan(scenario).info
+    model = build_model(scenario.model, info.in_channels, info.num_classes, seed=scenario.seed)
+    return entry.cls(
+        scenario=scenario,
+        initial_weights=get_weights(model),
+        weight_names=weight_names(model),
+        params=params,
+        on_round_end=on_round_end,
+    )
+
+
+def run_federation(grid, context: Context, scenario: Scenario,
+                   on_round_end: Callable[[RoundView], None] | None = None) -> Transcript:
+    random.seed(scenario.seed)  # Flower samples clients with the `random` module
+    strategy = make_strategy(scenario, on_round_end)
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=scenario.federation.rounds),
+                           strategy=strategy)
+    DefaultWorkflow()(grid, legacy)
+    return strategy.transcript
+
+
+def make_server_app(scenario: Scenario | None = None, *, result: dict | None = None,
+                    on_round_end: Callable[[RoundView], None] | None = None) -> ServerApp:
+    """With `result`, the transcript is handed back through it (in-process simulation);
+    without, the app reads `scenario` and `out` from the run config and finishes the run."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context: Context) -> None:
+        current = scenario or load_scenario(str(context.run_config["scenario"]))
+        started = time.perf_counter()
+        transcript = run_federation(grid, context, current, on_round_end)
+        simulation_s = time.perf_counter() - started
+        if result is not None:
+            result.update(transcript=transcript, simulation_s=simulation_s)
+            return
+        from fedmia.runner import finish_run, prepare_run_folder
+
+        out_dir = Path(str(context.run_config.get("out", f"runs/{current.name}")))
+        prepare_run_folder(out_dir, current)
+        finish_run(current, transcript, out_dir, timing={"simulation_s": simulation_s})
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,109 @@
+"""Local training, inference and segmentation utility — plain PyTorch, no Flower here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedmia.data.records import Records
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How a client trains locally; the server may send (some of) these in its fit config."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_federation(cls, fed) -> "TrainRecipe":
+        return cls(fed.local_epochs, fed.batch_size, fed.lr, fed.optimizer, fed.momentum, fed.weight_decay)
+
+
+def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def train_local(
+    model: nn.Module, records: Records, recipe: TrainRecipe, *, seed: int, device: torch.device
+) -> dict[str, float]:
+    """Minibatch training with per-pixel cross-entropy; returns the mean loss of the last epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    images = torch.as_tensor(records.images)
+    masks = torch.as_tensor(records.masks)
+    model.to(device).train()
+    optimizer = make_optimizer(model, recipe)
+    last_epoch_loss = float("nan")
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(records), generator=generator)
+        total, seen = 0.0, 0
+        for start in range(0, len(order), recipe.batch_size):
+            batch = order[start : start + recipe.batch_size]
+            if len(batch) < 2 and len(order) > 1:
+                continue  # a batch of one breaks BatchNorm in training mode
+            x, y = images[batch].to(device), masks[batch].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
+        last_epoch_loss = total / max(seen, 1)
+    return {"train-loss": last_epoch_loss}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, *, device: torch.device, batch_size: int = 64) -> torch.Tensor:
+    """Logits (N, C, H, W) on the CPU, the model in eval mode (what a deployed model returns)."""
+    model.to(device).eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = torch.as_tensor(images[start : start + batch_size]).to(device)
+        outputs.append(model(x).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def segmentation_utility(logits: torch.Tensor, masks: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Dice and IoU from smp's confusion statistics, pooled over all pixels of the set.
+
+    Dice: macro mean over the *foreground* classes present in the ground truth (background would
+    inflate it). mIoU: macro mean over all classes present, background included, as usual.
+    """
+    target = torch.as_tensor(masks).long()
+    pred = logits.argmax(1)
+    tp, fp, fn, tn = smp.metrics.get_stats(pred, target, mode="multiclass", num_classes=num_classes)
+    tp, fp, fn, tn = (s.sum(0, keepdim=True) for s in (tp, fp, fn, tn))
+    dice = smp.metrics.f1_score(tp, fp, fn, tn, reduction="none")[0]
+    iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction="none")[0]
+    present = (tp + fn)[0] > 0
+    foreground = present.clone()
+    foreground[0] = False
+    return {
+        "dice": float(dice[foreground].mean()) if foreground.any() else float("nan"),
+        "miou": float(iou[present].mean()) if present.any() else float("nan"),
+    }
+
+
+def evaluate_utility(model: nn.Module, records: Records, num_classes: int, device: torch.device) -> dict[str, float]:
+    logits = predict_logits(model, records.images, device=device)
+    loss = float(F.cross_entropy(logits, torch.as_tensor(records.masks).long()))
+    return {"loss": loss, **segmentation_utility(logits, records.masks, num_classes)}

@@ -1,0 +1,333 @@
+"""Tests for fedmia.data: records, the three datasets, partitioning, domain shift and OOD sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fedmia.data.datasets import DATASETS, load_dataset
+from fedmia.data.ood import OOD_KINDS, make_ood_set
+from fedmia.data.partition import PARTITIONERS, partition
+from fedmia.data.records import DatasetInfo, Records
+from fedmia.data.shapes import apply_domain_shift
+from fedmia.registry import UnknownNameError
+
+PROCEDURAL = [
+    ("digits-scenes", {}, 11),
+    ("shapes", {}, 3),
+    ("shapes", {"binary": True}, 2),
+]
+
+
+# ---------------------------------------------------------------- records
+
+
+def _toy_records(n: int = 4, size: int = 4) -> Records:
+    images = np.arange(n * size * size, dtype=np.float32).reshape(n, 1, size, size) / (n * size * size)
+    masks = np.zeros((n, size, size), dtype=np.int64)
+    return Records(images, masks, np.array([f"toy:{i:05d}" for i in range(n)], dtype=object))
+
+
+def test_records_subset_concat_and_validation():
+    records = _toy_records()
+    part = records.subset([2, 0])
+    assert len(part) == 2 and list(part.ids) == ["toy:00002", "toy:00000"]
+    np.testing.assert_array_equal(part.images[0], records.images[2])
+    assert len(records.subset([])) == 0
+    both = Records.concat([records.subset([0]), records.subset([1, 3])])
+    assert list(both.ids) == ["toy:00000", "toy:00001", "toy:00003"]
+    with pytest.raises(ValueError, match="length mismatch"):
+        Records(records.images, records.masks[:2], records.ids)
+    with pytest.raises(ValueError, match="at least one part"):
+        Records.concat([])
+
+
+def test_dominant_class_ignores_background_and_breaks_ties_low():
+    masks = np.zeros((4, 4, 4), dtype=np.int64)
+    masks[1, :2] = 2  # 8 px of class 2, rest background
+    masks[1, 2, :1] = 1  # 1 px of class 1
+    masks[2, 0, :2] = 3  # tie between 3 and 1: lower wins
+    masks[2, 1, :2] = 1
+    records = Records(np.zeros((4, 1, 4, 4)), masks, np.array(["a", "b", "c", "d"], dtype=object))
+    np.testing.assert_array_equal(records.dominant_class(), [0, 2, 1, 0])
+
+
+# ---------------------------------------------------------------- procedural datasets
+
+
+@pytest.mark.parametrize("name, options, num_classes", PROCEDURAL)
+def test_procedural_dataset_shapes_ranges_and_ids(name, options, num_classes):
+    records, info = load_dataset(name, records=20, image_size=32, seed=0, options=options)
+    assert isinstance(info, DatasetInfo)
+    assert (info.name, info.in_channels, info.num_classes) == (name, 1, num_classes)
+    assert len(info.class_names) == num_classes and info.class_names[0] == "background"
+    assert records.images.shape == (20, 1, 32, 32) and records.images.dtype == np.float32
+    assert records.masks.shape == (20, 32, 32) and records.masks.dtype == np.int64
+    assert records.images.min() >= 0.0 and records.images.max() <= 1.0
+    assert records.masks.min() >= 0 and records.masks.max() < num_classes
+    assert (records.masks.reshape(20, -1) > 0).any(axis=1).all(), "every record should hold foreground"
+    assert len(set(records.ids)) == 20 and records.ids[3] == f"{name}:00003"
+
+
+@pytest.mark.parametrize("name, options, num_classes", PROCEDURAL)
+def test_procedural_dataset_is_deterministic(name, options, num_classes):
+    first, _ = load_dataset(name, records=6, image_size=32, seed=7, options=options)
+    again, _ = load_dataset(name, records=6, image_size=32, seed=7, options=options)
+    other, _ = load_dataset(name, records=6, image_size=32, seed=8, options=options)
+    longer, _ = load_dataset(name, records=9, image_size=32, seed=7, options=options)
+    np.testing.assert_array_equal(first.images, again.images)
+    np.testing.assert_array_equal(first.masks, again.masks)
+    assert not np.array_equal(first.images, other.images)
+    # Asking for more records does not change the earlier ones.
+    np.testing.assert_array_equal(longer.images[:6], first.images)
+    np.testing.assert_array_equal(longer.ids[:6], first.ids)
+
+
+def test_digits_scenes_masks_follow_the_placed_digits():
+    records, _ = load_dataset("digits-scenes", records=50, image_size=32, seed=3)
+    classes = np.unique(records.masks)
+    assert len(classes) > 2 + 1  # background plus more than two digit classes
+    assert classes.max() <= 10
+    per_scene = [len(np.unique(m[m > 0])) for m in records.masks]
+    assert 1 <= min(per_scene) and max(per_scene) <= 3
+    # The mask marks ink: labelled pixels are far brighter than the dark, noisy canvas.
+    ink, canvas = records.images[:, 0][records.masks > 0], records.images[:, 0][records.masks == 0]
+    assert ink.mean() > canvas.mean() + 0.4
+
+    single, _ = load_dataset("digits-scenes", records=20, image_size=32, seed=3, options={"max_digits": 1})
+    assert all(len(np.unique(m[m > 0])) == 1 for m in single.masks)
+
+
+def test_shapes_foreground_is_brighter_but_not_separable_by_threshold():
+    records, _ = load_dataset("shapes", records=30, image_size=32, seed=0)
+    pixels, masks = records.images[:, 0], records.masks
+    background, organ, lesion = (pixels[masks == c] for c in (0, 1, 2))
+    assert organ.mean() > background.mean() + 0.05 and lesion.mean() > organ.mean() + 0.05
+    # Texture and noise make the intensity distributions overlap.
+    assert (background > np.percentile(organ, 25)).mean() > 0.01
+
+
+def test_load_dataset_reports_bad_arguments():
+    with pytest.raises(UnknownNameError, match="digits-scenes"):  # the message lists known names
+        load_dataset("mnist", records=2, image_size=32, seed=0)
+    with pytest.raises(ValueError, match="digits-scenes: image_size must be >= 16, found 8"):
+        load_dataset("digits-scenes", records=2, image_size=8, seed=0)
+    with pytest.raises(ValueError, match="shapes: unknown option.*'nosie'"):
+        load_dataset("shapes", records=2, image_size=32, seed=0, options={"nosie": 0.1})
+    with pytest.raises(ValueError, match="shapes: noise must be a number >= 0"):
+        load_dataset("shapes", records=2, image_size=32, seed=0, options={"noise": -1})
+    with pytest.raises(ValueError, match="records must be an integer >= 1"):
+        load_dataset("shapes", records=0, image_size=32, seed=0)
+    assert {"digits-scenes", "shapes", "folder"} <= set(DATASETS.names())
+
+
+# ---------------------------------------------------------------- folder
+
+
+def _write_folder(root, stems=("b", "a", "c"), image_ext=".png"):
+    """Images with a bright left half and masks marking that half; the image size varies."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for k, stem in enumerate(stems):
+        h, w = 20 + 4 * k, 24
+        image = np.zeros((h, w, 3), dtype=np.uint8)
+        image[:, : w // 2] = (200, 150, 100)
+        mask = np.zeros((h, w), dtype=np.uint8)
+        mask[:, : w // 2] = 255
+        Image.fromarray(image).save(root / "images" / f"{stem}{image_ext}")
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+
+
+def test_folder_loads_pairs_in_sorted_order(tmp_path):
+    _write_folder(tmp_path, image_ext=".jpg")
+    records, info = load_dataset("folder", records=3, image_size=16, seed=0, options={"path": str(tmp_path)})
+    assert list(records.ids) == ["folder:a", "folder:b", "folder:c"]
+    assert records.images.shape == (3, 3, 16, 16) and records.images.dtype == np.float32
+    assert 0.0 <= records.images.min() and records.images.max() <= 1.0
+    assert (info.in_channels, info.num_classes) == (3, 2)
+    assert set(np.unique(records.masks)) == {0, 1}
+    assert (records.masks[:, :, :7] == 1).all() and (records.masks[:, :, 9:] == 0).all()
+    # Red channel ≈ 200/255 on the left half, despite JPEG.
+    assert abs(records.images[:, 0, :, :6].mean() - 200 / 255) < 0.05
+
+    gray, info = load_dataset(
+        "folder", records=2, image_size=16, seed=0, options={"path": str(tmp_path), "channels": 1}
+    )
+    assert gray.images.shape == (2, 1, 16, 16) and info.in_channels == 1
+
+
+def test_folder_index_masks(tmp_path):
+    _write_folder(tmp_path, stems=("a",))
+    mask = np.zeros((20, 24), dtype=np.uint8)
+    mask[:, 8:16], mask[:, 16:] = 1, 2
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    records, info = load_dataset(
+        "folder", records=1, image_size=24, seed=0, options={"path": str(tmp_path), "mask_mode": "index"}
+    )
+    assert info.num_classes == 3 and len(info.class_names) == 3
+    assert set(np.unique(records.masks)) == {0, 1, 2}
+    with pytest.raises(ValueError, match="holds class 2, but num_classes is 2"):
+        load_dataset(
+            "folder",
+            records=1,
+            image_size=24,
+            seed=0,
+            options={"path": str(tmp_path), "mask_mode": "index", "num_classes": 2},
+        )
+
+
+def test_folder_errors_are_specific(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match=f"folder: path '{missing}' does not exist"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options={"path": str(missing)})
+    with pytest.raises(ValueError, match="option 'path' is required"):
+        load_dataset("folder", records=1, image_size=16, seed=0)
+
+    _write_folder(tmp_path)
+    options = {"path": str(tmp_path)}
+    with pytest.raises(ValueError, match="has 3 image/mask pairs, but 5 records were asked for"):
+        load_dataset("folder", records=5, image_size=16, seed=0, options=options)
+    with pytest.raises(ValueError, match="masks folder .*labels.* does not exist"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options={**options, "masks": "labels"})
+
+    (tmp_path / "masks" / "b.png").unlink()
+    with pytest.raises(ValueError, match="image 'b.png' has no mask"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options=options)
+
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options={"path": str(empty)})
+
+
+# ---------------------------------------------------------------- partition
+
+
+def _label_skew(parts: list[np.ndarray], labels: np.ndarray) -> float:
+    """Mean total-variation distance between each client's label distribution and the global one."""
+    classes = np.unique(labels)
+    overall = np.array([(labels == c).mean() for c in classes])
+    distances = []
+    for part in parts:
+        local = np.array([(labels[part] == c).mean() for c in classes])
+        distances.append(0.5 * np.abs(local - overall).sum())
+    return float(np.mean(distances))
+
+
+def _assert_disjoint_cover(parts: list[np.ndarray], n: int):
+    joined = np.concatenate(parts)
+    assert joined.dtype == np.int64
+    assert len(joined) == n and len(np.unique(joined)) == n and set(joined) == set(range(n))
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet"])
+def test_partitions_are_disjoint_complete_and_deterministic(kind):
+    labels = np.repeat(np.arange(5), 40)
+    parts = partition(kind, labels, 6, seed=1, alpha=0.5, min_per_client=3)
+    assert len(parts) == 6
+    _assert_disjoint_cover(parts, len(labels))
+    assert min(len(p) for p in parts) >= 3
+    again = partition(kind, labels, 6, seed=1, alpha=0.5, min_per_client=3)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    other = partition(kind, labels, 6, seed=2, alpha=0.5, min_per_client=3)
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_iid_sizes_are_even():
+    sizes = [len(p) for p in partition("iid", np.zeros(103), 10, seed=0)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_dirichlet_with_small_alpha_is_skewed():
+    labels = np.repeat(np.arange(10), 50)
+    iid = _label_skew(partition("iid", labels, 10, seed=0), labels)
+    skewed = _label_skew(partition("dirichlet", labels, 10, seed=0, alpha=0.1), labels)
+    assert skewed > 2 * iid and skewed > 0.4
+
+
+def test_partition_errors():
+    with pytest.raises(ValueError, match="cannot split 3 records among 4 clients"):
+        partition("iid", np.zeros(3), 4, seed=0)
+    with pytest.raises(ValueError, match="min_per_client"):
+        partition("dirichlet", np.zeros(10), 2, seed=0, min_per_client=6)
+    # One class and a tiny alpha: nearly everything lands on one client, every attempt.
+    with pytest.raises(ValueError, match="dirichlet.*fewer than 5 records in 100 attempts"):
+        partition("dirichlet", np.zeros(40), 4, seed=0, alpha=0.01, min_per_client=5)
+    with pytest.raises(UnknownNameError):
+        partition("by-hospital", np.zeros(10), 2, seed=0)
+    assert set(PARTITIONERS.names()) == {"iid", "dirichlet"}
+
+
+# ---------------------------------------------------------------- domain shift
+
+
+def test_domain_shift():
+    images, _ = load_dataset("shapes", records=4, image_size=32, seed=0)
+    images = images.images
+    np.testing.assert_array_equal(apply_domain_shift(images, 0, 1.0, seed=0), images)
+    np.testing.assert_array_equal(apply_domain_shift(images, 3, 0.0, seed=0), images)
+    shifted = {d: apply_domain_shift(images, d, 1.0, seed=0) for d in (1, 2)}
+    for d, out in shifted.items():
+        assert out.dtype == np.float32 and out.shape == images.shape
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        assert np.abs(out - images).mean() > 0.01, f"domain {d} barely changed the images"
+        np.testing.assert_array_equal(out, apply_domain_shift(images, d, 1.0, seed=0))
+    assert not np.allclose(shifted[1], shifted[2])
+    with pytest.raises(ValueError, match="domain must be"):
+        apply_domain_shift(images, -1, 1.0, seed=0)
+
+
+# ---------------------------------------------------------------- out-of-distribution sets
+
+
+@pytest.mark.parametrize("kind", OOD_KINDS)
+def test_ood_sets_match_the_reference(kind):
+    reference, info = load_dataset("shapes", records=6, image_size=32, seed=0)
+    ood = make_ood_set(kind, reference, info, count=9, seed=1)  # more than the reference holds
+    assert ood.images.shape == (9, 1, 32, 32) and ood.images.dtype == np.float32
+    assert ood.masks.shape == (9, 32, 32) and ood.masks.dtype == np.int64
+    assert ood.images.min() >= 0.0 and ood.images.max() <= 1.0
+    assert ood.masks.min() >= 0 and ood.masks.max() < info.num_classes
+    assert ood.ids[3] == f"ood-{kind}:00003" and len(set(ood.ids)) == 9
+    again = make_ood_set(kind, reference, info, count=9, seed=1)
+    np.testing.assert_array_equal(ood.images, again.images)
+
+
+def test_ood_kinds_do_what_they_say():
+    reference, info = load_dataset("shapes", records=5, image_size=32, seed=0)
+
+    noise = make_ood_set("noise", reference, info, count=5, seed=0)
+    assert (noise.masks == 0).all() and noise.images.std() > 0.2
+
+    # count == len(reference): each reference record once, in some order; find it by its mask.
+    scaled = make_ood_set("scaled", reference, info, count=5, seed=0)
+    for image, mask in zip(scaled.images, scaled.masks):
+        k = next(k for k in range(5) if np.array_equal(reference.masks[k], mask))
+        np.testing.assert_allclose(image, np.clip(reference.images[k] * 3, 0, 1), rtol=1e-6)
+
+    permuted = make_ood_set("permuted", reference.subset([0]), info, count=1, seed=0)
+    assert not np.array_equal(permuted.images, reference.images[:1])
+    # The same pixels, just moved: and each pixel keeps its label.
+    np.testing.assert_allclose(np.sort(permuted.images.ravel()), np.sort(reference.images[0].ravel()))
+    def pixel_label_pairs(images, masks):
+        return sorted(zip(images.ravel().tolist(), masks.ravel().tolist()))
+
+    assert pixel_label_pairs(permuted.images, permuted.masks) == pixel_label_pairs(
+        reference.images[:1], reference.masks[:1]
+    )
+
+
+def test_ood_other_dataset_adapts_to_the_reference(tmp_path):
+    shapes, shapes_info = load_dataset("shapes", records=3, image_size=32, seed=0)
+    digits = make_ood_set("other-dataset", shapes, shapes_info, count=4, seed=0)
+    assert digits.masks.max() <= 2 and (digits.masks > 0).any()  # digit classes clipped into range
+
+    _write_folder(tmp_path)
+    rgb, rgb_info = load_dataset("folder", records=3, image_size=20, seed=0, options={"path": str(tmp_path)})
+    other = make_ood_set("other-dataset", rgb, rgb_info, count=2, seed=0)
+    assert other.images.shape == (2, 3, 20, 20) and other.masks.shape == (2, 20, 20)
+    assert set(np.unique(other.masks)) <= {0, 1}
+    with pytest.raises(UnknownNameError):
+        make_ood_set("adversarial", shapes, shapes_info, count=2, seed=0)
