@@ -17,7 +17,6 @@ from fedmia.scenario import ScenarioError, load_scenario
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Audit membership leakage in federated segmentation under an adversarial server.")
-err = Console(stderr=True)
 out = Console()
 
 USAGE_ERROR = 2
@@ -28,7 +27,18 @@ def _load_or_exit(path: Path):
         return load_scenario(path)
     except ScenarioError as error:
         for line in error.lines():
-            err.print(line, markup=False, highlight=False)
+            typer.echo(line, err=True)  # plain text: one problem per line, never re-wrapped
+        raise typer.Exit(USAGE_ERROR)
+
+
+def _check_data_or_exit(path: Path, parsed) -> None:
+    """Build the federation plan (reads a folder dataset, generates embedded ones)."""
+    from fedmia.data.plan import build_plan
+
+    try:
+        build_plan(parsed)
+    except ValueError as error:
+        typer.echo(f"{path}: data: {error}", err=True)
         raise typer.Exit(USAGE_ERROR)
 
 
@@ -36,6 +46,7 @@ def _load_or_exit(path: Path):
 def validate(scenario: Path = typer.Argument(..., help="scenario YAML file")) -> None:
     """Check a scenario file without running it."""
     parsed = _load_or_exit(scenario)
+    _check_data_or_exit(scenario, parsed)
     out.print(f"{scenario}: ok ({parsed.name}: {parsed.federation.clients} clients, "
               f"{parsed.federation.rounds} rounds, attacks: {', '.join(parsed.attacks)})")
 
@@ -51,12 +62,9 @@ def run(
     from fedmia.evaluation import summary_table
     from fedmia.runner import run_scenario
 
+    _check_data_or_exit(scenario, parsed)  # before Ray starts and before any file is written
     folder = out_dir or Path("runs") / parsed.name
-    try:
-        metrics = run_scenario(parsed, folder, console=out, verbose=verbose)
-    except ValueError as error:  # data problems found while building the plan (e.g. folder dataset)
-        err.print(f"{scenario}: data: {error}", markup=False, highlight=False)
-        raise typer.Exit(USAGE_ERROR)
+    metrics = run_scenario(parsed, folder, console=out, verbose=verbose)
     out.print(summary_table(metrics))
     out.print(f"run folder: {folder}  (report: {folder / 'report.md'}, "
               f"wall {metrics['timing']['wall_s']:.1f} s)")

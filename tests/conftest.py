@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny scenarios (real components, tiny sizes) and process hygiene."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "shapes", "image_size": 16, "options": {"binary": True},
+             "members": 12, "heldout": 12, "population": 12},
+    "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 2},
+    "federation": {"clients": 2, "rounds": 1, "local_epochs": 1, "batch_size": 4},
+    "attacks": ["loss", "entropy", "confidence", "modified-entropy"],
+}
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.fixture
+def write_scenario(tmp_path):
+    """Write TINY (with `changes` merged in) to a YAML file and return its path."""
+
+    def write(changes: dict | None = None, name: str = "scenario.yaml", raw: str | None = None) -> Path:
+        path = tmp_path / name
+        path.write_text(raw if raw is not None else yaml.safe_dump(deep_update(TINY, changes or {})))
+        return path
+
+    return write
+
+
+def child_pids(pid: int | None = None) -> set[int]:
+    """Every descendant of `pid` (default: this process), read from /proc."""
+    pid = os.getpid() if pid is None else pid
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except OSError:
+        return False
+
+
+def stop_pids(pids: set[int], timeout: float = 10.0) -> None:
+    """SIGTERM, wait, then SIGKILL — by PID only."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def stops_its_processes():
+    """Stop, by PID, every process the test left running, and report them."""
+    before = child_pids()
+    leftovers: dict[str, set[int]] = {}
+    yield leftovers
+    started = {p for p in child_pids() - before if alive(p)}
+    leftovers["pids"] = started
+    stop_pids(started)

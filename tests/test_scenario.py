@@ -1,0 +1,98 @@
+"""Scenario parsing and every error path of `fedmia validate` / `fedmia run` (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedmia.cli import app
+from fedmia.scenario import ScenarioError, load_scenario
+
+from conftest import REPO
+
+runner = CliRunner()
+
+
+def test_shipped_scenarios_validate():
+    for path in sorted((REPO / "scenarios").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        if "base" in raw and "sweep" in raw:  # sweep files are checked by their own tests
+            continue
+        load_scenario(path)
+
+
+def test_defaults_are_filled_in(write_scenario):
+    scenario = load_scenario(write_scenario({}))
+    resolved = scenario.resolved()
+    assert resolved["federation"]["lr"] == 0.01
+    assert resolved["evaluation"]["tpr_at_fpr"] == [0.001, 0.01]
+    assert scenario.clients_per_round == 2
+
+
+@pytest.mark.parametrize(
+    "changes, raw, where, expected",
+    [
+        (None, "name: x\ndata: {dataset: shapes\n", "line", "YAML syntax error"),
+        ({"federation": {"rounds": "many"}}, None, "federation.rounds", "valid integer"),
+        ({"federation": {"roundz": 3}}, None, "federation.roundz", "unknown key"),
+        ({"data": {"dataset": "imagenet"}}, None, "data.dataset", "unknown dataset 'imagenet'"),
+        ({"model": {"arch": "Transformer9000"}}, None, "model.arch", "unknown model architecture"),
+        ({"model": {"encoder": "resnet9000"}}, None, "model.encoder", "unknown smp encoder"),
+        ({"attacks": ["loss", "telepathy"]}, None, "attacks.1", "unknown attack 'telepathy'"),
+        ({"server": {"strategy": "evil"}}, None, "server.strategy", "unknown server strategy"),
+        ({"server": {"nonsense": 1}}, None, "server.nonsense", "unknown key"),
+        ({"federation": {"clients": 50}}, None, "federation.clients", "cannot share 12 member records"),
+        ({"federation": {"clients_per_round": 3}}, None, "federation.clients_per_round", "at most"),
+        ({"evaluation": {"targets": {"members": 99}}}, None, "evaluation.targets.members", "at most"),
+        ({"evaluation": {"tpr_at_fpr": [0.5, 2.0]}}, None, "evaluation.tpr_at_fpr", "(0, 1)"),
+        ({"data": {"image_size": 18}}, None, "data.image_size", "multiple of"),
+        ({"model": {"arch": "FPN", "encoder_depth": 3}, "data": {"image_size": 16}}, None, "model", "expected the input size"),
+        (None, "- just\n- a list\n", "(top level)", "expected a mapping"),
+    ],
+)
+def test_validate_errors_name_file_key_and_exit_2(write_scenario, changes, raw, where, expected):
+    path = write_scenario(changes, raw=raw)
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    text = str(caught.value)
+    assert text.startswith(f"{path}: {where}"), text
+    assert expected in text
+
+    for command in ("validate", "run"):
+        result = runner.invoke(app, [command, str(path)])
+        assert result.exit_code == 2, result.output
+        assert f"{path}: {where}" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_file_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "nope.yaml: (file): cannot be read" in result.stderr
+
+
+def test_console_script_reports_without_traceback(write_scenario):
+    """The installed `fedmia` entry point, as a user runs it."""
+    path = write_scenario({"federation": {"clients": "four"}})
+    proc = subprocess.run([sys.executable, "-m", "fedmia.cli", "validate", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"{path}: federation.clients:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_data_problem_at_run_time_is_a_usage_error(write_scenario, tmp_path):
+    path = write_scenario()
+    raw = yaml.safe_load(path.read_text())
+    raw["data"].update(dataset="folder", options={"path": str(tmp_path / "absent")})
+    path.write_text(yaml.safe_dump(raw))
+    for command in (["validate", str(path)], ["run", str(path), "--out", str(tmp_path / "run")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert f"{path}: data: folder: path" in result.stderr and "absent" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -1,0 +1,98 @@
+"""The real path: Flower's simulation engine on the Ray backend, and `flwr run` of the app."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedmia.data.plan import build_plan
+from fedmia.runner import run_scenario
+from fedmia.scenario import load_scenario
+from fedmia.transcript import Transcript
+
+from conftest import REPO, alive, child_pids, stop_pids
+
+
+def check_run_folder(folder: Path, scenario) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["scenario"] == scenario.name
+    assert set(metrics["timing"]) >= {"wall_s", "simulation_s", "attacks_s"}
+    assert metrics["timing"]["wall_s"] >= metrics["timing"]["simulation_s"] > 0
+    assert len(metrics["utility"]["rounds"]) == scenario.federation.rounds
+    assert 0 <= metrics["utility"]["dice"] <= 1
+    plan = build_plan(scenario)
+    for name in scenario.attacks:
+        m = metrics["attacks"][name]
+        assert 0 <= m["auc"] <= 1 and set(m["tpr_at_fpr"]) == {"0.001", "0.01"}
+        assert m["n_members"] + m["n_nonmembers"] == len(plan.targets)
+    for name in ("scenario.yaml", "report.md", "roc.png", "utility.png", "scores.csv", "ledger.json"):
+        assert (folder / name).stat().st_size > 0, name
+    score_ids = [line.split(",")[0] for line in (folder / "scores.csv").read_text().splitlines()[1:]]
+    assert score_ids == list(plan.targets.ids)
+    assert load_scenario(folder / "scenario.yaml").resolved() == scenario.resolved()
+    return metrics
+
+
+def test_ray_simulation_two_clients_records_a_transcript(write_scenario, tmp_path, stops_its_processes):
+    scenario = load_scenario(write_scenario({"federation": {"rounds": 2}}))
+    metrics = run_scenario(scenario, tmp_path / "run")
+    check_run_folder(tmp_path / "run", scenario)
+    assert metrics["utility"]["rounds"][-1]["clients"] == 2
+
+    transcript = Transcript.load(tmp_path / "run" / "transcript")
+    assert len(transcript.rounds) == 2
+    first, second = transcript.rounds
+    # every client got the previous global model and replied with its own, different, weights
+    assert len(first.sent) == 2 and len(first.replies) == 2
+    for node, weights in second.sent.items():
+        assert all(np.array_equal(a, b) for a, b in zip(weights, first.aggregate))
+    replies = [r.weights for r in second.replies]
+    assert not all(np.array_equal(a, b) for a, b in zip(*replies))
+    assert sorted(r.metrics["partition-id"] for r in second.replies) == [0, 1]
+    # FedAvg: the aggregate is the example-weighted mean of the replies
+    n = np.array([r.num_examples for r in second.replies], dtype=float)
+    expected = sum(w * r.weights[0] for w, r in zip(n / n.sum(), second.replies))
+    np.testing.assert_allclose(second.aggregate[0], expected, rtol=1e-5, atol=1e-6)
+    assert {"local-epochs", "lr", "server-round"} <= set(second.config[next(iter(second.config))])
+    # Ray was shut down by the run itself: nothing of ours is left behind
+    assert not [p for p in child_pids() if alive(p) and "ray" in Path(f"/proc/{p}/cmdline").read_text()]
+
+
+def test_flwr_run_runs_the_same_app(write_scenario, tmp_path):
+    """`flwr run .` on the local simulation SuperLink; every process it starts is stopped by PID."""
+    scenario_path = write_scenario()
+    out = tmp_path / "flwr-run"
+    bin_dir = str(Path(sys.executable).parent)  # flwr launches `flower-superlink` from PATH
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "FLWR_HOME": str(tmp_path / "flwr-home"),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    flwr = Path(sys.executable).parent / "flwr"
+    before = child_pids()
+    try:
+        proc = subprocess.run(
+            [str(flwr), "run", ".", "--stream",
+             "--run-config", f"scenario='{scenario_path}' out='{out}'",
+             "--federation-config", "num-supernodes=2"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        check_run_folder(out, load_scenario(scenario_path))
+    finally:
+        # `flwr run` leaves a background SuperLink (+ SuperExec) running: find ours by PID lineage
+        # and by our private FLWR_HOME in their command line, then stop them by PID.
+        ours = {p for p in child_pids() - before if alive(p)}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if str(tmp_path / "flwr-home") in (entry / "cmdline").read_text():
+                        ours.add(int(entry.name))
+                except OSError:
+                    pass
+        ours |= {c for p in ours for c in child_pids(p)}
+        stop_pids(ours)
+        assert not [p for p in ours if alive(p)]
