@@ -48,7 +48,7 @@ def validate(scenario: Path = typer.Argument(..., help="scenario YAML file")) ->
     parsed = _load_or_exit(scenario)
     _check_data_or_exit(scenario, parsed)
     out.print(f"{scenario}: ok ({parsed.name}: {parsed.federation.clients} clients, "
-              f"{parsed.federation.rounds} rounds, attacks: {', '.join(parsed.attacks)})")
+              f"{parsed.federation.rounds} rounds, attacks: {', '.join(parsed.attack_names)})")
 
 
 @app.command()

@@ -87,11 +87,14 @@ def run_attacks(scenario: Scenario, view: AdversaryView, console: Console | None
     outputs = {}
     with _progress(console) as progress:
         task = progress.add_task("attacks", total=len(scenario.attacks))
-        for name in scenario.attacks:
-            attack = ATTACKS.get(name)()
+        for spec in scenario.attacks:
+            cls = ATTACKS.get(spec.name)
+            attack = cls(cls.Params.model_validate(spec.params()))
             attack.fit(view)
-            outputs[name] = {"scores": np.asarray(attack.score(view, view.targets), dtype=float),
-                             "threshold": attack.threshold, "attack": attack}
+            outputs[spec.key] = {"scores": np.asarray(attack.score(view, view.targets), dtype=float),
+                                  "threshold": attack.threshold, "attack": attack}
+            if hasattr(attack, "attribute"):  # source inference: which client owns each target
+                outputs[spec.key]["owners"] = np.asarray(attack.attribute(view, view.targets))
             progress.advance(task)
     return outputs
 

@@ -71,6 +71,21 @@ class FederationSpec(Strict):
     weight_decay: float = Field(0.0, ge=0)
 
 
+class AttackSpec(BaseModel):
+    """`name` picks a registered attack; any other key is that attack's own parameter."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    label: str | None = Field(None, description="report name; lets one attack run with several settings")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class ServerSpec(BaseModel):
     """`strategy` picks a registered strategy; any other key is that strategy's own parameter,
     validated against its parameter model."""
@@ -123,9 +138,24 @@ class Scenario(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     federation: FederationSpec = Field(default_factory=FederationSpec)
     server: ServerSpec = Field(default_factory=ServerSpec)
-    attacks: list[str] = Field(default_factory=lambda: ["loss", "entropy", "confidence", "modified-entropy"])
+    attacks: list[AttackSpec] = Field(
+        default_factory=lambda: [AttackSpec(name=n) for n in ("loss", "entropy", "confidence", "modified-entropy")]
+    )
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _names_are_specs(cls, value: Any) -> Any:
+        """`- loss` is shorthand for `- {name: loss}`."""
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @property
+    def attack_names(self) -> list[str]:
+        """The names results are reported under (an attack's label, else its name)."""
+        return [spec.key for spec in self.attacks]
 
     @property
     def clients_per_round(self) -> int:
@@ -189,10 +219,18 @@ def _check_names_and_plan(scenario: Scenario) -> list[tuple[str, str]]:
             for item in error.errors():
                 where, what = _describe_pydantic_error(item)
                 problems.append((f"server.{where}", what))
-    for i, name in enumerate(scenario.attacks):
-        check(f"attacks.{i}", lambda name=name: attacks.ATTACKS.get(name))
-    if len(set(scenario.attacks)) != len(scenario.attacks):
-        problems.append(("attacks", f"each attack may appear once, found {scenario.attacks}"))
+    for i, spec in enumerate(scenario.attacks):
+        check(f"attacks.{i}.name", lambda name=spec.name: attacks.ATTACKS.get(name))
+        if spec.name in attacks.ATTACKS:
+            try:
+                attacks.ATTACKS.get(spec.name).Params.model_validate(spec.params())
+            except ValidationError as error:
+                for item in error.errors():
+                    where, what = _describe_pydantic_error(item)
+                    problems.append((f"attacks.{i}.{where}", what))
+    names = scenario.attack_names
+    if len(set(names)) != len(names):
+        problems.append(("attacks", f"each attack may appear once (give repeats a `label`), found {names}"))
 
     if fed.clients > data.members:
         problems.append(

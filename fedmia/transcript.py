@@ -37,6 +37,7 @@ class RoundView:
     replies: list[Reply] = field(default_factory=list)
     aggregate: Weights | None = None  # the next global model
     failures: int = 0
+    notes: dict = field(default_factory=dict)  # the server's own bookkeeping (e.g. attacked: true)
 
     def reply_of(self, node_id: int) -> Reply:
         return next(r for r in self.replies if r.node_id == node_id)
@@ -93,7 +94,7 @@ class Transcript:
             _write_npz(folder / file, arrays)
             index["rounds"].append({"round": view.round, "file": file, "sent": sent_keys,
                                     "config": {str(k): v for k, v in view.config.items()},
-                                    "replies": replies, "failures": view.failures,
+                                    "replies": replies, "failures": view.failures, "notes": view.notes,
                                     "has_aggregate": view.aggregate is not None})
         write_json_atomic(folder / "index.json", index)
 
@@ -105,7 +106,7 @@ class Transcript:
                          secure_aggregation=index["secure_aggregation"])
         for entry in index["rounds"]:
             arrays = _read_npz(folder / entry["file"])
-            view = RoundView(entry["round"], failures=entry["failures"])
+            view = RoundView(entry["round"], failures=entry["failures"], notes=entry.get("notes", {}))
             view.sent = {int(node): arrays[key] for node, key in entry["sent"].items()}
             view.config = {int(node): cfg for node, cfg in entry["config"].items()}
             view.replies = [Reply(r["node_id"], r["num_examples"], r["metrics"],

@@ -69,19 +69,25 @@ class ObservingFedAvg(FedAvg):
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager):
         sampled = super().configure_fit(server_round, parameters, client_manager)
+        view = RoundView(server_round)
+        self.transcript.rounds.append(view)  # before `tailor`, which may write notes on it
         weights = parameters_to_ndarrays(parameters)
         plan = self.tailor(server_round, weights, [(proxy, self.fit_config(server_round)) for proxy, _ in sampled])
-        view = RoundView(server_round)
         instructions = []
         for proxy, client_weights, config in plan:
             view.sent[proxy.node_id] = client_weights
             view.config[proxy.node_id] = dict(config)
             instructions.append((proxy, FitIns(ndarrays_to_parameters(client_weights), config)))
-        self.transcript.rounds.append(view)
         return instructions
+
+    @property
+    def current_view(self) -> RoundView:
+        return self.transcript.rounds[-1]
 
     # ---- what the server receives --------------------------------------------------------
     def aggregate_fit(self, server_round: int, results, failures):
+        # Replies arrive in completion order; summing in a fixed order makes runs reproducible.
+        results = sorted(results, key=lambda r: (r[1].metrics.get("partition-id", -1), r[0].node_id))
         view = self._view(server_round)
         for proxy, fit_res in results:
             view.replies.append(Reply(proxy.node_id, fit_res.num_examples, dict(fit_res.metrics),

@@ -62,7 +62,7 @@ def test_attacks_never_read_the_ledger(overfit_setup, monkeypatch):
     monkeypatch.setattr(MembershipLedger, "client_of", forbidden)
     monkeypatch.setattr(MembershipLedger, "__getattribute__", lambda self, name: forbidden())
     for name in ATTACKS.names():
-        if name not in scenario.attacks:
+        if name not in scenario.attack_names:
             continue
         attack = ATTACKS.get(name)()
         attack.fit(view)

@@ -42,7 +42,7 @@ def test_defaults_are_filled_in(write_scenario):
         ({"data": {"dataset": "imagenet"}}, None, "data.dataset", "unknown dataset 'imagenet'"),
         ({"model": {"arch": "Transformer9000"}}, None, "model.arch", "unknown model architecture"),
         ({"model": {"encoder": "resnet9000"}}, None, "model.encoder", "unknown smp encoder"),
-        ({"attacks": ["loss", "telepathy"]}, None, "attacks.1", "unknown attack 'telepathy'"),
+        ({"attacks": ["loss", "telepathy"]}, None, "attacks.1.name", "unknown attack 'telepathy'"),
         ({"server": {"strategy": "evil"}}, None, "server.strategy", "unknown server strategy"),
         ({"server": {"nonsense": 1}}, None, "server.nonsense", "unknown key"),
         ({"federation": {"clients": 50}}, None, "federation.clients", "cannot share 12 member records"),

@@ -27,7 +27,7 @@ def check_run_folder(folder: Path, scenario) -> dict:
     assert len(metrics["utility"]["rounds"]) == scenario.federation.rounds
     assert 0 <= metrics["utility"]["dice"] <= 1
     plan = build_plan(scenario)
-    for name in scenario.attacks:
+    for name in scenario.attack_names:
         m = metrics["attacks"][name]
         assert 0 <= m["auc"] <= 1 and set(m["tpr_at_fpr"]) == {"0.001", "0.01"}
         assert m["n_members"] + m["n_nonmembers"] == len(plan.targets)

@@ -12,6 +12,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from fedmia.data.records import Records
@@ -78,13 +79,22 @@ def pixel_summaries(model: nn.Module, records: Records, *, device, batch_size: i
     return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in out.items()}
 
 
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 class Attack(ABC):
     """Subclasses set `name`, learn what they need in `fit`, and return per-record scores where
     higher means "more likely a member". `threshold` is the adversary's own decision rule
-    (chosen without ground truth), or None if the attack makes no decision."""
+    (chosen without ground truth), or None if the attack makes no decision. Parameters from
+    the scenario arrive validated by the class's `Params` model."""
 
     name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
     threshold: float | None = None
+
+    def __init__(self, params: BaseModel | None = None):
+        self.params = params if params is not None else self.Params()
 
     @abstractmethod
     def fit(self, view: AdversaryView) -> None: ...

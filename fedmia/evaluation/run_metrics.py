@@ -5,6 +5,8 @@ This is the only module that joins attack scores with ground-truth membership.
 
 from __future__ import annotations
 
+import numpy as np
+
 from fedmia.evaluation.metrics import membership_metrics, roc_points
 from fedmia.models import build_model, set_weights
 from fedmia.training import evaluate_utility, pick_device
@@ -30,12 +32,15 @@ def evaluate_run(scenario, plan, transcript, outputs: dict) -> tuple[dict, dict]
     """Returns (metrics without timing, ROC curves per attack)."""
     is_member = plan.ledger.is_member(plan.targets.ids)
     levels = tuple(scenario.evaluation.tpr_at_fpr)
-    attacks, curves = {}, {}
+    attacks, curves, source = {}, {}, None
     for name, out in outputs.items():
         scores = out["scores"]
         attacks[name] = membership_metrics(scores, is_member, fpr_levels=levels,
                                            threshold=out["threshold"]).to_dict()
         curves[name] = roc_points(scores, is_member)
+        if "owners" in out:
+            metrics_extra = source_inference_metrics(out["owners"], plan, len(plan.clients))
+            source = {**metrics_extra, "attack": name}
     rounds = utility_per_round(scenario, plan, transcript)
     final = rounds[-1] if rounds else {"dice": float("nan"), "miou": float("nan")}
     model = scenario.model
@@ -56,5 +61,21 @@ def evaluate_run(scenario, plan, transcript, outputs: dict) -> tuple[dict, dict]
         "utility": {"dice": final["dice"], "miou": final["miou"], "rounds": rounds},
         "attacks": attacks,
     }
+    if source is not None:
+        metrics["source_inference"] = source
     return metrics, curves
+
+
+def source_inference_metrics(predicted: np.ndarray, plan, num_clients: int) -> dict:
+    """Accuracy over member targets against the 1/K chance level, and the confusion matrix
+    (rows: true client, columns: predicted client)."""
+    owners = plan.ledger.client_of(plan.targets.ids)
+    members = owners >= 0
+    truth, guess = owners[members], np.asarray(predicted)[members]
+    confusion = np.zeros((num_clients, num_clients), dtype=int)
+    for t, g in zip(truth, guess):
+        if 0 <= g < num_clients:
+            confusion[t, g] += 1
+    return {"accuracy": float(np.mean(truth == guess)) if len(truth) else float("nan"),
+            "chance": 1.0 / num_clients, "n": int(len(truth)), "confusion": confusion.tolist()}
 

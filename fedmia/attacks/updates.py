@@ -1,0 +1,157 @@
+"""White-box attacks on client updates (what an honest-but-curious server sees without SecAgg).
+
+The server sent θ_t,k to client k and got θ'_t,k back. For a target record x:
+  update-loss-drop   ℓ(θ_t,k; x) − ℓ(θ'_t,k; x), largest over clients (and rounds);
+  update-gradient    cos(∇ℓ(θ_t,k; x), θ_t,k − θ'_t,k), largest over clients — local SGD moves the
+                     weights along the (summed) gradients of the client's own records;
+  source-inference   owner(x) = the client whose returned model fits x best (Hu et al.).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch.nn import functional as F
+
+from fedmia.attacks.base import AdversaryView, Attack, register_attack
+from fedmia.data.records import Records
+from fedmia.transcript import RoundView
+
+
+class RoundsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # which rounds' updates to use: the last one, all, the rounds a malicious strategy attacked,
+    # or explicit round numbers
+    rounds: Literal["last", "all", "attacked"] | list[int] = "last"
+
+
+class NeedsClientUpdates(ValueError):
+    pass
+
+
+def selected_rounds(view: AdversaryView, rounds) -> list[RoundView]:
+    transcript = view.transcript
+    usable = [r for r in transcript.rounds if r.replies]
+    if rounds == "last":
+        chosen = usable[-1:]
+    elif rounds == "all":
+        chosen = usable
+    elif rounds == "attacked":
+        chosen = [r for r in usable if r.notes.get("attacked")]
+    else:
+        chosen = [r for r in usable if r.round in set(rounds)]
+    if not chosen:
+        raise NeedsClientUpdates(f"no transcript round matches rounds={rounds!r}")
+    missing = [r.round for r in chosen if any(reply.weights is None for reply in r.replies)]
+    if missing:
+        raise NeedsClientUpdates(
+            f"per-client updates of rounds {missing} are not in the transcript (secure aggregation "
+            "shows the server only their sum; see the isolation strategy)"
+        )
+    return chosen
+
+
+def client_losses(view: AdversaryView, records: Records, round_view: RoundView) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(loss on the model each client was sent, loss on each client's reply, partition ids):
+    arrays of shape (clients, records)."""
+    sent, returned, partitions = [], [], []
+    for reply in round_view.replies:
+        sent.append(view.pixel_summaries(records, round_view.sent[reply.node_id])["loss"])
+        returned.append(view.pixel_summaries(records, reply.weights)["loss"])
+        partitions.append(int(reply.metrics.get("partition-id", -1)))
+    return np.stack(sent), np.stack(returned), partitions
+
+
+@register_attack("update-loss-drop")
+class UpdateLossDrop(Attack):
+    Params = RoundsParams
+
+    def fit(self, view: AdversaryView) -> None:
+        selected_rounds(view, self.params.rounds)  # fail early and clearly
+
+    def score(self, view: AdversaryView, records: Records) -> np.ndarray:
+        best = np.full(len(records), -np.inf)
+        for round_view in selected_rounds(view, self.params.rounds):
+            before, after, _ = client_losses(view, records, round_view)
+            best = np.maximum(best, (before - after).max(axis=0))
+        return best
+
+
+@register_attack("update-gradient")
+class UpdateGradient(Attack):
+    Params = RoundsParams
+
+    def fit(self, view: AdversaryView) -> None:
+        selected_rounds(view, self.params.rounds)
+
+    def score(self, view: AdversaryView, records: Records) -> np.ndarray:
+        best = np.full(len(records), -np.inf)
+        for round_view in selected_rounds(view, self.params.rounds):
+            for reply in round_view.replies:
+                sent = round_view.sent[reply.node_id]
+                cosines = self._cosines(view, records, sent, reply.weights)
+                best = np.maximum(best, cosines)
+        return best
+
+    @staticmethod
+    def _cosines(view: AdversaryView, records: Records, sent, returned) -> np.ndarray:
+        model = view.model_with(sent)
+        names = list(model.state_dict().keys())
+        params = dict(model.named_parameters())
+        positions = [i for i, name in enumerate(names) if name in params]
+        update = torch.cat([torch.as_tensor(sent[i] - returned[i]).flatten() for i in positions]).to(view.device)
+        ordered = [params[names[i]] for i in positions]
+        cosines = np.empty(len(records))
+        for row in range(len(records)):
+            x = torch.as_tensor(records.images[row : row + 1]).to(view.device)
+            y = torch.as_tensor(records.masks[row : row + 1]).to(view.device)
+            grads = torch.autograd.grad(F.cross_entropy(model(x), y), ordered, allow_unused=True)
+            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                              for g, p in zip(grads, ordered)])
+            cosines[row] = float(F.cosine_similarity(flat, update, dim=0))
+        return cosines
+
+
+@register_attack("source-inference")
+class SourceInference(Attack):
+    """Owner = the client whose returned model has the lowest loss on the record (summed over the
+    selected rounds). Its membership score is minus that lowest loss."""
+
+    Params = RoundsParams
+
+    def fit(self, view: AdversaryView) -> None:
+        selected_rounds(view, self.params.rounds)
+
+    def _summed_losses(self, view: AdversaryView, records: Records) -> tuple[np.ndarray, list[int]]:
+        total, partitions = None, None
+        for round_view in selected_rounds(view, self.params.rounds):
+            _, after, parts = client_losses(view, records, round_view)
+            order = np.argsort(parts)  # align clients across rounds by the id they report
+            after, parts = after[order], [parts[i] for i in order]
+            if total is None:
+                total, partitions = after, parts
+            elif parts == partitions:
+                total = total + after
+        return total, partitions
+
+    def score(self, view: AdversaryView, records: Records) -> np.ndarray:
+        losses, _ = self._summed_losses(view, records)
+        return -losses.min(axis=0)
+
+    def attribute(self, view: AdversaryView, records: Records) -> np.ndarray:
+        losses, partitions = self._summed_losses(view, records)
+        return np.asarray(partitions)[losses.argmin(axis=0)]
+
+
+class AttackedRoundsParams(RoundsParams):
+    rounds: Literal["last", "all", "attacked"] | list[int] = "attacked"
+
+
+@register_attack("gradient-ascent")
+class GradientAscentDrop(UpdateLossDrop):
+    """The loss drop in the rounds the gradient-ascent server attacked (Nasr et al. 2019)."""
+
+    Params = AttackedRoundsParams
