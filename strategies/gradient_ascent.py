@@ -5,6 +5,13 @@ broadcasting it: θ' = θ + η·∇Σ_targets ℓ(θ; x). A client that holds a 
 record's loss sharply back down during local training; a target nobody holds stays high. The
 matching attack (`gradient-ascent`) scores the per-target loss drop on the returned models of the
 attacked rounds. The server does not know which targets are members: it ascends on all of them.
+
+Ascent does not always help: when targets resemble each other (segmentation scans of one
+modality do), ascending on all of them raises the loss of the whole data distribution, every
+client's training undoes it, and members stand out *less* than under passive observation. With
+`calibrate: true` the server rehearses the attack on its own population data first — half of it
+plays a client's training set, half the non-members — and uses the strength (steps × lr) that
+separates them best, or no ascent at all when none beats passive observation.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
+from fedmia.attacks.base import pixel_summaries
 from fedmia.data.plan import build_plan
+from fedmia.evaluation.metrics import membership_metrics
 from fedmia.models import build_model, get_weights, set_weights
-from fedmia.training import pick_device
+from fedmia.training import TrainRecipe, pick_device, train_local
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
 
@@ -29,6 +38,11 @@ class GradientAscentParams(BaseModel):
     lr: float = Field(1e-3, gt=0, description="ascent step size")
     optimizer: Literal["adam", "sgd"] = "adam"
     batch_size: int = Field(64, ge=1)
+    calibrate: bool = Field(False, description="rehearse on population data and pick the strength")
+    candidates: list[tuple[int, float]] = Field(
+        default_factory=lambda: [(0, 0.0), (5, 1e-3), (10, 1e-3), (10, 3e-3)],
+        description="(steps, lr) pairs tried when calibrating; (0, 0) = no ascent",
+    )
 
 
 def ascend(model: torch.nn.Module, images, masks, params: GradientAscentParams, device) -> None:
@@ -58,10 +72,41 @@ class GradientAscentFedAvg(ObservingFedAvg):
         if server_round not in self.attack_rounds():
             return super().tailor(server_round, weights, instructions)
         plan = build_plan(self.scenario)  # the adversary's own target list (membership unknown)
+        device = pick_device(self.scenario.runtime.device)
+        strength = self.params
+        if self.params.calibrate:
+            strength = self.rehearse(weights, plan, device)
+        model = self._model(weights, plan)
+        if strength.steps > 0:
+            ascend(model, plan.targets.images, plan.targets.masks, strength, device)
+        poisoned = get_weights(model)
+        self.current_view.notes.update(attacked="gradient-ascent", steps=strength.steps, lr=strength.lr)
+        return [(proxy, poisoned, config) for proxy, config in instructions]
+
+    def _model(self, weights, plan):
         model = build_model(self.scenario.model, plan.info.in_channels, plan.info.num_classes)
         set_weights(model, weights)
-        ascend(model, plan.targets.images, plan.targets.masks, self.params,
-               pick_device(self.scenario.runtime.device))
-        poisoned = get_weights(model)
-        self.current_view.notes["attacked"] = "gradient-ascent"
-        return [(proxy, poisoned, config) for proxy, config in instructions]
+        return model
+
+    def rehearse(self, weights, plan, device) -> GradientAscentParams:
+        """Try each candidate strength on population data the server owns; keep the best."""
+        population = plan.population
+        half = len(population) // 2
+        size = min(half, max(2, self.scenario.data.members // self.scenario.federation.clients))
+        pseudo_members = population.subset(list(range(size)))
+        stand_in = population.subset(list(range(size)) + list(range(half, half + size)))
+        is_member = [True] * size + [False] * size
+        recipe = TrainRecipe.from_federation(self.scenario.federation)
+        results = []
+        for steps, lr in self.params.candidates:
+            candidate = self.params.model_copy(update={"steps": steps, "lr": lr})
+            model = self._model(weights, plan)
+            if steps > 0:
+                ascend(model, stand_in.images, stand_in.masks, candidate, device)
+            before = pixel_summaries(model, stand_in, device=device)["loss"]
+            train_local(model, pseudo_members, recipe, seed=self.scenario.seed, device=device)
+            drop = before - pixel_summaries(model, stand_in, device=device)["loss"]
+            results.append((membership_metrics(drop, is_member).auc, -steps, candidate))
+        self.current_view.notes["rehearsal_auc"] = {f"{c.steps}x{c.lr:g}": round(a, 4) for a, _, c in results}
+        best = max(results, key=lambda r: (r[0], r[1]))
+        return best[2]

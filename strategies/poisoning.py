@@ -1,0 +1,46 @@
+"""Poisoning the broadcast model to make clients' updates memorise (a federated form of the
+segmentation-MIA paper's dishonest adversary).
+
+In the paper the adversary poisons *training data* so the victim leaks more. A federated server
+cannot touch the clients' data, but it decides where their local training starts. In attack
+rounds this strategy re-initialises a part of the network (by default the whole decoder and the
+segmentation head) before broadcasting: the clients must then refit that part from their own
+records alone, so each returned model's decoder is fit to one client's handful of scans instead
+of being the smooth average of all of them. The update attacks then compare per-client models
+that differ more where the clients' records differ. The cost is paid by utility: the aggregate
+of freshly refit decoders is worse than an honest round's (reported as Dice).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedmia.data.plan import build_plan
+from fedmia.models import build_model, weight_names
+from strategies import register_strategy
+from strategies.fedavg import ObservingFedAvg
+
+
+class PoisoningParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attack_rounds: list[int] | None = Field(None, description="default: the last round")
+    reset: list[str] = Field(default_factory=lambda: ["decoder", "segmentation_head"],
+                             description="state_dict prefixes re-initialised before broadcast")
+    reset_seed: int = 1234
+
+
+@register_strategy("poisoning", PoisoningParams)
+class DecoderResetFedAvg(ObservingFedAvg):
+    def tailor(self, server_round, weights, instructions):
+        rounds = set(self.params.attack_rounds or [self.scenario.federation.rounds])
+        if server_round not in rounds:
+            return super().tailor(server_round, weights, instructions)
+        info = build_plan(self.scenario).info
+        fresh = build_model(self.scenario.model, info.in_channels, info.num_classes,
+                            seed=self.params.reset_seed + server_round)
+        names = weight_names(fresh)
+        fresh_weights = [v.detach().cpu().numpy() for v in fresh.state_dict().values()]
+        poisoned = [fresh_weights[i] if any(n.startswith(p) for p in self.params.reset) else w
+                    for i, (n, w) in enumerate(zip(names, weights))]
+        self.current_view.notes.update(attacked="poisoning", reset=self.params.reset)
+        return [(proxy, poisoned, config) for proxy, config in instructions]
