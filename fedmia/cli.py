@@ -15,7 +15,7 @@ from rich.console import Console
 
 from fedmia.scenario import ScenarioError, load_scenario
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Audit membership leakage in federated segmentation under an adversarial server.")
 out = Console()
 
@@ -68,6 +68,24 @@ def run(
     out.print(summary_table(metrics))
     out.print(f"run folder: {folder}  (report: {folder / 'report.md'}, "
               f"wall {metrics['timing']['wall_s']:.1f} s)")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="run folders"),
+    out_dir: Path = typer.Option(Path("runs/compare"), "--out", help="where the table and plot go"),
+    attack: Optional[list[str]] = typer.Option(None, "--attack", help="only these attacks (repeatable)"),
+) -> None:
+    """Compare run folders side by side: one table, one overlaid ROC plot."""
+    from fedmia.evaluation.compare import RunFolderError, compare_runs
+
+    try:
+        _, table = compare_runs(runs, out_dir, attack or None)
+    except RunFolderError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(USAGE_ERROR)
+    out.print(table)
+    out.print(f"written: {out_dir / 'compare.md'}, {out_dir / 'compare_roc.png'}")
 
 
 @app.command("list")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
 from flwr.common import Context
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fedmia.data.plan import build_plan
 from fedmia.models import build_model, get_weights, set_weights
@@ -28,6 +31,33 @@ def _model_skeleton(canonical: str):
     return build_model(scenario.model, info.in_channels, info.num_classes)
 
 
+def client_recipe(scenario: Scenario, config: dict) -> TrainRecipe:
+    """The scenario's recipe, with what the server's config overrides — unless the client pins
+    its hyperparameters (the defense against config-only isolation)."""
+    base = TrainRecipe.from_federation(scenario.federation)
+    if scenario.federation.pin_hyperparameters:
+        return base
+    return TrainRecipe(
+        epochs=int(config.get("local-epochs", base.epochs)),
+        batch_size=int(config.get("batch-size", base.batch_size)),
+        lr=float(config.get("lr", base.lr)),
+        optimizer=base.optimizer, momentum=base.momentum, weight_decay=base.weight_decay,
+    )
+
+
+def client_seed(scenario: Scenario, server_round: int, partition_id: int) -> int:
+    """A seed per (run, round, client): reproducible, yet different for every local run."""
+    return scenario.seed * 1_000_003 + server_round * 1_009 + partition_id
+
+
+def optional_secaggplus_mod(msg, ctxt, call_next):
+    """Flower's `secaggplus_mod` for messages of a SecAgg+ round, a pass-through otherwise, so
+    one ClientApp serves plain and secure runs (the scenario decides, not the app)."""
+    if msg.content.config_records.get(RECORD_KEY_CONFIGS) is not None:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
 class SegmentationClient(NumPyClient):
     def __init__(self, scenario: Scenario, partition_id: int):
         self.scenario = scenario
@@ -40,24 +70,17 @@ class SegmentationClient(NumPyClient):
         self.model = _model_skeleton(scenario.canonical())
         self.device = pick_device(scenario.runtime.device)
 
-    def recipe(self, config: dict) -> TrainRecipe:
-        """The scenario's recipe, with whatever the server's config overrides."""
-        base = TrainRecipe.from_federation(self.scenario.federation)
-        return TrainRecipe(
-            epochs=int(config.get("local-epochs", base.epochs)),
-            batch_size=int(config.get("batch-size", base.batch_size)),
-            lr=float(config.get("lr", base.lr)),
-            optimizer=base.optimizer, momentum=base.momentum, weight_decay=base.weight_decay,
-        )
-
     def fit(self, parameters, config):
         set_weights(self.model, parameters)
-        server_round = int(config.get("server-round", 0))
-        # A seed per (run, round, client): reproducible, yet different for every local run.
-        seed = self.scenario.seed * 1_000_003 + server_round * 1_009 + self.partition_id
-        stats = train_local(self.model, self.records, self.recipe(config), seed=seed, device=self.device)
+        received = get_weights(self.model)
+        recipe = client_recipe(self.scenario, config)
+        seed = client_seed(self.scenario, int(config.get("server-round", 0)), self.partition_id)
+        stats = train_local(self.model, self.records, recipe, seed=seed, device=self.device)
         metrics = {"partition-id": self.partition_id, **stats}
-        return get_weights(self.model), len(self.records), metrics
+        weights = get_weights(self.model)
+        if config.get("send-update"):  # under SecAgg+: small values quantise finely
+            weights = [(new - old).astype(np.float32) for new, old in zip(weights, received)]
+        return weights, len(self.records), metrics
 
     def evaluate(self, parameters, config):
         set_weights(self.model, parameters)
@@ -75,7 +98,7 @@ def make_client_app(scenario: Scenario | None = None) -> ClientApp:
         partition_id = int(context.node_config["partition-id"])
         return SegmentationClient(current, partition_id).to_client()
 
-    return ClientApp(client_fn=client_fn)
+    return ClientApp(client_fn=client_fn, mods=[optional_secaggplus_mod])
 
 
 app = make_client_app()

@@ -60,6 +60,11 @@ def build_model(spec, in_channels: int, num_classes: int, seed: int | None = Non
 
 def _drop_unused_encoder_modules(model: nn.Module, in_channels: int) -> None:
     """Replace encoder sub-modules that take no part in the forward pass by nn.Identity."""
+    with torch.enable_grad():  # callers may build models inside torch.no_grad()
+        _probe_and_prune(model, in_channels)
+
+
+def _probe_and_prune(model: nn.Module, in_channels: int) -> None:
     probe = torch.zeros(2, in_channels, 64, 64)
     was_training = model.training
     model.train()
@@ -94,15 +99,19 @@ def _drop_unused_encoder_modules(model: nn.Module, in_channels: int) -> None:
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:
-    """All state (parameters and buffers) in state_dict order, as NumPy arrays."""
-    return [value.detach().cpu().numpy().copy() for value in model.state_dict().values()]
+    """All state (parameters and buffers) in state_dict order, as NumPy arrays of at least one
+    dimension: SecAgg+ corrupts 0-d arrays (BatchNorm's `num_batches_tracked`)."""
+    return [np.atleast_1d(value.detach().cpu().numpy()).copy() for value in model.state_dict().values()]
 
 
 def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
-    keys = list(model.state_dict().keys())
-    if len(keys) != len(weights):
-        raise ValueError(f"model has {len(keys)} tensors, received {len(weights)}")
-    state = OrderedDict((key, torch.as_tensor(np.asarray(w))) for key, w in zip(keys, weights))
+    current = model.state_dict()
+    if len(current) != len(weights):
+        raise ValueError(f"model has {len(current)} tensors, received {len(weights)}")
+    state = OrderedDict(
+        (key, torch.as_tensor(np.asarray(w)).reshape(target.shape).to(target.dtype))
+        for (key, target), w in zip(current.items(), weights)
+    )
     model.load_state_dict(state, strict=True)
 
 

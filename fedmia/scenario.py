@@ -69,6 +69,9 @@ class FederationSpec(Strict):
     optimizer: Literal["sgd", "adam"] = "adam"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    pin_hyperparameters: bool = Field(
+        False, description="clients ignore training config sent by the server (a defense)"
+    )
 
 
 class AttackSpec(BaseModel):
@@ -95,6 +98,39 @@ class ServerSpec(BaseModel):
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+class SecAggSpec(Strict):
+    """Flower's SecAgg+ (`SecAggPlusWorkflow` + `secaggplus_mod`). Clients then send their
+    *update* (new − received weights), which keeps values small enough to quantise finely."""
+
+    num_shares: int | float = Field(1.0, description="int > 2, or a fraction of the sampled clients")
+    reconstruction_threshold: int | float = Field(0.5, description="int, or a fraction of num_shares")
+    clipping_range: float = Field(8.0, gt=0)
+    quantization_range: int = Field(2**30, gt=0, lt=2**31, description="int32 quantiser: below 2**31")
+    modulus_range: int = Field(2**32, gt=0)
+    max_weight: float = Field(1000.0, gt=0, description="num_examples are scaled by 1/max_weight")
+    timeout: float | None = Field(None, gt=0, description="seconds to wait for clients per stage")
+
+    @field_validator("modulus_range")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of 2")
+        return value
+
+
+class DefensesSpec(Strict):
+    secagg: SecAggSpec | None = Field(None, description="`true` or a mapping switches SecAgg+ on")
+
+    @field_validator("secagg", mode="before")
+    @classmethod
+    def _true_means_defaults(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
 
 
 class TargetSpec(Strict):
@@ -138,6 +174,7 @@ class Scenario(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     federation: FederationSpec = Field(default_factory=FederationSpec)
     server: ServerSpec = Field(default_factory=ServerSpec)
+    defenses: DefensesSpec = Field(default_factory=DefensesSpec)
     attacks: list[AttackSpec] = Field(
         default_factory=lambda: [AttackSpec(name=n) for n in ("loss", "entropy", "confidence", "modified-entropy")]
     )
@@ -254,6 +291,16 @@ def _check_names_and_plan(scenario: Scenario) -> list[tuple[str, str]]:
         problems.append(("model.decoder_channels",
                          f"expected one entry per encoder stage ({scenario.model.encoder_depth}), "
                          f"found {len(scenario.model.decoder_channels)}"))
+    secagg = scenario.defenses.secagg
+    if secagg is not None:
+        if secagg.modulus_range <= secagg.quantization_range:
+            problems.append(("defenses.secagg.modulus_range",
+                             f"expected more than quantization_range ({secagg.quantization_range}), "
+                             f"found {secagg.modulus_range}"))
+        if isinstance(secagg.num_shares, int) and not 2 < secagg.num_shares <= scenario.clients_per_round:
+            problems.append(("defenses.secagg.num_shares",
+                             f"expected an int in 3..clients_per_round ({scenario.clients_per_round}) "
+                             f"or a fraction, found {secagg.num_shares}"))
     if data.image_size % (2 ** scenario.model.encoder_depth) != 0:
         problems.append(("data.image_size",
                          f"expected a multiple of 2**encoder_depth = {2 ** scenario.model.encoder_depth}, "

@@ -14,7 +14,7 @@ from typing import Callable
 
 from flwr.common import Context
 from flwr.server import LegacyContext, ServerApp, ServerConfig
-from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 import strategies
 from fedmia.data.plan import build_plan
@@ -43,8 +43,24 @@ def run_federation(grid, context: Context, scenario: Scenario,
     strategy = make_strategy(scenario, on_round_end)
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=scenario.federation.rounds),
                            strategy=strategy)
-    DefaultWorkflow()(grid, legacy)
+    DefaultWorkflow(fit_workflow=fit_workflow(scenario))(grid, legacy)
     return strategy.transcript
+
+
+def fit_workflow(scenario: Scenario):
+    """Flower's SecAgg+ fit workflow when the scenario asks for it, else the default one."""
+    secagg = scenario.defenses.secagg
+    if secagg is None:
+        return None
+    return SecAggPlusWorkflow(
+        num_shares=secagg.num_shares,
+        reconstruction_threshold=secagg.reconstruction_threshold,
+        max_weight=secagg.max_weight,
+        clipping_range=secagg.clipping_range,
+        quantization_range=secagg.quantization_range,
+        modulus_range=secagg.modulus_range,
+        timeout=secagg.timeout,
+    )
 
 
 def make_server_app(scenario: Scenario | None = None, *, result: dict | None = None,

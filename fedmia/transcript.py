@@ -36,6 +36,9 @@ class RoundView:
     config: dict[int, dict] = field(default_factory=dict)  # node id → fit config sent to it
     replies: list[Reply] = field(default_factory=list)
     aggregate: Weights | None = None  # the next global model
+    # the example-weighted mean of the clients' updates as the aggregation revealed it (under
+    # SecAgg+ the only client-derived weights the server sees)
+    observed_update: Weights | None = None
     failures: int = 0
     notes: dict = field(default_factory=dict)  # the server's own bookkeeping (e.g. attacked: true)
 
@@ -90,6 +93,8 @@ class Transcript:
                                 "metrics": reply.metrics, "weights_kept": stored})
             if view.aggregate is not None:
                 arrays["aggregate"] = view.aggregate
+            if view.observed_update is not None:
+                arrays["observed-update"] = view.observed_update
             file = f"round-{view.round:03d}.npz"
             _write_npz(folder / file, arrays)
             index["rounds"].append({"round": view.round, "file": file, "sent": sent_keys,
@@ -113,6 +118,7 @@ class Transcript:
                                   arrays.get(f"reply-{r['node_id']}") if r["weights_kept"] else None)
                             for r in entry["replies"]]
             view.aggregate = arrays.get("aggregate")
+            view.observed_update = arrays.get("observed-update")
             transcript.rounds.append(view)
         return transcript
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
@@ -19,6 +21,11 @@ from strategies import register_strategy
 
 class FedAvgParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _weighted_sum(arrays_per_client, share) -> list:
+    return [sum(w * arrays[i].astype(np.float64) for w, arrays in zip(share, arrays_per_client)).astype(np.float32)
+            for i in range(len(arrays_per_client[0]))]
 
 
 def weighted_mean(metrics: list[tuple[int, dict]]) -> dict:
@@ -52,16 +59,21 @@ class ObservingFedAvg(FedAvg):
             accept_failures=True,
         )
         self.scenario = scenario
+        self.secure = scenario.defenses.secagg is not None
         self.params = params
-        self.transcript = Transcript(weight_names, [w.copy() for w in initial_weights])
+        self.transcript = Transcript(weight_names, [w.copy() for w in initial_weights],
+                                     secure_aggregation=self.secure)
         self.on_round_end = on_round_end
 
     # ---- what the server sends -----------------------------------------------------------
     def fit_config(self, server_round: int) -> dict:
         """The training config an honest server sends (clients may pin their own instead)."""
         fed = self.scenario.federation
-        return {"server-round": server_round, "local-epochs": fed.local_epochs,
-                "lr": fed.lr, "batch-size": fed.batch_size}
+        config = {"server-round": server_round, "local-epochs": fed.local_epochs,
+                  "lr": fed.lr, "batch-size": fed.batch_size}
+        if self.secure:
+            config["send-update"] = True  # see SecAggSpec: updates quantise, raw BN stats clip
+        return config
 
     def tailor(self, server_round: int, weights, instructions: list[tuple[ClientProxy, dict]]):
         """Per-client (weights, config). The honest server sends everyone the same model."""
@@ -89,16 +101,33 @@ class ObservingFedAvg(FedAvg):
         # Replies arrive in completion order; summing in a fixed order makes runs reproducible.
         results = sorted(results, key=lambda r: (r[1].metrics.get("partition-id", -1), r[0].node_id))
         view = self._view(server_round)
-        for proxy, fit_res in results:
-            view.replies.append(Reply(proxy.node_id, fit_res.num_examples, dict(fit_res.metrics),
-                                      parameters_to_ndarrays(fit_res.parameters)))
         view.failures = len(failures)
-        parameters, metrics = super().aggregate_fit(server_round, results, failures)
-        if parameters is not None:
-            view.aggregate = parameters_to_ndarrays(parameters)
+        if not results:
+            return None, {}
+        counts = np.array([fit_res.num_examples for _, fit_res in results], dtype=np.float64)
+        share = counts / counts.sum()
+        # What this round's senders started from, weighted as FedAvg weighs their replies.
+        started_from = _weighted_sum([view.sent[proxy.node_id] for proxy, _ in results], share)
+        for proxy, fit_res in results:
+            # Under SecAgg+ every FitRes carries the same thing: the secure aggregate.
+            weights = None if self.secure else parameters_to_ndarrays(fit_res.parameters)
+            view.replies.append(Reply(proxy.node_id, fit_res.num_examples, dict(fit_res.metrics), weights))
+        if self.secure:
+            view.observed_update = parameters_to_ndarrays(results[0][1].parameters)  # mean update
+        else:
+            mean_reply = _weighted_sum([parameters_to_ndarrays(r.parameters) for _, r in results], share)
+            view.observed_update = [m - s for m, s in zip(mean_reply, started_from)]
+        new_global = self.next_global(server_round, started_from, view.observed_update)
+        view.aggregate = new_global
+        metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
         if self.on_round_end is not None:
             self.on_round_end(view)
-        return parameters, metrics
+        return ndarrays_to_parameters(new_global), metrics
+
+    def next_global(self, server_round: int, started_from, mean_update):
+        """FedAvg: where the clients started plus their example-weighted mean update (with one
+        model sent to all, exactly the mean of their replies)."""
+        return [(s + u).astype(s.dtype) for s, u in zip(started_from, mean_update)]
 
     def _view(self, server_round: int) -> RoundView:
         view = self.transcript.rounds[-1]

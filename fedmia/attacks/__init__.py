@@ -7,5 +7,6 @@ Adding an attack is adding one module that subclasses `Attack`, decorates it wit
 from fedmia.attacks.base import ATTACKS, AdversaryView, Attack, register_attack
 from fedmia.attacks import threshold  # noqa: F401  (loss, entropy, confidence, modified-entropy)
 from fedmia.attacks import updates  # noqa: F401  (update-loss-drop, update-gradient, source-inference)
+from fedmia.attacks import isolation  # noqa: F401  (isolation)
 
 __all__ = ["ATTACKS", "AdversaryView", "Attack", "register_attack"]

@@ -118,7 +118,10 @@ class UpdateGradient(Attack):
 @register_attack("source-inference")
 class SourceInference(Attack):
     """Owner = the client whose returned model has the lowest loss on the record (summed over the
-    selected rounds). Its membership score is minus that lowest loss."""
+    selected rounds). Each client model's losses are first standardised by its losses on the
+    adversary's population (known non-members): a model that is simply better or worse on
+    everything — say, trained on an easier hospital's scans — must not win or lose every record.
+    Its membership score is minus the lowest standardised loss."""
 
     Params = RoundsParams
 
@@ -129,6 +132,8 @@ class SourceInference(Attack):
         total, partitions = None, None
         for round_view in selected_rounds(view, self.params.rounds):
             _, after, parts = client_losses(view, records, round_view)
+            _, reference, _ = client_losses(view, view.population, round_view)
+            after = (after - reference.mean(1, keepdims=True)) / (reference.std(1, keepdims=True) + 1e-12)
             order = np.argsort(parts)  # align clients across rounds by the id they report
             after, parts = after[order], [parts[i] for i in order]
             if total is None:

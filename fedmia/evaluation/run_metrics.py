@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedmia.evaluation.isolation import isolation_metrics
 from fedmia.evaluation.metrics import membership_metrics, roc_points
 from fedmia.models import build_model, set_weights
 from fedmia.training import evaluate_utility, pick_device
@@ -32,12 +33,14 @@ def evaluate_run(scenario, plan, transcript, outputs: dict) -> tuple[dict, dict]
     """Returns (metrics without timing, ROC curves per attack)."""
     is_member = plan.ledger.is_member(plan.targets.ids)
     levels = tuple(scenario.evaluation.tpr_at_fpr)
-    attacks, curves, source = {}, {}, None
+    attacks, curves, source, isolation = {}, {}, None, None
     for name, out in outputs.items():
         scores = out["scores"]
         attacks[name] = membership_metrics(scores, is_member, fpr_levels=levels,
                                            threshold=out["threshold"]).to_dict()
         curves[name] = roc_points(scores, is_member)
+        if hasattr(out["attack"], "recovered_update"):
+            isolation = isolation_metrics(scenario, plan, out["attack"], scores)
         if "owners" in out:
             metrics_extra = source_inference_metrics(out["owners"], plan, len(plan.clients))
             source = {**metrics_extra, "attack": name}
@@ -55,7 +58,7 @@ def evaluate_run(scenario, plan, transcript, outputs: dict) -> tuple[dict, dict]
             "local_epochs": scenario.federation.local_epochs,
             "model": f"{model.arch}/{model.encoder} (depth {model.encoder_depth})",
             "server": scenario.server.strategy,
-            "defenses": "none",
+            "defenses": describe_defenses(scenario),
             "targets": {"members": int(is_member.sum()), "nonmembers": int((~is_member).sum())},
         },
         "utility": {"dice": final["dice"], "miou": final["miou"], "rounds": rounds},
@@ -63,6 +66,8 @@ def evaluate_run(scenario, plan, transcript, outputs: dict) -> tuple[dict, dict]
     }
     if source is not None:
         metrics["source_inference"] = source
+    if isolation is not None:
+        metrics["isolation"] = isolation
     return metrics, curves
 
 
@@ -79,3 +84,12 @@ def source_inference_metrics(predicted: np.ndarray, plan, num_clients: int) -> d
     return {"accuracy": float(np.mean(truth == guess)) if len(truth) else float("nan"),
             "chance": 1.0 / num_clients, "n": int(len(truth)), "confusion": confusion.tolist()}
 
+
+
+def describe_defenses(scenario) -> str:
+    parts = []
+    if scenario.defenses.secagg is not None:
+        parts.append("SecAgg+")
+    if scenario.federation.pin_hyperparameters:
+        parts.append("pinned hyperparameters")
+    return ", ".join(parts) or "none"
