@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedmia.attacks import ATTACKS, AdversaryView
+from fedmia.attacks.updates import NeedsClientUpdates
 from fedmia.data.plan import build_plan
 from fedmia.evaluation.run_metrics import evaluate_run
 from fedmia.evaluation import plot_roc, plot_utility, render_report
@@ -90,7 +91,14 @@ def run_attacks(scenario: Scenario, view: AdversaryView, console: Console | None
         for spec in scenario.attacks:
             cls = ATTACKS.get(spec.name)
             attack = cls(cls.Params.model_validate(spec.params()))
-            attack.fit(view)
+            try:
+                attack.fit(view)
+            except NeedsClientUpdates as reason:  # e.g. update attacks under secure aggregation
+                outputs[spec.key] = {"skipped": str(reason)}
+                if console is not None:
+                    console.print(f"[yellow]skipped {spec.key}[/]: {reason}")
+                progress.advance(task)
+                continue
             outputs[spec.key] = {"scores": np.asarray(attack.score(view, view.targets), dtype=float),
                                   "threshold": attack.threshold, "attack": attack}
             if hasattr(attack, "attribute"):  # source inference: which client owns each target
@@ -130,7 +138,7 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     timing["wall_s"] = time.perf_counter() - started if started is not None else sum(timing.values())
     metrics["timing"] = timing
 
-    _write_scores(out_dir / "scores.csv", plan.targets.ids, outputs)
+    _write_scores(out_dir / "scores.csv", plan.targets.ids, {k: v for k, v in outputs.items() if "scores" in v})
     plot_roc(curves, out_dir / "roc.png", title=f"{scenario.name}: membership inference (log-log ROC)")
     plot_utility(metrics["utility"]["rounds"], out_dir / "utility.png")
     write_json_atomic(out_dir / "metrics.json", metrics)

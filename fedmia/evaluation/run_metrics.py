@@ -34,7 +34,10 @@ def evaluate_run(scenario, plan, transcript, outputs: dict) -> tuple[dict, dict]
     is_member = plan.ledger.is_member(plan.targets.ids)
     levels = tuple(scenario.evaluation.tpr_at_fpr)
     attacks, curves, source, isolation = {}, {}, None, None
+    skipped = {name: out["skipped"] for name, out in outputs.items() if "skipped" in out}
     for name, out in outputs.items():
+        if "skipped" in out:
+            continue
         scores = out["scores"]
         attacks[name] = membership_metrics(scores, is_member, fpr_levels=levels,
                                            threshold=out["threshold"]).to_dict()
@@ -64,6 +67,8 @@ def evaluate_run(scenario, plan, transcript, outputs: dict) -> tuple[dict, dict]
         "utility": {"dice": final["dice"], "miou": final["miou"], "rounds": rounds},
         "attacks": attacks,
     }
+    if skipped:
+        metrics["skipped_attacks"] = skipped
     if source is not None:
         metrics["source_inference"] = source
     if isolation is not None:

@@ -1,0 +1,123 @@
+"""Malicious strategies on the real path (Flower simulation on Ray, tiny data), and SecAgg+."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedmia.data.datasets import load_dataset
+from fedmia.models import build_model, get_weights, set_weights
+from fedmia.runner import run_scenario
+from fedmia.scenario import ModelSpec, load_scenario
+from fedmia.training import TrainRecipe, train_local
+from fedmia.transcript import Transcript
+from strategies.isolation import dead_decoder_bn, frozen_parameter_names
+
+# Three clients: SecAgg+ needs at least three to mask pairwise.
+SMALL = {"data": {"members": 18, "heldout": 12, "population": 12},
+         "federation": {"clients": 3, "rounds": 2, "local_epochs": 2}}
+
+
+def changes(**extra):
+    out = {key: dict(value) for key, value in SMALL.items()}
+    for key, value in extra.items():
+        out.setdefault(key, {}).update(value) if isinstance(value, dict) else out.__setitem__(key, value)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["Unet", "UnetPlusPlus", "DeepLabV3Plus"])
+def test_crafted_model_update_vanishes_on_attacked_parameters(arch):
+    records, _ = load_dataset("shapes", records=8, image_size=32, seed=0, options={"binary": True})
+    model = build_model(ModelSpec(arch=arch, encoder_depth=3), 1, 2, seed=0)
+    names, weights = list(model.state_dict()), get_weights(model)
+    prefix = dead_decoder_bn(model)
+    weights[names.index(prefix + ".weight")][:] = 0
+    weights[names.index(prefix + ".bias")][:] = -1
+    set_weights(model, weights)
+    for optimizer in ("adam", "sgd"):
+        before = get_weights(model)
+        train_local(model, records, TrainRecipe(epochs=2, batch_size=4, lr=0.01, optimizer=optimizer),
+                    seed=0, device=torch.device("cpu"))
+        after = get_weights(model)
+        frozen = set(frozen_parameter_names(model, "weights"))
+        moved = [n for n, a, b in zip(names, before, after) if n in frozen and not np.array_equal(a, b)]
+        assert moved == [], moved
+        assert not all(np.array_equal(a, b) for a, b in zip(before, after))  # head bias / BN stats move
+
+
+def test_isolation_recovers_the_target_update_through_secagg(write_scenario, tmp_path, stops_its_processes):
+    scenario = load_scenario(write_scenario(changes(
+        server={"strategy": "isolation", "target_client": 1},
+        defenses={"secagg": True},
+        attacks=["loss", "isolation", "update-loss-drop"])))
+    metrics = run_scenario(scenario, tmp_path / "run")
+    iso = metrics["isolation"]
+    assert iso["target_client"] == 1 and iso["round"] == 2
+    assert iso["cosine"] >= 0.99, iso
+    assert iso["relative_error"] < 0.05, iso
+    # SecAgg+: no per-client update anywhere in the transcript the attacks read
+    transcript = Transcript.load(tmp_path / "run" / "transcript")
+    assert transcript.secure_aggregation
+    assert all(r.weights is None for v in transcript.rounds for r in v.replies)
+    for npz in (tmp_path / "run" / "transcript").glob("round-*.npz"):
+        with np.load(npz) as data:
+            assert not [k for k in data.files if k.startswith("reply-")]
+    # attacks that need per-client updates say why they cannot run
+    assert "secure aggregation" in metrics["skipped_attacks"]["update-loss-drop"]
+    # the discarded attack round: the next global is the model sent to the target
+    last = transcript.rounds[-1]
+    target_node = last.notes["target_node"]
+    assert all(np.array_equal(a, b) for a, b in zip(last.aggregate, last.sent[target_node]))
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_config_isolation_and_the_pinning_defense(write_scenario, tmp_path, stops_its_processes, pinned):
+    scenario = load_scenario(write_scenario(changes(
+        server={"strategy": "config-isolation", "target_client": 0},
+        federation={"pin_hyperparameters": pinned},
+        attacks=["isolation"])))
+    metrics = run_scenario(scenario, tmp_path / "run")
+    cosine = metrics["isolation"]["cosine"]
+    if pinned:
+        assert cosine < 0.9, cosine  # the other clients trained after all: the sum is not the target's
+    else:
+        assert cosine > 0.999, cosine
+    transcript = Transcript.load(tmp_path / "run" / "transcript")
+    configs = transcript.rounds[-1].config
+    assert sorted(c["local-epochs"] for c in configs.values()) == [0, 0, 2]
+
+
+def test_gradient_ascent_and_poisoning_tailor_the_broadcast(write_scenario, tmp_path, stops_its_processes):
+    results = {}
+    for strategy, extra in [("gradient-ascent", {"steps": 3, "lr": 0.01}), ("poisoning", {})]:
+        scenario = load_scenario(write_scenario(changes(
+            server={"strategy": strategy, **extra},
+            attacks=["update-loss-drop", "gradient-ascent", "source-inference"]), name=f"{strategy}.yaml"))
+        metrics = run_scenario(scenario, tmp_path / strategy)
+        transcript = Transcript.load(tmp_path / strategy / "transcript")
+        first, last = transcript.rounds
+        assert last.notes["attacked"] == strategy and "attacked" not in first.notes
+        sent = next(iter(last.sent.values()))
+        names = transcript.weight_names
+        changed = {n for n, a, b in zip(names, sent, first.aggregate) if not np.array_equal(a, b)}
+        results[strategy] = (changed, names, metrics)
+    changed, names, metrics = results["gradient-ascent"]
+    assert any(n.startswith("encoder") for n in changed)  # ascent moves the whole network
+    assert metrics["source_inference"]["chance"] == pytest.approx(1 / 3)
+    assert len(metrics["source_inference"]["confusion"]) == 3
+    changed, names, _ = results["poisoning"]
+    assert changed and all(n.startswith(("decoder", "segmentation_head")) for n in changed)
+
+
+def test_gradient_ascent_rehearsal_records_its_choice(write_scenario, tmp_path, stops_its_processes):
+    scenario = load_scenario(write_scenario(changes(
+        server={"strategy": "gradient-ascent", "calibrate": True, "candidates": [[0, 0.0], [2, 0.01]]},
+        attacks=["gradient-ascent"])))
+    run_scenario(scenario, tmp_path / "run")
+    notes = json.loads((tmp_path / "run" / "transcript" / "index.json").read_text())["rounds"][-1]["notes"]
+    assert set(notes["rehearsal_auc"]) == {"0x0", "2x0.01"}
+    best = max(notes["rehearsal_auc"].items(), key=lambda kv: kv[1])[0]
+    assert f"{notes['steps']}x{notes['lr']:g}" == best
