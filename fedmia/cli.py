@@ -88,6 +88,34 @@ def compare(
     out.print(f"written: {out_dir / 'compare.md'}, {out_dir / 'compare_roc.png'}")
 
 
+@app.command()
+def sweep(
+    file: Path = typer.Argument(..., help="sweep YAML file (base scenario + parameter values)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="sweep folder (default: runs/<name>)"),
+) -> None:
+    """Run a base scenario over parameter values; write sweep.csv and a privacy-utility plot."""
+    from fedmia.sweep import load_sweep, run_sweep
+
+    try:
+        spec, _ = load_sweep(file)
+    except ScenarioError as error:
+        for line in error.lines():
+            typer.echo(line, err=True)
+        raise typer.Exit(USAGE_ERROR)
+    folder = out_dir or Path("runs") / spec.name
+    rows = run_sweep(file, folder, console=out)
+    from rich.table import Table
+
+    table = Table(title=f"sweep {spec.name}")
+    columns = ["label", "dice", "epsilon"] + [k for k in rows[0] if k.endswith((".auc", ".tpr@1%"))]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(f"{row.get(c):.3f}" if isinstance(row.get(c), float) else str(row.get(c)) for c in columns))
+    out.print(table)
+    out.print(f"written: {folder / 'sweep.csv'}, {folder / 'privacy_utility.png'}")
+
+
 @app.command("list")
 def list_components() -> None:
     """List registered datasets, architectures, strategies and attacks."""

@@ -8,6 +8,7 @@ own partition — in a real deployment it would read its own data instead.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -18,7 +19,8 @@ from flwr.common import Context
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fedmia.data.plan import build_plan
-from fedmia.models import build_model, get_weights, set_weights
+from fedmia.defenses.dp import noise_for_budget, sample_rate, steps_per_epoch, train_local_dp
+from fedmia.models import get_weights, scenario_model, set_weights
 from fedmia.scenario import Scenario, load_scenario
 from fedmia.training import TrainRecipe, evaluate_utility, pick_device, train_local
 
@@ -28,21 +30,37 @@ def _model_skeleton(canonical: str):
     """One model object per process and scenario: building it costs a probe pass."""
     scenario = Scenario.model_validate_json(canonical)
     info = build_plan(scenario).info
-    return build_model(scenario.model, info.in_channels, info.num_classes)
+    return scenario_model(scenario, info)
 
 
 def client_recipe(scenario: Scenario, config: dict) -> TrainRecipe:
     """The scenario's recipe, with what the server's config overrides — unless the client pins
     its hyperparameters (the defense against config-only isolation)."""
-    base = TrainRecipe.from_federation(scenario.federation)
+    base = TrainRecipe.from_scenario(scenario)
     if scenario.federation.pin_hyperparameters:
         return base
-    return TrainRecipe(
+    return dataclasses.replace(
+        base,
         epochs=int(config.get("local-epochs", base.epochs)),
         batch_size=int(config.get("batch-size", base.batch_size)),
         lr=float(config.get("lr", base.lr)),
-        optimizer=base.optimizer, momentum=base.momentum, weight_decay=base.weight_decay,
     )
+
+
+def local_dp_delta(scenario: Scenario, n_records: int) -> float:
+    return scenario.defenses.dp.delta or 1.0 / (10 * n_records)
+
+
+def local_noise_multiplier(scenario: Scenario, n_records: int) -> float:
+    """The given noise, or the noise that spends `target_epsilon` over every round's local steps
+    (an upper bound on a client's participation)."""
+    dp = scenario.defenses.dp
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier
+    fed = scenario.federation
+    total = fed.rounds * fed.local_epochs * steps_per_epoch(n_records, fed.batch_size)
+    return noise_for_budget(dp.target_epsilon, local_dp_delta(scenario, n_records),
+                            sample_rate(n_records, fed.batch_size), total)
 
 
 def client_seed(scenario: Scenario, server_round: int, partition_id: int) -> int:
@@ -75,7 +93,14 @@ class SegmentationClient(NumPyClient):
         received = get_weights(self.model)
         recipe = client_recipe(self.scenario, config)
         seed = client_seed(self.scenario, int(config.get("server-round", 0)), self.partition_id)
-        stats = train_local(self.model, self.records, recipe, seed=seed, device=self.device)
+        dp = self.scenario.defenses.dp
+        if dp is not None and dp.mode == "local":
+            stats = train_local_dp(
+                self.model, self.records, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                optimizer_name=recipe.optimizer, noise_multiplier=local_noise_multiplier(self.scenario, len(self.records)),
+                max_grad_norm=dp.max_grad_norm, seed=seed, device=self.device, momentum=recipe.momentum)
+        else:
+            stats = train_local(self.model, self.records, recipe, seed=seed, device=self.device)
         metrics = {"partition-id": self.partition_id, **stats}
         weights = get_weights(self.model)
         if config.get("send-update"):  # under SecAgg+: small values quantise finely

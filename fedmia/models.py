@@ -58,6 +58,23 @@ def build_model(spec, in_channels: int, num_classes: int, seed: int | None = Non
     return model
 
 
+def uses_group_norm(scenario) -> bool:
+    """Local DP-SGD needs per-sample gradients, which BatchNorm (mixing a batch) forbids; central
+    DP clips whole updates, which BatchNorm's running statistics and step counters would swamp."""
+    return scenario.model.norm == "group" or (scenario.model.norm == "auto" and scenario.defenses.dp is not None)
+
+
+def scenario_model(scenario, info, seed: int | None = None) -> nn.Module:
+    """The federation's model for `scenario`: every party (server, clients, attacks, evaluator)
+    builds it here, so they agree on the architecture — GroupNorm included when DP needs it."""
+    model = build_model(scenario.model, info.in_channels, info.num_classes, seed=seed)
+    if uses_group_norm(scenario):
+        from fedmia.defenses.dp import to_dp_compatible
+
+        model = to_dp_compatible(model)
+    return model
+
+
 def _drop_unused_encoder_modules(model: nn.Module, in_channels: int) -> None:
     """Replace encoder sub-modules that take no part in the forward pass by nn.Identity."""
     with torch.enable_grad():  # callers may build models inside torch.no_grad()

@@ -24,7 +24,7 @@ from fedmia.data.plan import build_plan
 from fedmia.evaluation.run_metrics import evaluate_run
 from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
-from fedmia.models import build_model
+from fedmia.models import scenario_model
 from fedmia.scenario import Scenario
 from fedmia.training import pick_device
 from fedmia.transcript import Transcript
@@ -112,12 +112,13 @@ def adversary_view(scenario: Scenario, transcript: Transcript) -> AdversaryView:
     info = plan.info
     return AdversaryView(
         transcript=transcript,
-        model_factory=lambda: build_model(scenario.model, info.in_channels, info.num_classes),
+        model_factory=lambda: scenario_model(scenario, info),
         population=plan.population,
         targets=plan.targets,
         num_classes=info.num_classes,
         device=pick_device(scenario.runtime.device),
         population_fpr=scenario.evaluation.threshold_population_fpr,
+        output_defense=scenario.defenses.output,
     )
 
 

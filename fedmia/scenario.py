@@ -57,6 +57,9 @@ class ModelSpec(Strict):
     decoder_channels: list[int] | None = Field(
         None, description="Unet-style decoders only; default halves from 64 down, one per stage"
     )
+    norm: Literal["auto", "batch", "group"] = Field(
+        "auto", description="auto: GroupNorm under local DP (per-sample gradients), else BatchNorm"
+    )
 
 
 class FederationSpec(Strict):
@@ -120,8 +123,33 @@ class SecAggSpec(Strict):
         return value
 
 
+class DPSpec(Strict):
+    """`local`: DP-SGD on every client (record-level ε per client). `central`: the server clips
+    each client's update and noises the sum (Flower's DP wrappers; client-level ε)."""
+
+    mode: Literal["local", "central"]
+    noise_multiplier: float | None = Field(None, ge=0, description="give this or target_epsilon")
+    target_epsilon: float | None = Field(None, gt=0, description="local mode: noise is solved for it")
+    max_grad_norm: float = Field(1.0, gt=0, description="local: per-sample gradient clip")
+    clipping_norm: float = Field(1.0, gt=0, description="central: per-client update clip")
+    clipping: Literal["fixed", "adaptive"] = Field("fixed", description="central mode only")
+    delta: float | None = Field(None, gt=0, lt=1, description="default: 1 / (records per client) / 10 (local), 1 / clients / 10 (central)")
+
+
+class OutputSpec(Strict):
+    """What the model's query API returns to a black-box adversary (He et al.'s defenses)."""
+
+    mode: Literal["argmax", "topk", "temperature", "gaussian"]
+    k: int = Field(1, ge=1, description="topk: how many per-pixel scores survive")
+    temperature: float = Field(1.0, gt=0, description="temperature: softmax(logits / T)")
+    sigma: float = Field(0.1, ge=0, description="gaussian: std of noise added to probabilities")
+
+
 class DefensesSpec(Strict):
     secagg: SecAggSpec | None = Field(None, description="`true` or a mapping switches SecAgg+ on")
+    dp: DPSpec | None = None
+    output: OutputSpec | None = None
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="training-time calibration")
 
     @field_validator("secagg", mode="before")
     @classmethod
@@ -291,6 +319,18 @@ def _check_names_and_plan(scenario: Scenario) -> list[tuple[str, str]]:
         problems.append(("model.decoder_channels",
                          f"expected one entry per encoder stage ({scenario.model.encoder_depth}), "
                          f"found {len(scenario.model.decoder_channels)}"))
+    dp = scenario.defenses.dp
+    if dp is not None:
+        if (dp.noise_multiplier is None) == (dp.target_epsilon is None):
+            problems.append(("defenses.dp", "expected exactly one of noise_multiplier or target_epsilon, "
+                             f"found noise_multiplier={dp.noise_multiplier}, target_epsilon={dp.target_epsilon}"))
+        if dp.mode == "central" and dp.target_epsilon is not None:
+            problems.append(("defenses.dp.target_epsilon", "central mode takes noise_multiplier, found target_epsilon"))
+        if dp.mode == "central" and scenario.defenses.secagg is not None:
+            problems.append(("defenses.dp.mode", "central DP clips on the server, which under SecAgg+ sees "
+                             "no single update; expected secagg off or mode: local"))
+        if dp.mode == "local" and scenario.model.norm == "batch":
+            problems.append(("model.norm", "local DP-SGD needs per-sample gradients; expected group or auto, found batch"))
     secagg = scenario.defenses.secagg
     if secagg is not None:
         if secagg.modulus_range <= secagg.quantization_range:

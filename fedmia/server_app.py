@@ -17,8 +17,9 @@ from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 import strategies
+from strategies.central_dp import with_central_dp
 from fedmia.data.plan import build_plan
-from fedmia.models import build_model, get_weights, weight_names
+from fedmia.models import get_weights, scenario_model, weight_names
 from fedmia.scenario import Scenario, load_scenario
 from fedmia.transcript import RoundView, Transcript
 
@@ -27,14 +28,15 @@ def make_strategy(scenario: Scenario, on_round_end: Callable[[RoundView], None] 
     entry = strategies.STRATEGIES.get(scenario.server.strategy)
     params = entry.params_model.model_validate(scenario.server.params())
     info = build_plan(scenario).info
-    model = build_model(scenario.model, info.in_channels, info.num_classes, seed=scenario.seed)
-    return entry.cls(
+    model = scenario_model(scenario, info, seed=scenario.seed)
+    strategy = entry.cls(
         scenario=scenario,
         initial_weights=get_weights(model),
         weight_names=weight_names(model),
         params=params,
         on_round_end=on_round_end,
     )
+    return with_central_dp(strategy, scenario)
 
 
 def run_federation(grid, context: Context, scenario: Scenario,

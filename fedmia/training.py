@@ -29,10 +29,13 @@ class TrainRecipe:
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0
 
     @classmethod
-    def from_federation(cls, fed) -> "TrainRecipe":
-        return cls(fed.local_epochs, fed.batch_size, fed.lr, fed.optimizer, fed.momentum, fed.weight_decay)
+    def from_scenario(cls, scenario) -> "TrainRecipe":
+        fed = scenario.federation
+        return cls(fed.local_epochs, fed.batch_size, fed.lr, fed.optimizer, fed.momentum, fed.weight_decay,
+                   scenario.defenses.label_smoothing)
 
 
 def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
@@ -62,7 +65,7 @@ def train_local(
                 continue  # a batch of one breaks BatchNorm in training mode
             x, y = images[batch].to(device), masks[batch].to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)

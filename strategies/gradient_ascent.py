@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from fedmia.attacks.base import pixel_summaries
 from fedmia.data.plan import build_plan
 from fedmia.evaluation.metrics import membership_metrics
-from fedmia.models import build_model, get_weights, set_weights
+from fedmia.models import get_weights, scenario_model, set_weights
 from fedmia.training import TrainRecipe, pick_device, train_local
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
@@ -84,7 +84,7 @@ class GradientAscentFedAvg(ObservingFedAvg):
         return [(proxy, poisoned, config) for proxy, config in instructions]
 
     def _model(self, weights, plan):
-        model = build_model(self.scenario.model, plan.info.in_channels, plan.info.num_classes)
+        model = scenario_model(self.scenario, plan.info)
         set_weights(model, weights)
         return model
 
@@ -96,7 +96,7 @@ class GradientAscentFedAvg(ObservingFedAvg):
         pseudo_members = population.subset(list(range(size)))
         stand_in = population.subset(list(range(size)) + list(range(half, half + size)))
         is_member = [True] * size + [False] * size
-        recipe = TrainRecipe.from_federation(self.scenario.federation)
+        recipe = TrainRecipe.from_scenario(self.scenario)
         results = []
         for steps, lr in self.params.candidates:
             candidate = self.params.model_copy(update={"steps": steps, "lr": lr})

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from fedmia.data.plan import build_plan
-from fedmia.models import build_model
+from fedmia.models import scenario_model
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
 
@@ -64,7 +64,7 @@ class _Isolation(ObservingFedAvg):
 
     def _skeleton(self):
         info = build_plan(self.scenario).info
-        return build_model(self.scenario.model, info.in_channels, info.num_classes)
+        return scenario_model(self.scenario, info)
 
     def _target_node(self) -> int:
         """Learned from plaintext metrics of earlier rounds: clients report their partition-id."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmia.data.plan import build_plan
-from fedmia.models import build_model, weight_names
+from fedmia.models import scenario_model, weight_names
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
 
@@ -36,8 +36,7 @@ class DecoderResetFedAvg(ObservingFedAvg):
         if server_round not in rounds:
             return super().tailor(server_round, weights, instructions)
         info = build_plan(self.scenario).info
-        fresh = build_model(self.scenario.model, info.in_channels, info.num_classes,
-                            seed=self.params.reset_seed + server_round)
+        fresh = scenario_model(self.scenario, info, seed=self.params.reset_seed + server_round)
         names = weight_names(fresh)
         fresh_weights = [v.detach().cpu().numpy() for v in fresh.state_dict().values()]
         poisoned = [fresh_weights[i] if any(n.startswith(p) for p in self.params.reset) else w

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from fedmia.data.records import Records
+from fedmia.defenses.output import api_probabilities
 from fedmia.models import set_weights
 from fedmia.registry import Registry
 from fedmia.transcript import Transcript, Weights
@@ -31,6 +32,7 @@ class AdversaryView:
     device: torch.device
     population_fpr: float = 0.1  # false-alarm rate the adversary accepts when it sets thresholds
     batch_size: int = 64
+    output_defense: object = None  # the query API's hardening (scenario.defenses.output)
     _summaries: dict = field(default_factory=dict, repr=False)
 
     def model_with(self, weights: Weights) -> nn.Module:
@@ -39,29 +41,42 @@ class AdversaryView:
         return model.to(self.device).eval()
 
     def pixel_summaries(self, records: Records, weights: Weights | None = None) -> dict[str, np.ndarray]:
-        """Per-record means of per-pixel statistics on a model (default: the final global one).
+        """Per-record means of per-pixel statistics on a model.
 
-        One forward pass serves every threshold attack; results are cached per (records, model).
+        Default: the final global model *queried through its API* (so output hardening applies);
+        with explicit `weights`, the server's white-box view of that model. One forward pass
+        serves every threshold attack; results are cached per (records, model).
         """
-        weights = self.transcript.final if weights is None else weights
-        key = (id(records), id(weights))
+        api = weights is None
+        weights = self.transcript.final if api else weights
+        key = (id(records), id(weights), api)
         if key not in self._summaries:
             self._summaries[key] = pixel_summaries(
-                self.model_with(weights), records, device=self.device, batch_size=self.batch_size
+                self.model_with(weights), records, device=self.device, batch_size=self.batch_size,
+                output_defense=self.output_defense if api else None,
             )
         return self._summaries[key]
 
 
 @torch.no_grad()
-def pixel_summaries(model: nn.Module, records: Records, *, device, batch_size: int = 64) -> dict[str, np.ndarray]:
+def pixel_summaries(model: nn.Module, records: Records, *, device, batch_size: int = 64,
+                    output_defense=None) -> dict[str, np.ndarray]:
     """Mean over pixels of: cross-entropy of the true class, entropy, max-softmax, and Song &
-    Mittal's modified entropy  −(1−p_y)·log p_y − Σ_{i≠y} p_i·log(1−p_i)."""
+    Mittal's modified entropy  −(1−p_y)·log p_y − Σ_{i≠y} p_i·log(1−p_i).
+
+    Probabilities are floored at 1e-6 before logs, so hardened outputs (argmax: exact 0/1)
+    give finite, label-only statistics."""
     out: dict[str, list[np.ndarray]] = {"loss": [], "entropy": [], "confidence": [], "modified-entropy": []}
     eps = 1e-12
+    generator = torch.Generator().manual_seed(0)
     for start in range(0, len(records), batch_size):
         x = torch.as_tensor(records.images[start : start + batch_size]).to(device)
         y = torch.as_tensor(records.masks[start : start + batch_size]).to(device)
-        log_p = torch.log_softmax(model(x).float(), dim=1)
+        logits = model(x).float()
+        if output_defense is None:
+            log_p = torch.log_softmax(logits, dim=1)
+        else:
+            log_p = torch.log(api_probabilities(logits, output_defense, generator).clamp_min(1e-6))
         p = log_p.exp()
         log_p_true = log_p.gather(1, y.unsqueeze(1)).squeeze(1)
         p_true = log_p_true.exp()

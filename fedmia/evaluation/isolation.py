@@ -13,13 +13,13 @@ import torch
 from fedmia.attacks.base import pixel_summaries
 from fedmia.client_app import client_recipe, client_seed
 from fedmia.evaluation.metrics import membership_metrics
-from fedmia.models import build_model, get_weights, set_weights
+from fedmia.models import get_weights, scenario_model, set_weights
 from fedmia.training import pick_device, train_local
 
 
 def true_update(scenario, plan, round_view, node_id: int, partition: int) -> list[np.ndarray]:
     info = plan.info
-    model = build_model(scenario.model, info.in_channels, info.num_classes)
+    model = scenario_model(scenario, info)
     sent = round_view.sent[node_id]
     set_weights(model, sent)
     received = get_weights(model)
@@ -44,7 +44,7 @@ def isolation_metrics(scenario, plan, attack, scores: np.ndarray) -> dict:
     is_member = owners[keep] == target
     true_model = [s + d for s, d in zip(attack.sent, truth)]
     info = plan.info
-    model = build_model(scenario.model, info.in_channels, info.num_classes)
+    model = scenario_model(scenario, info)
     device = pick_device(scenario.runtime.device)
     targets = plan.targets.subset(np.flatnonzero(keep))
     set_weights(model, attack.sent)

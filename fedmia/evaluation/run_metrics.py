@@ -8,15 +8,16 @@ from __future__ import annotations
 import numpy as np
 
 from fedmia.evaluation.isolation import isolation_metrics
+from fedmia.evaluation.privacy import privacy_metrics
 from fedmia.evaluation.metrics import membership_metrics, roc_points
-from fedmia.models import build_model, set_weights
+from fedmia.models import scenario_model, set_weights
 from fedmia.training import evaluate_utility, pick_device
 
 
 def utility_per_round(scenario, plan, transcript) -> list[dict]:
     """Dice/mIoU of each round's global model on held-out data (never trained on)."""
     info = plan.info
-    model = build_model(scenario.model, info.in_channels, info.num_classes)
+    model = scenario_model(scenario, info)
     device = pick_device(scenario.runtime.device)
     rounds = []
     for view in transcript.rounds:
@@ -69,6 +70,9 @@ def evaluate_run(scenario, plan, transcript, outputs: dict) -> tuple[dict, dict]
     }
     if skipped:
         metrics["skipped_attacks"] = skipped
+    privacy = privacy_metrics(scenario, plan, transcript)
+    if privacy is not None:
+        metrics["privacy"] = privacy
     if source is not None:
         metrics["source_inference"] = source
     if isolation is not None:
@@ -97,4 +101,12 @@ def describe_defenses(scenario) -> str:
         parts.append("SecAgg+")
     if scenario.federation.pin_hyperparameters:
         parts.append("pinned hyperparameters")
+    dp = scenario.defenses.dp
+    if dp is not None:
+        noise = f"sigma={dp.noise_multiplier}" if dp.noise_multiplier is not None else f"target eps={dp.target_epsilon}"
+        parts.append(f"{dp.mode} DP ({noise})")
+    if scenario.defenses.output is not None:
+        parts.append(f"output: {scenario.defenses.output.mode}")
+    if scenario.defenses.label_smoothing:
+        parts.append(f"label smoothing {scenario.defenses.label_smoothing}")
     return ", ".join(parts) or "none"

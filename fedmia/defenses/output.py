@@ -1,0 +1,31 @@
+"""Output hardening: what a deployed model's query API returns (He et al., Segmentations-Leak).
+
+Black-box attacks query the final global model through this API; white-box attacks (the
+server's own weights and updates) are unaffected. Under `argmax` only the predicted label map
+leaves the API, so every score-based attack becomes a label-only one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def api_probabilities(logits: torch.Tensor, spec, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-pixel class probabilities (N, C, H, W) as the API would return them."""
+    if spec is None:
+        return torch.softmax(logits, dim=1)
+    if spec.mode == "temperature":
+        return torch.softmax(logits / spec.temperature, dim=1)
+    probs = torch.softmax(logits, dim=1)
+    if spec.mode == "argmax":
+        return torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).permute(0, 3, 1, 2).float()
+    if spec.mode == "topk":
+        k = min(spec.k, probs.shape[1])
+        top = probs.topk(k, dim=1)
+        kept = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
+        return kept / kept.sum(1, keepdim=True)
+    if spec.mode == "gaussian":
+        noise = torch.randn(probs.shape, generator=generator) * spec.sigma
+        noisy = (probs + noise.to(probs.device)).clamp_min(0)
+        return noisy / noisy.sum(1, keepdim=True).clamp_min(1e-12)
+    raise ValueError(f"unknown output defense {spec.mode!r}")

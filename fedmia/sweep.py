@@ -1,0 +1,173 @@
+"""`fedmia sweep FILE`: one base scenario, one or two parameters varied, a privacy–utility table.
+
+Sweep file:
+    name: sweep-dp
+    base: dp-local.yaml                 # relative to the sweep file
+    set: {defenses.dp.mode: local}      # optional fixed overrides (dotted keys)
+    parameters:                         # one or two dotted keys, each with its values
+      defenses.dp.noise_multiplier: [0.5, 1.0, 2.0]
+
+Every point is a full run in `OUT/point-NN/`. A point whose folder already holds a finished run
+of the identical resolved scenario is reused, not rerun — so an interrupted sweep resumes and
+a widened sweep only runs what is new.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedmia.evaluation.plots import _new_figure
+from fedmia.io import save_figure_atomic, write_text_atomic
+from fedmia.scenario import ScenarioError, Scenario, parse_scenario
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    base: str
+    set: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, list[Any]]
+    labels: list[str] | None = Field(None, description="one label per point, in order (default: the values)")
+
+    @field_validator("parameters")
+    @classmethod
+    def _one_or_two(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not 1 <= len(value) <= 2:
+            raise ValueError(f"expected one or two parameters, found {len(value)}")
+        for key, values in value.items():
+            if not values:
+                raise ValueError(f"{key}: expected at least one value")
+        return value
+
+
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    *parents, last = dotted.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = copy.deepcopy(value)
+
+
+def load_sweep(path: Path) -> tuple[SweepSpec, list[tuple[dict, Scenario]]]:
+    """The sweep and its points (parameter values, validated scenario), or a ScenarioError."""
+    source = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+        spec = SweepSpec.model_validate(raw)
+    except OSError as error:
+        raise ScenarioError(source, [("(file)", f"cannot be read: {error.strerror or error}")]) from None
+    except yaml.YAMLError as error:
+        raise ScenarioError(source, [("(yaml)", f"YAML syntax error: {error}")]) from None
+    except ValidationError as error:
+        raise ScenarioError(source, [(".".join(map(str, e["loc"])) or "(top level)", e["msg"]) for e in error.errors()]) from None
+    base_path = Path(path).parent / spec.base
+    try:
+        base = yaml.safe_load(base_path.read_text())
+    except OSError:
+        raise ScenarioError(source, [("base", f"expected a scenario file, found no file at {base_path}")]) from None
+    keys = list(spec.parameters)
+    points = []
+    for i, values in enumerate(itertools.product(*spec.parameters.values())):
+        raw_point = copy.deepcopy(base)
+        for key, value in spec.set.items():
+            set_dotted(raw_point, key, value)
+        assignment = dict(zip(keys, values))
+        for key, value in assignment.items():
+            set_dotted(raw_point, key, value)
+        raw_point["name"] = f"{spec.name}-{i:02d}"
+        try:
+            scenario = parse_scenario(raw_point, f"{source} (point {i}: {assignment})")
+        except ScenarioError as error:
+            raise error from None
+        points.append((assignment, scenario))
+    if spec.labels is not None and len(spec.labels) != len(points):
+        raise ScenarioError(source, [("labels", f"expected {len(points)} labels, found {len(spec.labels)}")])
+    return spec, points
+
+
+def _finished(folder: Path, scenario: Scenario) -> dict | None:
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        same = yaml.safe_load((folder / "scenario.yaml").read_text()) == scenario.resolved()
+    except (OSError, ValueError):
+        return None
+    return metrics if same else None
+
+
+def run_sweep(path: Path, out_dir: Path, console=None) -> list[dict]:
+    from fedmia.runner import run_scenario
+
+    spec, points = load_sweep(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    done: dict[str, dict] = {}
+    for i, (assignment, scenario) in enumerate(points):
+        folder = out_dir / f"point-{i:02d}"
+        key = json.dumps({**scenario.resolved(), "name": None}, sort_keys=True)
+        metrics = done.get(key) or _finished(folder, scenario)
+        if metrics is None:
+            if console is not None:
+                console.print(f"[bold]point {i}[/]: {assignment}")
+            metrics = run_scenario(scenario, folder, console=console)
+        elif console is not None:
+            console.print(f"[bold]point {i}[/]: {assignment} — reused")
+        done[key] = metrics
+        label = spec.labels[i] if spec.labels else ", ".join(f"{k.split('.')[-1]}={v}" for k, v in assignment.items())
+        rows.append(_row(label, assignment, metrics, folder))
+    _write_csv(out_dir / "sweep.csv", rows)
+    plot_privacy_utility(rows, out_dir / "privacy_utility.png", title=spec.name)
+    return rows
+
+
+def _row(label: str, assignment: dict, metrics: dict, folder: Path) -> dict:
+    row = {"label": label, **{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in assignment.items()},
+           "dice": metrics["utility"]["dice"], "miou": metrics["utility"]["miou"],
+           "epsilon": (metrics.get("privacy") or {}).get("epsilon"), "run": str(folder)}
+    for attack, m in metrics["attacks"].items():
+        row[f"{attack}.auc"] = m["auc"]
+        row[f"{attack}.tpr@1%"] = m["tpr_at_fpr"].get("0.01")
+    return row
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def plot_privacy_utility(rows: list[dict], path: Path, *, title: str) -> None:
+    """x: Dice; y: each attack's TPR@1% FPR (left) and AUC (right); points labelled (ε)."""
+    attacks = sorted({k.rsplit(".", 1)[0] for row in rows for k in row if k.endswith(".auc")})
+    fig = _new_figure((10.0, 4.5))
+    for ax, metric, name in ((fig.add_subplot(1, 2, 1), "tpr@1%", "TPR at 1% FPR"),
+                             (fig.add_subplot(1, 2, 2), "auc", "ROC AUC")):
+        for attack in attacks:
+            points = [(r["dice"], r.get(f"{attack}.{metric}"), r) for r in rows if r.get(f"{attack}.{metric}") is not None]
+            if not points:
+                continue
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=attack)
+            for x, y, r in points:
+                eps = r.get("epsilon")
+                text = r["label"] + (f" (ε={eps:.3g})" if isinstance(eps, (int, float)) and math.isfinite(eps) else "")
+                ax.annotate(text, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("Dice on held-out data (utility)")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: privacy vs utility")
+    save_figure_atomic(fig, path, dpi=120)
