@@ -126,6 +126,10 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
                console: Console | None = None, started: float | None = None) -> dict:
     out_dir = Path(out_dir)
     transcript.save(out_dir / "transcript", keep=scenario.runtime.keep_transcript)
+    if not any(view.aggregate is not None for view in transcript.rounds):
+        failures = [f for view in transcript.rounds for f in view.notes.get("failures", [])]
+        raise RuntimeError("no federated round completed (every client failed); first failure: "
+                           f"{failures[0] if failures else 'unknown'} — transcript kept in {out_dir / 'transcript'}")
 
     attacks_started = time.perf_counter()
     view = adversary_view(scenario, transcript)

@@ -183,6 +183,20 @@ class EvaluationSpec(Strict):
         return levels
 
 
+class CrashSpec(Strict):
+    round: int = Field(ge=1)
+    client: int = Field(ge=0, description="partition-id")
+
+
+class FaultSpec(Strict):
+    """Injected failures: a crashed client raises during local training; the round goes on with
+    the others and the failure is recorded in the transcript."""
+
+    client_crash_prob: float = Field(0.0, ge=0, le=1)
+    client_delay_s: float = Field(0.0, ge=0, description="sleep before each local training")
+    crash: list[CrashSpec] = Field(default_factory=list, description="deterministic crashes")
+
+
 class RuntimeSpec(Strict):
     backend: Literal["ray"] = "ray"
     client_cpus: float = Field(1.0, gt=0, description="CPUs per client; 1 runs clients in parallel")
@@ -208,6 +222,7 @@ class Scenario(Strict):
     )
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    faults: FaultSpec = Field(default_factory=FaultSpec)
 
     @field_validator("attacks", mode="before")
     @classmethod

@@ -102,6 +102,10 @@ class ObservingFedAvg(FedAvg):
         results = sorted(results, key=lambda r: (r[1].metrics.get("partition-id", -1), r[0].node_id))
         view = self._view(server_round)
         view.failures = len(failures)
+        if failures:
+            # the end of a Ray error says what the client raised; its start is boilerplate
+            view.notes["failures"] = [str(f if isinstance(f, BaseException) else f[1].status.message)[-400:]
+                                      for f in failures]
         if not results:
             return None, {}
         counts = np.array([fit_res.num_examples for _, fit_res in results], dtype=np.float64)

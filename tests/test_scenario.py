@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fedmia.cli import app
 from fedmia.scenario import ScenarioError, load_scenario
+from fedmia.sweep import load_sweep
 
 from conftest import REPO
 
@@ -20,7 +21,9 @@ runner = CliRunner()
 def test_shipped_scenarios_validate():
     for path in sorted((REPO / "scenarios").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
-        if "base" in raw and "sweep" in raw:  # sweep files are checked by their own tests
+        if "parameters" in raw:  # a sweep file: every point must validate
+            spec, points = load_sweep(path)
+            assert len(points) >= 2, path
             continue
         load_scenario(path)
 

@@ -43,8 +43,10 @@ def selected_rounds(view: AdversaryView, rounds) -> list[RoundView]:
         chosen = [r for r in usable if r.notes.get("attacked")]
     else:
         chosen = [r for r in usable if r.round in set(rounds)]
+    if not usable:
+        raise NeedsClientUpdates("no round of the transcript has client replies")
     if not chosen:
-        raise NeedsClientUpdates(f"no transcript round matches rounds={rounds!r}")
+        raise NeedsClientUpdates(f"no transcript round with replies matches rounds={rounds!r}")
     missing = [r.round for r in chosen if any(reply.weights is None for reply in r.replies)]
     if missing:
         raise NeedsClientUpdates(

@@ -1,0 +1,167 @@
+"""Defenses: the RDP accountant against a closed form, DP-SGD's per-sample gradients, output
+hardening, and real Ray runs with local DP, central DP, SecAgg+ (with a dropout)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants.analysis.rdp import compute_rdp
+from scipy.stats import norm
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+from fedmia.attacks.base import pixel_summaries
+from fedmia.data.datasets import load_dataset
+from fedmia.defenses.dp import epsilon_spent, noise_for_budget, to_dp_compatible, train_local_dp
+from fedmia.defenses.output import api_probabilities
+from fedmia.models import build_model, get_weights
+from fedmia.runner import run_scenario
+from fedmia.scenario import ModelSpec, OutputSpec, load_scenario
+from fedmia.transcript import Transcript
+
+
+def exact_gaussian_epsilon(mu: float, delta: float) -> float:
+    """Balle & Wang (2018): a mu-GDP Gaussian mechanism is (eps, delta)-DP exactly when
+    delta = Phi(-eps/mu + mu/2) - e^eps * Phi(-eps/mu - mu/2). Solved for eps by bisection."""
+    def delta_of(eps):
+        return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2)
+    lo, hi = 0.0, 100.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if delta_of(mid) > delta else (lo, mid)
+    return hi
+
+
+def test_rdp_accountant_against_the_gaussian_mechanism_in_closed_form():
+    sigma, steps, delta = 2.0, 16, 1e-5
+    orders = [2.0, 4.0, 8.0, 32.0]
+    # Mironov (2017): the Gaussian mechanism has RDP alpha / (2 sigma^2) at order alpha; T steps add.
+    np.testing.assert_allclose(compute_rdp(q=1.0, noise_multiplier=sigma, steps=steps, orders=orders),
+                               [steps * a / (2 * sigma**2) for a in orders], rtol=1e-9)
+    # T full-batch steps = one Gaussian mechanism with mu = sqrt(T)/sigma (a known exact epsilon);
+    # RDP is an upper bound, and a tight one here.
+    exact = exact_gaussian_epsilon(math.sqrt(steps) / sigma, delta)
+    ours = epsilon_spent([(sigma, 1.0, steps)], delta)
+    assert exact <= ours <= 1.25 * exact, (exact, ours)
+    # composing per-round histories equals accounting all steps at once
+    assert epsilon_spent([(sigma, 1.0, 6), (sigma, 1.0, 10)], delta) == pytest.approx(ours)
+    assert epsilon_spent([(0.0, 0.5, 3)], delta) == math.inf
+
+
+def test_noise_for_a_target_epsilon_spends_that_epsilon():
+    q, steps, delta = 0.25, 120, 1e-3
+    sigma = noise_for_budget(3.0, delta, q, steps)
+    assert epsilon_spent([(sigma, q, steps)], delta) == pytest.approx(3.0, rel=0.02)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "mobilenet_v2"])
+def test_per_sample_gradients_match_one_at_a_time(encoder):
+    model = to_dp_compatible(build_model(ModelSpec(encoder=encoder, encoder_depth=3), 1, 2, seed=0))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    records, _ = load_dataset("shapes", records=3, image_size=32, seed=0, options={"binary": True})
+    x, y = torch.as_tensor(records.images), torch.as_tensor(records.masks)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss_of_one(p, xi, yi):
+        return F.cross_entropy(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    batched = vmap(grad(loss_of_one), in_dims=(None, 0, 0))(params, x, y)
+    for i in range(3):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(batched[name][i], p.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "mobilenet_v2"])
+def test_dp_sgd_trains_resnet_and_mobilenet_encoders(encoder):
+    model = to_dp_compatible(build_model(ModelSpec(encoder=encoder, encoder_depth=3), 1, 2, seed=0))
+    records, _ = load_dataset("shapes", records=8, image_size=32, seed=0, options={"binary": True})
+    before = get_weights(model)
+    stats = train_local_dp(model, records, epochs=1, batch_size=4, lr=0.01, optimizer_name="sgd",
+                           noise_multiplier=1.0, max_grad_norm=1.0, seed=0, device=torch.device("cpu"))
+    assert stats["dp-steps"] == 2 and stats["dp-sample-rate"] == 0.5
+    assert math.isfinite(stats["train-loss"])
+    assert not all(np.array_equal(a, b) for a, b in zip(before, get_weights(model)))
+
+
+def test_output_hardening_turns_scores_label_only():
+    logits = torch.tensor([[[[3.0, -1.0]], [[0.0, 2.0]]]])  # (1, C=2, 1, 2): pixel 0 -> class 0, pixel 1 -> class 1
+    hard = api_probabilities(logits, OutputSpec(mode="argmax"))
+    assert torch.equal(hard, torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]]))
+    top = api_probabilities(torch.randn(2, 4, 3, 3), OutputSpec(mode="topk", k=2))
+    assert ((top > 0).sum(1) == 2).all() and torch.allclose(top.sum(1), torch.ones(2, 3, 3))
+    soft = api_probabilities(logits, OutputSpec(mode="temperature", temperature=10.0))
+    assert soft.max() < torch.softmax(logits, 1).max()
+    noisy = api_probabilities(logits, OutputSpec(mode="gaussian", sigma=0.3), torch.Generator().manual_seed(0))
+    assert torch.allclose(noisy.sum(1), torch.ones(1, 1, 2)) and (noisy >= 0).all()
+
+    # Under argmax the loss attack's statistic is -log(1e-6) times the share of wrong pixels.
+    records, _ = load_dataset("shapes", records=4, image_size=16, seed=0, options={"binary": True})
+    model = build_model(ModelSpec(encoder_depth=2), 1, 2, seed=0).eval()
+    stats = pixel_summaries(model, records, device=torch.device("cpu"), output_defense=OutputSpec(mode="argmax"))
+    with torch.no_grad():
+        wrong = (model(torch.as_tensor(records.images)).argmax(1) != torch.as_tensor(records.masks)).float()
+    np.testing.assert_allclose(stats["loss"], -math.log(1e-6) * wrong.flatten(1).mean(1).numpy(), rtol=1e-5)
+
+
+SMALL = {"data": {"members": 18, "heldout": 12, "population": 12},
+         "federation": {"clients": 3, "rounds": 2, "local_epochs": 1}}
+
+
+def _with(**extra):
+    out = {k: dict(v) for k, v in SMALL.items()}
+    out.update(extra)
+    return out
+
+
+def test_local_dp_run_reports_epsilon_per_client(write_scenario, tmp_path, stops_its_processes):
+    scenario = load_scenario(write_scenario(_with(defenses={"dp": {"mode": "local", "target_epsilon": 8.0}})))
+    metrics = run_scenario(scenario, tmp_path / "run")
+    privacy = metrics["privacy"]
+    assert privacy["mode"] == "local" and set(privacy["per_client"]) == {"0", "1", "2"}
+    assert privacy["epsilon"] == pytest.approx(8.0, rel=0.05)  # every client took part in every round
+    assert privacy["epsilon"] == max(c["epsilon"] for c in privacy["per_client"].values())
+    names = Transcript.load(tmp_path / "run" / "transcript").weight_names
+    assert not any("running_var" in n for n in names)  # GroupNorm, not BatchNorm
+    assert "local DP" in metrics["setup"]["defenses"]
+
+
+def test_central_dp_noises_the_released_model(write_scenario, tmp_path, stops_its_processes):
+    scenario = load_scenario(write_scenario(_with(
+        defenses={"dp": {"mode": "central", "noise_multiplier": 1.0, "clipping_norm": 0.5}})))
+    metrics = run_scenario(scenario, tmp_path / "run")
+    assert metrics["privacy"]["mode"] == "central" and math.isfinite(metrics["privacy"]["epsilon"])
+    last = Transcript.load(tmp_path / "run" / "transcript").rounds[-1]
+    sent = next(iter(last.sent.values()))
+    update = [a - s for a, s in zip(last.aggregate, sent)]
+    mean_reply_update = last.observed_update  # what the clipped replies averaged to, before noise
+    assert not all(np.allclose(a, b) for a, b in zip(update, mean_reply_update))
+
+
+def test_secagg_matches_plain_training_and_survives_a_dropout(write_scenario, tmp_path, stops_its_processes):
+    plain = load_scenario(write_scenario(_with(), name="plain.yaml"))
+    secure = load_scenario(write_scenario(_with(defenses={"secagg": True},
+                                                faults={"crash": [{"round": 2, "client": 2}]}), name="secure.yaml"))
+    run_scenario(plain, tmp_path / "plain")
+    run_scenario(secure, tmp_path / "secure")
+    a = Transcript.load(tmp_path / "plain" / "transcript")
+    b = Transcript.load(tmp_path / "secure" / "transcript")
+    # Round 1: same clients, same received weights, same seeds: only SecAgg+'s quantisation differs.
+    # Each client's n_k/max_weight-scaled update is rounded to a grid of step 2*clip/Q, so the mean
+    # update is off by at most K steps rescaled by max_weight/sum(n), per element.
+    upd_plain = np.concatenate([u.ravel() for u in a.rounds[0].observed_update])
+    upd_secure = np.concatenate([u.ravel() for u in b.rounds[0].observed_update])
+    spec = secure.defenses.secagg
+    total = sum(r.num_examples for r in b.rounds[0].replies)
+    bound = 3 * (2 * spec.clipping_range / spec.quantization_range) * spec.max_weight / total
+    assert np.abs(upd_secure - upd_plain).max() <= bound
+    assert np.linalg.norm(upd_secure - upd_plain) / np.linalg.norm(upd_plain) < 0.01
+    # Round 2: client 2 crashed; the secure round completed with the two others.
+    second = b.rounds[1]
+    assert second.failures >= 1 and len(second.replies) == 2 and second.aggregate is not None
+    assert any("injected crash" in f for f in second.notes["failures"])
