@@ -161,10 +161,12 @@ def plot_privacy_utility(rows: list[dict], path: Path, *, title: str) -> None:
             if not points:
                 continue
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=attack)
-            for x, y, r in points:
+        for r in rows:  # one label per point, above its strongest attack
+            values = [r[f"{a}.{metric}"] for a in attacks if r.get(f"{a}.{metric}") is not None]
+            if values:
                 eps = r.get("epsilon")
                 text = r["label"] + (f" (ε={eps:.3g})" if isinstance(eps, (int, float)) and math.isfinite(eps) else "")
-                ax.annotate(text, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(text, (r["dice"], max(values)), fontsize=7, xytext=(3, 4), textcoords="offset points")
         ax.set_xlabel("Dice on held-out data (utility)")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)

@@ -6,6 +6,7 @@ recording stays in one place, so every strategy's transcript means the same thin
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -82,6 +83,7 @@ class ObservingFedAvg(FedAvg):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager):
         sampled = super().configure_fit(server_round, parameters, client_manager)
         view = RoundView(server_round)
+        self._round_started = time.perf_counter()
         self.transcript.rounds.append(view)  # before `tailor`, which may write notes on it
         weights = parameters_to_ndarrays(parameters)
         plan = self.tailor(server_round, weights, [(proxy, self.fit_config(server_round)) for proxy, _ in sampled])
@@ -123,6 +125,7 @@ class ObservingFedAvg(FedAvg):
             view.observed_update = [m - s for m, s in zip(mean_reply, started_from)]
         new_global = self.next_global(server_round, started_from, view.observed_update)
         view.aggregate = new_global
+        view.notes["round_s"] = round(time.perf_counter() - self._round_started, 4)
         metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
         if self.on_round_end is not None:
             self.on_round_end(view)

@@ -1,0 +1,70 @@
+"""fedmia's overhead: an honest federated run vs a plain PyTorch loop doing the same local
+training (same clients, records, recipe, rounds) one client after another.
+
+Reports Ray start-up separately and the steady-state ratio per round (fedmia round time /
+plain round time), both measured in this process. With `client_cpus: 1` on 2 cores, two
+clients train at once, so the ratio can drop below 1; each client then has one core.
+
+    python bench/overhead.py [scenarios/quickstart.yaml]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fedmia.data.plan import build_plan
+from fedmia.models import get_weights, scenario_model, set_weights
+from fedmia.runner import run_scenario
+from fedmia.scenario import load_scenario
+from fedmia.training import TrainRecipe, train_local
+
+
+def plain_rounds(scenario) -> list[float]:
+    plan = build_plan(scenario)
+    model = scenario_model(scenario, plan.info, seed=scenario.seed)
+    recipe = TrainRecipe.from_scenario(scenario)
+    global_weights = get_weights(model)
+    times = []
+    for r in range(scenario.federation.rounds):
+        start = time.perf_counter()
+        replies = []
+        for k, records in enumerate(plan.clients):
+            set_weights(model, global_weights)
+            train_local(model, records, recipe, seed=r * 100 + k, device=torch.device("cpu"))
+            replies.append((len(records), get_weights(model)))
+        total = sum(n for n, _ in replies)
+        global_weights = [sum(n * w[i] for n, w in replies) / total for i in range(len(global_weights))]
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    scenario = load_scenario(sys.argv[1] if len(sys.argv) > 1 else "scenarios/quickstart.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        metrics = run_scenario(scenario, Path(tmp) / "run")
+        wall = time.perf_counter() - started
+        from fedmia.transcript import Transcript
+
+        rounds = [v.notes["round_s"] for v in Transcript.load(Path(tmp) / "run" / "transcript").rounds]
+    plain = plain_rounds(scenario)
+    steady = rounds[1:] or rounds  # round 1 includes actor warm-up
+    plain_steady = plain[1:] or plain
+    ratio = statistics.median(steady) / statistics.median(plain_steady)
+    print(f"scenario {scenario.name}: {scenario.federation.clients} clients, {scenario.federation.rounds} rounds, "
+          f"client_cpus {scenario.runtime.client_cpus}, torch threads (plain) {torch.get_num_threads()}")
+    print(f"fedmia: wall {wall:.1f} s = start-up {metrics['timing']['startup_s']:.1f} s + simulation "
+          f"{metrics['timing']['simulation_s']:.1f} s + attacks/evaluation {metrics['timing']['attacks_s']:.1f} s")
+    print(f"fedmia rounds (s): {', '.join(f'{t:.2f}' for t in rounds)}")
+    print(f"plain  rounds (s): {', '.join(f'{t:.2f}' for t in plain)}")
+    print(f"steady-state ratio fedmia/plain (median of rounds 2..): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
