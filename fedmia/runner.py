@@ -26,7 +26,7 @@ from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
 from fedmia.models import scenario_model
 from fedmia.scenario import Scenario
-from fedmia.training import pick_device
+from fedmia.training import TrainRecipe, pick_device
 from fedmia.transcript import Transcript
 
 
@@ -119,6 +119,11 @@ def adversary_view(scenario: Scenario, transcript: Transcript) -> AdversaryView:
         device=pick_device(scenario.runtime.device),
         population_fpr=scenario.evaluation.threshold_population_fpr,
         output_defense=scenario.defenses.output,
+        recipe=TrainRecipe.from_scenario(scenario),
+        rounds=scenario.federation.rounds,
+        seed=scenario.seed,
+        cache_dir=scenario.runtime.cache_dir,
+        cache_context={"data": scenario.data.model_dump(mode="json"), "model": scenario.model.model_dump(mode="json")},
     )
 
 

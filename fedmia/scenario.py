@@ -206,6 +206,7 @@ class RuntimeSpec(Strict):
     keep_transcript: Literal["all", "final", "none"] = Field(
         "all", description="which client replies to keep in the run folder"
     )
+    cache_dir: str | None = Field(None, description="reference-model cache (default: $FEDMIA_CACHE or .fedmia-cache)")
 
 
 class Scenario(Strict):

@@ -8,5 +8,6 @@ from fedmia.attacks.base import ATTACKS, AdversaryView, Attack, register_attack
 from fedmia.attacks import threshold  # noqa: F401  (loss, entropy, confidence, modified-entropy)
 from fedmia.attacks import updates  # noqa: F401  (update-loss-drop, update-gradient, source-inference)
 from fedmia.attacks import isolation  # noqa: F401  (isolation)
+from fedmia.attacks import reference  # noqa: F401  (lira-online, lira-offline, rmia)
 
 __all__ = ["ATTACKS", "AdversaryView", "Attack", "register_attack"]

@@ -33,6 +33,13 @@ class AdversaryView:
     population_fpr: float = 0.1  # false-alarm rate the adversary accepts when it sets thresholds
     batch_size: int = 64
     output_defense: object = None  # the query API's hardening (scenario.defenses.output)
+    # What the server knows of the clients' training (it sends their config): for reference models.
+    recipe: object = None  # fedmia.training.TrainRecipe of one local run
+    rounds: int = 1
+    seed: int = 0
+    cache_dir: object = None  # where reference models are kept between runs
+    cache_context: dict = field(default_factory=dict)  # data/model settings the cache key includes
+    shared: dict = field(default_factory=dict, repr=False)  # work shared between attacks of one run
     _summaries: dict = field(default_factory=dict, repr=False)
 
     def model_with(self, weights: Weights) -> nn.Module:
