@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedmia.attacks import ATTACKS, AdversaryView
 from fedmia.attacks.updates import NeedsClientUpdates
 from fedmia.data.plan import build_plan
+from fedmia.evaluation.ood import ood_metrics
 from fedmia.evaluation.run_metrics import evaluate_run
 from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
@@ -145,6 +146,9 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     plan = build_plan(scenario)
     write_json_atomic(out_dir / "ledger.json", plan.ledger.to_json())
     metrics, curves = evaluate_run(scenario, plan, transcript, outputs)
+    if scenario.evaluation.ood:
+        metrics.update(ood_metrics(view, plan, outputs, scenario.evaluation.ood,
+                                   scenario.evaluation.ood_count, scenario.seed))
     timing["wall_s"] = time.perf_counter() - started if started is not None else sum(timing.values())
     metrics["timing"] = timing
 

@@ -173,6 +173,11 @@ class EvaluationSpec(Strict):
         description="threshold attacks call 'member' what beats this share of the population",
     )
     targets: TargetSpec = Field(default_factory=TargetSpec)
+    ood: list[Literal["heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes"]] = Field(
+        default_factory=lambda: ["heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes"],
+        description="non-member sets whose false-positive rate is reported ([] to skip)",
+    )
+    ood_count: int = Field(100, ge=1, description="records per out-of-distribution set")
 
     @field_validator("tpr_at_fpr")
     @classmethod

@@ -9,5 +9,6 @@ from fedmia.attacks import threshold  # noqa: F401  (loss, entropy, confidence, 
 from fedmia.attacks import updates  # noqa: F401  (update-loss-drop, update-gradient, source-inference)
 from fedmia.attacks import isolation  # noqa: F401  (isolation)
 from fedmia.attacks import reference  # noqa: F401  (lira-online, lira-offline, rmia)
+from fedmia.attacks import shadow  # noqa: F401  (shadow-type1/-type2/-lossmap, global-loss, salem)
 
 __all__ = ["ATTACKS", "AdversaryView", "Attack", "register_attack"]

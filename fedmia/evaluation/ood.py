@@ -1,0 +1,72 @@
+"""False positives far from the data (Hintersdorf et al., "Do Not Trust Prediction Scores").
+
+For every attack: the share of non-members from each out-of-distribution set that it calls
+"member", at the adversary's own threshold and at the threshold that catches half the member
+targets (TPR = 50%). Held-out in-distribution non-members are the reference row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedmia.data.ood import make_ood_set
+from fedmia.data.records import Records
+from fedmia.evaluation.metrics import false_positive_rate, threshold_at_tpr
+
+ALL_SETS = ("heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes")
+
+
+def optimised_fakes(view, reference: Records, count: int, seed: int, steps: int = 40) -> Records:
+    """Inputs made by gradient ascent on the global model's mean max-softmax, from uniform noise
+    (a stand-in for GAN samples); their 'ground truth' is the model's own prediction."""
+    model = view.model_with(view.transcript.final)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (count, *reference.images.shape[1:])
+    x = torch.rand(shape, generator=generator).to(view.device).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=0.05)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (-torch.softmax(model(x), 1).max(1).values.mean()).backward()
+        optimizer.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+    with torch.no_grad():
+        masks = model(x).argmax(1).cpu().numpy()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ids = np.array([f"ood-fake:{i:05d}" for i in range(count)], dtype=object)
+    return Records(x.detach().cpu().numpy(), masks, ids)
+
+
+def ood_sets(view, plan, names, count: int, seed: int) -> dict[str, Records]:
+    target_ids = set(plan.targets.ids)
+    spare = [i for i, rid in enumerate(plan.heldout.ids) if rid not in target_ids]
+    heldout = plan.heldout.subset(spare[:count] if len(spare) >= 10 else list(range(min(count, len(plan.heldout)))))
+    sets = {}
+    for name in names:
+        if name == "heldout":
+            sets[name] = heldout
+        elif name == "optimised-fakes":
+            sets[name] = optimised_fakes(view, plan.heldout, count, seed)
+        else:
+            sets[name] = make_ood_set(name, plan.heldout, plan.info, count=count, seed=seed)
+    return sets
+
+
+def ood_metrics(view, plan, outputs: dict, names, count: int, seed: int) -> dict:
+    sets = ood_sets(view, plan, names, count, seed)
+    is_member = plan.ledger.is_member(plan.targets.ids)
+    at_threshold, at_tpr50 = {}, {}
+    for attack_name, out in outputs.items():
+        if "scores" not in out:
+            continue
+        attack = out["attack"]
+        half = threshold_at_tpr(out["scores"], is_member, 0.5)
+        scored = {name: np.asarray(attack.score(view, records), dtype=float) for name, records in sets.items()}
+        at_tpr50[attack_name] = {name: false_positive_rate(s, half) for name, s in scored.items()}
+        if out["threshold"] is not None:
+            at_threshold[attack_name] = {name: false_positive_rate(s, out["threshold"]) for name, s in scored.items()}
+    return {"ood": at_threshold, "ood_at_tpr50": at_tpr50, "ood_sets": {k: len(v) for k, v in sets.items()}}
