@@ -116,6 +116,35 @@ def sweep(
     out.print(f"written: {folder / 'sweep.csv'}, {folder / 'privacy_utility.png'}")
 
 
+@app.command("deploy-local")
+def deploy_local(
+    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<name>)"),
+    workdir: Path = typer.Option(Path("runs/deploy"), "--workdir", help="logs, SuperLink database, FLWR_HOME"),
+    tls: bool = typer.Option(False, "--tls", help="TLS with a throw-away self-signed CA"),
+) -> None:
+    """Run a scenario on Flower's deployment engine on this machine: a SuperLink and one
+    SuperNode per client as separate processes (127.0.0.1 only), then `flwr run`."""
+    from fedmia.deploy import local_deployment, self_signed_certificates
+
+    parsed = _load_or_exit(scenario)
+    _check_data_or_exit(scenario, parsed)
+    folder = out_dir or Path("runs") / parsed.name
+    certs = self_signed_certificates(workdir / "certs") if tls else None
+    with local_deployment(parsed.federation.clients, workdir, certs) as deployment:
+        out.print(f"SuperLink on 127.0.0.1:{deployment.superlink_port}, {parsed.federation.clients} SuperNodes; "
+                  f"logs in {workdir}")
+        result = deployment.run(scenario, folder)
+    if result.returncode != 0:
+        typer.echo(result.stdout[-4000:] + result.stderr[-4000:], err=True)
+        raise typer.Exit(1)
+    from fedmia.evaluation.compare import load_run
+    from fedmia.evaluation import summary_table
+
+    out.print(summary_table(load_run(folder)["metrics"]))
+    out.print(f"run folder: {folder}")
+
+
 @app.command("list")
 def list_components() -> None:
     """List registered datasets, architectures, strategies and attacks."""

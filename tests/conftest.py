@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from fedmia.deploy import alive, descendants, terminate
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -46,47 +46,12 @@ def write_scenario(tmp_path):
 
 
 def child_pids(pid: int | None = None) -> set[int]:
-    """Every descendant of `pid` (default: this process), read from /proc."""
-    pid = os.getpid() if pid is None else pid
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except OSError:
-        return False
+    """Every descendant of `pid` (default: this process)."""
+    return descendants(os.getpid() if pid is None else pid)
 
 
 def stop_pids(pids: set[int], timeout: float = 10.0) -> None:
-    """SIGTERM, wait, then SIGKILL — by PID only."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + timeout
-    while time.time() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    terminate(pids, timeout)
 
 
 @pytest.fixture

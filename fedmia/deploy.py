@@ -1,0 +1,199 @@
+"""Flower's deployment engine on one machine: a SuperLink, one SuperNode per client, `flwr run`.
+
+The same app as the simulation — only the transport changes: each SuperNode is a separate
+process (one per hospital, on one machine here, on many in a real demo) that learns its
+partition from `--node-config`. `fedmia deploy-local` and the loopback test use this module;
+README's "multi-machine demo" runs the same commands by hand, and docker/compose.yml wraps them
+in containers. Every process started here is stopped here, by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@dataclass
+class LocalDeployment:
+    clients: int
+    workdir: Path
+    tls_dir: Path | None = None  # holds ca.crt, server.pem, server.key when TLS is on
+    superlink_port: int = field(default_factory=free_port)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "FLWR_HOME": str(self.workdir / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+
+    def _security(self, role: str) -> list[str]:
+        if self.tls_dir is None:
+            return ["--insecure"]
+        if role == "superlink":
+            return ["--ssl-ca-certfile", str(self.tls_dir / "ca.crt"), "--ssl-certfile",
+                    str(self.tls_dir / "server.pem"), "--ssl-keyfile", str(self.tls_dir / "server.key")]
+        return ["--root-certificates", str(self.tls_dir / "ca.crt")]
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+        out = open(self.workdir / log, "w")
+        proc = subprocess.Popen(args, cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.processes.append(proc)
+        return proc
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "flwr-home").mkdir(exist_ok=True)
+        self._spawn([_bin("flower-superlink"), *self._security("superlink"), "--host", "127.0.0.1",
+                     "--port", str(self.superlink_port), "--database", str(self.workdir / "superlink.db"),
+                     "--disable-runtime-dependency-installation"], "superlink.log")
+        self._wait_for_port(self.superlink_port)
+        for k in range(self.clients):
+            self._spawn([_bin("flower-supernode"), *self._security("supernode"),
+                         "--superlink", f"127.0.0.1:{self.superlink_port}",
+                         "--node-config", f"partition-id={k} num-partitions={self.clients}",
+                         "--host", "127.0.0.1", "--port", str(free_port())], f"supernode-{k}.log")
+        self.write_connection()
+
+    def write_connection(self) -> None:
+        """`flwr run . local-deploy` finds the SuperLink through $FLWR_HOME/config.toml."""
+        lines = ["[superlink]", 'default = "local-deploy"', "", "[superlink.local-deploy]",
+                 f'address = "127.0.0.1:{self.superlink_port}"']
+        lines.append("insecure = true" if self.tls_dir is None else f'root-certificates = "{self.tls_dir / "ca.crt"}"')
+        (self.workdir / "flwr-home" / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def _wait_for_port(self, port: int, timeout: float = 60.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(p.poll() is not None for p in self.processes):
+                raise RuntimeError(f"a Flower process exited early; see the logs in {self.workdir}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"SuperLink did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+    def run(self, scenario: Path, out_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+        config = f"scenario='{Path(scenario).resolve()}' out='{Path(out_dir).resolve()}'"
+        return subprocess.run([_bin("flwr"), "run", str(REPO), "local-deploy", "--stream", "--run-config", config],
+                              cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop every process started here and everything they started (SuperExec, ServerApp and
+        ClientApp processes, which may sit in sessions of their own) — by PID."""
+        pids = {p.pid for p in self.processes}
+        for proc in self.processes:
+            pids |= descendants(proc.pid)
+        terminate(pids)
+        for proc in self.processes:
+            proc.wait()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, read from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def terminate(pids: set[int], timeout: float = 15.0) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL what is left."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@contextmanager
+def local_deployment(clients: int, workdir: Path, tls_dir: Path | None = None):
+    deployment = LocalDeployment(clients, Path(workdir), tls_dir)
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+def self_signed_certificates(folder: Path) -> Path:
+    """A throw-away CA and a server certificate for 127.0.0.1/localhost (for the TLS demo and
+    test; real deployments bring their own). Returns `folder` holding ca.crt, server.pem/.key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject, issuer, public_key, signing_key, *, ca: bool, san=None):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=2))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signing_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedmia test CA")])
+    ca_cert = build(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    server_cert = build(server_name, ca_name, server_key.public_key(), ca_key, ca=False,
+                        san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+    pem = serialization.Encoding.PEM
+    (folder / "ca.crt").write_bytes(ca_cert.public_bytes(pem))
+    (folder / "server.pem").write_bytes(server_cert.public_bytes(pem))
+    (folder / "server.key").write_bytes(server_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return folder

@@ -1,0 +1,51 @@
+"""LiRA / RMIA / shadow attacks on a real (tiny) federation; the reference-model cache; OOD."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmia.runner import run_scenario
+from fedmia.scenario import load_scenario
+
+ATTACKS = [{"name": n, "models": 4, "epochs": 2} for n in
+           ("lira-online", "lira-offline", "rmia", "shadow-type1", "shadow-type2", "shadow-lossmap",
+            "global-loss", "salem")]
+
+
+def test_reference_attacks_cache_and_ood(write_scenario, tmp_path, stops_its_processes, monkeypatch):
+    from fedmia.attacks import reference
+
+    trained = []
+    original = reference.ReferenceModels.weights
+
+    def counting(self, index):
+        before = self.trained
+        weights = original(self, index)
+        if self.trained > before:
+            trained.append(index)
+        return weights
+
+    monkeypatch.setattr(reference.ReferenceModels, "weights", counting)
+    scenario = load_scenario(write_scenario({
+        "attacks": ["loss"] + ATTACKS,
+        "runtime": {"cache_dir": str(tmp_path / "cache")},
+        "evaluation": {"ood_count": 8}}))
+    metrics = run_scenario(scenario, tmp_path / "first")
+    assert sorted(trained) == [0, 1, 2, 3]  # four reference models, each trained once, shared by all
+    assert len(list((tmp_path / "cache" / "reference").glob("*.npz"))) == 4
+    for spec in ATTACKS:
+        m = metrics["attacks"][spec["name"]]
+        assert 0 <= m["auc"] <= 1 and m["n_members"] > 0
+    # every attack has an OOD row for every set; those with a threshold also at that threshold
+    assert set(metrics["ood_at_tpr50"]) == {"loss", *(a["name"] for a in ATTACKS)}
+    for rates in metrics["ood_at_tpr50"].values():
+        assert set(rates) == {"heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes"}
+        assert all(0 <= v <= 1 for v in rates.values())
+    assert "loss" in metrics["ood"] and "lira-online" not in metrics["ood"]
+
+    trained.clear()
+    again = run_scenario(scenario, tmp_path / "second")
+    assert trained == []  # warm cache: no reference model trained
+    for spec in ATTACKS:
+        assert again["attacks"][spec["name"]]["auc"] == pytest.approx(metrics["attacks"][spec["name"]]["auc"])
