@@ -8,6 +8,7 @@ evaluator alone.
 from __future__ import annotations
 
 import csv
+import shutil
 import io
 import logging
 import os
@@ -33,6 +34,7 @@ from fedmia.transcript import Transcript
 
 def prepare_run_folder(out_dir: Path, scenario: Scenario) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / "transcript", ignore_errors=True)  # no stale checkpoint of an older run
     write_text_atomic(out_dir / "scenario.yaml", scenario.to_yaml())
 
 
@@ -44,8 +46,14 @@ def _progress(console: Console | None) -> Progress:
 
 def backend_config(scenario: Scenario) -> dict:
     runtime = scenario.runtime
-    init_args = {"num_cpus": runtime.total_cpus or os.cpu_count() or 1, "include_dashboard": False,
-                 "logging_level": logging.ERROR, "log_to_driver": False}
+    cpus = runtime.total_cpus or os.cpu_count() or 1
+    if runtime.max_parallel is not None:  # Ray schedules by resources: cap them
+        cpus = min(cpus, max(1, int(runtime.max_parallel * runtime.client_cpus)))
+    init_args = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+    if runtime.ray_address:  # an existing cluster brings its own resources
+        init_args["address"] = runtime.ray_address
+    else:
+        init_args["num_cpus"] = cpus
     return {"client_resources": {"num_cpus": runtime.client_cpus, "num_gpus": runtime.client_gpus},
             "init_args": init_args}
 
@@ -70,7 +78,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
     result: dict = {}
     with _progress(console) as progress:
         task = progress.add_task("federated rounds", total=scenario.federation.rounds)
-        server_app = make_server_app(scenario, result=result,
+        server_app = make_server_app(scenario, result=result, checkpoint=out_dir / "transcript",
                                      on_round_end=lambda view: progress.advance(task))
         run_simulation(server_app=server_app, client_app=make_client_app(scenario),
                        num_supernodes=scenario.federation.clients,

@@ -207,6 +207,8 @@ class RuntimeSpec(Strict):
     client_cpus: float = Field(1.0, gt=0, description="CPUs per client; 1 runs clients in parallel")
     client_gpus: float = Field(0.0, ge=0)
     total_cpus: int | None = Field(None, ge=1, description="CPUs Ray may use; default: all")
+    max_parallel: int | None = Field(None, ge=1, description="at most this many clients train at once")
+    ray_address: str | None = Field(None, description="join a running Ray cluster: 'auto' or 'host:port'")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     keep_transcript: Literal["all", "final", "none"] = Field(
         "all", description="which client replies to keep in the run folder"

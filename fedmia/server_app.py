@@ -24,7 +24,8 @@ from fedmia.scenario import Scenario, load_scenario
 from fedmia.transcript import RoundView, Transcript
 
 
-def make_strategy(scenario: Scenario, on_round_end: Callable[[RoundView], None] | None = None):
+def make_strategy(scenario: Scenario, on_round_end: Callable[[RoundView], None] | None = None,
+                  resume_from: Transcript | None = None):
     entry = strategies.STRATEGIES.get(scenario.server.strategy)
     params = entry.params_model.model_validate(scenario.server.params())
     info = build_plan(scenario).info
@@ -35,17 +36,32 @@ def make_strategy(scenario: Scenario, on_round_end: Callable[[RoundView], None] 
         weight_names=weight_names(model),
         params=params,
         on_round_end=on_round_end,
+        resume_from=resume_from,
     )
     return with_central_dp(strategy, scenario)
 
 
 def run_federation(grid, context: Context, scenario: Scenario,
-                   on_round_end: Callable[[RoundView], None] | None = None) -> Transcript:
-    random.seed(scenario.seed)  # Flower samples clients with the `random` module
-    strategy = make_strategy(scenario, on_round_end)
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=scenario.federation.rounds),
-                           strategy=strategy)
-    DefaultWorkflow(fit_workflow=fit_workflow(scenario))(grid, legacy)
+                   on_round_end: Callable[[RoundView], None] | None = None,
+                   checkpoint: Path | None = None, resume: bool = False) -> Transcript:
+    """Run the rounds; with `checkpoint`, save the transcript there after every round, and with
+    `resume`, continue from the rounds already saved there."""
+    previous = Transcript.load(checkpoint) if resume and checkpoint and (checkpoint / "index.json").exists() else None
+    done = sum(1 for v in previous.rounds if v.aggregate is not None) if previous else 0
+    random.seed(scenario.seed + done)  # Flower samples clients with the `random` module
+
+    def after_round(view: RoundView) -> None:
+        if checkpoint is not None:
+            strategy_transcript().save_round(checkpoint, view)
+        if on_round_end is not None:
+            on_round_end(view)
+
+    strategy = make_strategy(scenario, after_round, resume_from=previous)
+    strategy_transcript = lambda: strategy.transcript  # noqa: E731  (the wrapper may hide the inner strategy)
+    remaining = scenario.federation.rounds - done
+    if remaining > 0:
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)
+        DefaultWorkflow(fit_workflow=fit_workflow(scenario))(grid, legacy)
     return strategy.transcript
 
 
@@ -66,7 +82,8 @@ def fit_workflow(scenario: Scenario):
 
 
 def make_server_app(scenario: Scenario | None = None, *, result: dict | None = None,
-                    on_round_end: Callable[[RoundView], None] | None = None) -> ServerApp:
+                    on_round_end: Callable[[RoundView], None] | None = None,
+                    checkpoint: Path | None = None, resume: bool = False) -> ServerApp:
     """With `result`, the transcript is handed back through it (in-process simulation);
     without, the app reads `scenario` and `out` from the run config and finishes the run."""
     app = ServerApp()
@@ -74,16 +91,20 @@ def make_server_app(scenario: Scenario | None = None, *, result: dict | None = N
     @app.main()
     def main(grid, context: Context) -> None:
         current = scenario or load_scenario(str(context.run_config["scenario"]))
+        out_dir = Path(str(context.run_config.get("out", f"runs/{current.name}")))
+        if result is None:  # under `flwr run` this app owns the run folder
+            from fedmia.runner import prepare_run_folder
+
+            prepare_run_folder(out_dir, current)
         started = time.perf_counter()
-        transcript = run_federation(grid, context, current, on_round_end)
+        transcript = run_federation(grid, context, current, on_round_end,
+                                    checkpoint=checkpoint or out_dir / "transcript", resume=resume)
         simulation_s = time.perf_counter() - started
         if result is not None:
             result.update(transcript=transcript, simulation_s=simulation_s)
             return
-        from fedmia.runner import finish_run, prepare_run_folder
+        from fedmia.runner import finish_run
 
-        out_dir = Path(str(context.run_config.get("out", f"runs/{current.name}")))
-        prepare_run_folder(out_dir, current)
         finish_run(current, transcript, out_dir, timing={"simulation_s": simulation_s})
 
     return app

@@ -68,11 +68,15 @@ class Transcript:
     # ---- persistence -------------------------------------------------------------------
     def save(self, folder: Path, keep: str = "all") -> None:
         """`keep`: "all" replies, only the "final" round's, or "none" (global models only)."""
-        folder = Path(folder)
+        self._write(Path(folder), keep, index_views=self.rounds)
+
+    def _write(self, folder: Path, keep: str, index_views: list[RoundView]) -> None:
+        """Write the round files of `self.rounds`, then an index listing `index_views`."""
         folder.mkdir(parents=True, exist_ok=True)
         index = {"weight_names": self.weight_names, "secure_aggregation": self.secure_aggregation, "rounds": []}
         _write_npz(folder / "initial.npz", {"w": self.initial})
-        last = self.rounds[-1].round if self.rounds else None
+        last = index_views[-1].round if index_views else None
+        entries = {}
         for view in self.rounds:
             keep_replies = keep == "all" or (keep == "final" and view.round == last)
             arrays: dict[str, Weights] = {}
@@ -97,11 +101,24 @@ class Transcript:
                 arrays["observed-update"] = view.observed_update
             file = f"round-{view.round:03d}.npz"
             _write_npz(folder / file, arrays)
-            index["rounds"].append({"round": view.round, "file": file, "sent": sent_keys,
-                                    "config": {str(k): v for k, v in view.config.items()},
-                                    "replies": replies, "failures": view.failures, "notes": view.notes,
-                                    "has_aggregate": view.aggregate is not None})
+            entries[view.round] = {"round": view.round, "file": file, "sent": sent_keys,
+                                   "config": {str(k): v for k, v in view.config.items()},
+                                   "replies": replies, "failures": view.failures, "notes": view.notes,
+                                   "has_aggregate": view.aggregate is not None}
+        previous = {}
+        if (folder / "index.json").exists():  # rounds written by earlier checkpoints
+            previous = {e["round"]: e for e in json.loads((folder / "index.json").read_text())["rounds"]}
+        index["rounds"] = [entries.get(v.round) or previous[v.round] for v in index_views]
         write_json_atomic(folder / "index.json", index)
+
+    def save_round(self, folder: Path, view: RoundView) -> None:
+        """Checkpoint: write this round's file (every reply kept) and the index so far."""
+        keep_views = self.rounds
+        self.rounds = [view]
+        try:
+            self._write(Path(folder), keep="all", index_views=keep_views)
+        finally:
+            self.rounds = keep_views
 
     @classmethod
     def load(cls, folder: Path) -> "Transcript":

@@ -46,6 +46,7 @@ class ObservingFedAvg(FedAvg):
         weight_names: list[str],
         params: BaseModel | None = None,
         on_round_end: Callable[[RoundView], None] | None = None,
+        resume_from: Transcript | None = None,
     ):
         fed = scenario.federation
         super().__init__(
@@ -64,6 +65,12 @@ class ObservingFedAvg(FedAvg):
         self.params = params
         self.transcript = Transcript(weight_names, [w.copy() for w in initial_weights],
                                      secure_aggregation=self.secure)
+        self.round_offset = 0
+        if resume_from is not None:  # continue a checkpointed run: its rounds, its latest model
+            self.transcript = resume_from
+            self.transcript.rounds = [v for v in resume_from.rounds if v.aggregate is not None]
+            self.round_offset = self.transcript.rounds[-1].round if self.transcript.rounds else 0
+            self.initial_parameters = ndarrays_to_parameters(self.transcript.final)
         self.on_round_end = on_round_end
 
     # ---- what the server sends -----------------------------------------------------------
@@ -81,7 +88,9 @@ class ObservingFedAvg(FedAvg):
         return [(proxy, weights, config) for proxy, config in instructions]
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager):
+        # Flower counts from 1 in every (resumed) run; the offset gives the run's own round.
         sampled = super().configure_fit(server_round, parameters, client_manager)
+        server_round = server_round + self.round_offset
         view = RoundView(server_round)
         self._round_started = time.perf_counter()
         self.transcript.rounds.append(view)  # before `tailor`, which may write notes on it
@@ -100,6 +109,7 @@ class ObservingFedAvg(FedAvg):
 
     # ---- what the server receives --------------------------------------------------------
     def aggregate_fit(self, server_round: int, results, failures):
+        server_round = server_round + self.round_offset
         # Replies arrive in completion order; summing in a fixed order makes runs reproducible.
         results = sorted(results, key=lambda r: (r[1].metrics.get("partition-id", -1), r[0].node_id))
         view = self._view(server_round)

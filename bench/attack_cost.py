@@ -1,0 +1,54 @@
+"""Attack scoring cost vs plain inference on the same targets.
+
+Runs a scenario once (Flower simulation), then times, in this process: one plain forward pass
+of the final model over the targets (the baseline), and each attack's `score` on the targets
+(after `fit`, which is timed separately: reference-model training is a one-off, cached cost).
+
+    python bench/attack_cost.py [scenarios/lira.yaml]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fedmia.attacks import ATTACKS
+from fedmia.runner import adversary_view, run_scenario
+from fedmia.scenario import load_scenario
+from fedmia.training import predict_logits
+from fedmia.transcript import Transcript
+
+
+def main() -> None:
+    scenario = load_scenario(sys.argv[1] if len(sys.argv) > 1 else "scenarios/lira.yaml")
+    scenario = scenario.model_copy(update={"evaluation": scenario.evaluation.model_copy(update={"ood": []})})
+    with tempfile.TemporaryDirectory() as tmp:
+        run_scenario(scenario, Path(tmp) / "run")
+        transcript = Transcript.load(Path(tmp) / "run" / "transcript")
+    view = adversary_view(scenario, transcript)
+    model = view.model_with(transcript.final)
+    start = time.perf_counter()
+    predict_logits(model, view.targets.images, device=view.device)
+    inference = time.perf_counter() - start
+    print(f"{len(view.targets)} targets; plain inference {inference * 1000:.1f} ms (baseline), "
+          f"{torch.get_num_threads()} threads")
+    for spec in scenario.attacks:
+        cls = ATTACKS.get(spec.name)
+        attack = cls(cls.Params.model_validate(spec.params()))
+        t0 = time.perf_counter()
+        attack.fit(view)
+        fit_s = time.perf_counter() - t0
+        view._summaries.clear()  # score from scratch: no forward pass cached by fit
+        t0 = time.perf_counter()
+        attack.score(view, view.targets)
+        score_s = time.perf_counter() - t0
+        print(f"{spec.key:>18}: score {score_s * 1000:8.1f} ms = {score_s / inference:5.2f}x inference"
+              f"   (fit {fit_s:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
