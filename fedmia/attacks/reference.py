@@ -12,8 +12,7 @@ seed, index): a second run or sweep point with the same settings trains none.
 
 Per-record statistic: the mean over pixels of the logit-scaled confidence of the true class,
 φ = log(p_y / (1 − p_y)) — LiRA's statistic, aggregated over the image by its mean. (A sum of
-per-pixel likelihood ratios treats the pixels of one image as independent evidence, which they
-are not; the mean was the steadier of the two here.)
+per-pixel likelihood ratios is the alternative; it is not implemented or measured yet.)
 """
 
 from __future__ import annotations
