@@ -52,12 +52,11 @@ def run_federation(grid, context: Context, scenario: Scenario,
 
     def after_round(view: RoundView) -> None:
         if checkpoint is not None:
-            strategy_transcript().save_round(checkpoint, view)
+            strategy.transcript.save_round(checkpoint, view)  # `strategy` is bound below, before any round
         if on_round_end is not None:
             on_round_end(view)
 
     strategy = make_strategy(scenario, after_round, resume_from=previous)
-    strategy_transcript = lambda: strategy.transcript  # noqa: E731  (the wrapper may hide the inner strategy)
     remaining = scenario.federation.rounds - done
     if remaining > 0:
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)

@@ -68,16 +68,16 @@ class Transcript:
     # ---- persistence -------------------------------------------------------------------
     def save(self, folder: Path, keep: str = "all") -> None:
         """`keep`: "all" replies, only the "final" round's, or "none" (global models only)."""
-        self._write(Path(folder), keep, index_views=self.rounds)
+        self._write(Path(folder), keep, write_views=self.rounds, index_views=self.rounds)
 
-    def _write(self, folder: Path, keep: str, index_views: list[RoundView]) -> None:
-        """Write the round files of `self.rounds`, then an index listing `index_views`."""
+    def _write(self, folder: Path, keep: str, write_views: list[RoundView], index_views: list[RoundView]) -> None:
+        """Write the round files of `write_views`, then an index listing `index_views`."""
         folder.mkdir(parents=True, exist_ok=True)
         index = {"weight_names": self.weight_names, "secure_aggregation": self.secure_aggregation, "rounds": []}
         _write_npz(folder / "initial.npz", {"w": self.initial})
         last = index_views[-1].round if index_views else None
         entries = {}
-        for view in self.rounds:
+        for view in write_views:
             keep_replies = keep == "all" or (keep == "final" and view.round == last)
             arrays: dict[str, Weights] = {}
             sent_keys: dict[str, str] = {}
@@ -113,12 +113,7 @@ class Transcript:
 
     def save_round(self, folder: Path, view: RoundView) -> None:
         """Checkpoint: write this round's file (every reply kept) and the index so far."""
-        keep_views = self.rounds
-        self.rounds = [view]
-        try:
-            self._write(Path(folder), keep="all", index_views=keep_views)
-        finally:
-            self.rounds = keep_views
+        self._write(Path(folder), keep="all", write_views=[view], index_views=self.rounds)
 
     @classmethod
     def load(cls, folder: Path) -> "Transcript":

@@ -135,10 +135,9 @@ class _ReferenceAttack(Attack):
         self.index = {rid: j for j, rid in enumerate(self.refs.pool.ids)}
 
     def _columns(self, records: Records) -> np.ndarray:
-        missing = [rid for rid in records.ids if rid not in self.index]
-        if missing:  # records the adversary never had: score them on OUT statistics only
-            return np.array([self.index.get(rid, -1) for rid in records.ids])
-        return np.array([self.index[rid] for rid in records.ids])
+        """Each record's column in the reference statistics; -1 for records the adversary never
+        had (scored against all reference models instead)."""
+        return np.array([self.index.get(rid, -1) for rid in records.ids])
 
     def _target_phi(self, view: AdversaryView, records: Records) -> tuple[np.ndarray, np.ndarray]:
         return logit_confidence(view.model_with(view.transcript.final), records, view.device)
