@@ -53,21 +53,43 @@ def validate(scenario: Path = typer.Argument(..., help="scenario YAML file")) ->
 
 @app.command()
 def run(
-    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    scenario: Optional[Path] = typer.Argument(None, help="scenario YAML file (omit with --resume)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<name>)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the interrupted run in this run folder"),
     verbose: bool = typer.Option(False, "--verbose", help="show Flower's and Ray's logs"),
 ) -> None:
     """Train the federation (Flower simulation on Ray), attack it, write the run folder."""
+    if resume is not None:
+        scenario, folder = _resumable_or_exit(resume, scenario, out_dir)
+    elif scenario is None:
+        typer.echo("fedmia run: give a scenario file, or --resume RUN_DIR", err=True)
+        raise typer.Exit(USAGE_ERROR)
     parsed = _load_or_exit(scenario)
     from fedmia.evaluation import summary_table
     from fedmia.runner import run_scenario
 
     _check_data_or_exit(scenario, parsed)  # before Ray starts and before any file is written
-    folder = out_dir or Path("runs") / parsed.name
-    metrics = run_scenario(parsed, folder, console=out, verbose=verbose)
+    folder = resume or out_dir or Path("runs") / parsed.name
+    metrics = run_scenario(parsed, folder, console=out, verbose=verbose, resume=resume is not None)
     out.print(summary_table(metrics))
     out.print(f"run folder: {folder}  (report: {folder / 'report.md'}, "
               f"wall {metrics['timing']['wall_s']:.1f} s)")
+
+
+def _resumable_or_exit(folder: Path, scenario: Optional[Path], out_dir: Optional[Path]) -> tuple[Path, Path]:
+    """A resumed run takes its scenario from its own folder: the one it was started with."""
+    saved = folder / "scenario.yaml"
+    problem = None
+    if out_dir is not None and out_dir.resolve() != folder.resolve():
+        problem = "--out and --resume name different folders; a resumed run stays in its folder"
+    elif not saved.is_file():
+        problem = f"{folder}: not a fedmia run folder (no scenario.yaml in it)"
+    elif scenario is not None and _load_or_exit(scenario).canonical() != _load_or_exit(saved).canonical():
+        problem = f"{scenario}: differs from the scenario {saved} was started with; omit it to resume"
+    if problem:
+        typer.echo(f"fedmia run --resume: {problem}", err=True)
+        raise typer.Exit(USAGE_ERROR)
+    return saved, folder
 
 
 @app.command()

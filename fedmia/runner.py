@@ -8,6 +8,7 @@ evaluator alone.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import io
 import logging
@@ -32,10 +33,22 @@ from fedmia.training import TrainRecipe, pick_device
 from fedmia.transcript import Transcript
 
 
-def prepare_run_folder(out_dir: Path, scenario: Scenario) -> None:
+def prepare_run_folder(out_dir: Path, scenario: Scenario, resume: bool = False) -> int:
+    """Make the run folder; returns how many rounds a resumed run has already checkpointed."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return checkpointed_rounds(out_dir)
     shutil.rmtree(out_dir / "transcript", ignore_errors=True)  # no stale checkpoint of an older run
     write_text_atomic(out_dir / "scenario.yaml", scenario.to_yaml())
+    return 0
+
+
+def checkpointed_rounds(out_dir: Path) -> int:
+    index = Path(out_dir) / "transcript" / "index.json"
+    if not index.exists():
+        return 0
+    rounds = json.loads(index.read_text())["rounds"]
+    return rounds[-1]["round"] if rounds else 0
 
 
 def _progress(console: Console | None) -> Progress:
@@ -59,8 +72,10 @@ def backend_config(scenario: Scenario) -> dict:
 
 
 def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None = None,
-                 verbose: bool = False) -> dict:
-    """Train the federation in Flower's simulation engine (Ray backend), then finish the run."""
+                 verbose: bool = False, resume: bool = False) -> dict:
+    """Train the federation in Flower's simulation engine (Ray backend), then finish the run.
+    With `resume`, continue from the rounds checkpointed in `out_dir/transcript`: the per-round
+    seeds make the result the same as an uninterrupted run's."""
     from flwr.simulation import run_simulation
 
     from fedmia.client_app import make_client_app
@@ -68,7 +83,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    prepare_run_folder(out_dir, scenario)
+    done = prepare_run_folder(out_dir, scenario, resume)
     build_plan(scenario)  # fail on data problems here, before Ray starts
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -77,9 +92,9 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
 
     result: dict = {}
     with _progress(console) as progress:
-        task = progress.add_task("federated rounds", total=scenario.federation.rounds)
+        task = progress.add_task("federated rounds", total=scenario.federation.rounds, completed=done)
         server_app = make_server_app(scenario, result=result, checkpoint=out_dir / "transcript",
-                                     on_round_end=lambda view: progress.advance(task))
+                                     on_round_end=lambda view: progress.advance(task), resume=resume)
         run_simulation(server_app=server_app, client_app=make_client_app(scenario),
                        num_supernodes=scenario.federation.clients,
                        backend_name="ray", backend_config=backend_config(scenario),

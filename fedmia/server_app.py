@@ -7,7 +7,6 @@ runner takes it from here, under `flwr run` this app finishes the run (attacks, 
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -47,8 +46,6 @@ def run_federation(grid, context: Context, scenario: Scenario,
     """Run the rounds; with `checkpoint`, save the transcript there after every round, and with
     `resume`, continue from the rounds already saved there."""
     previous = Transcript.load(checkpoint) if resume and checkpoint and (checkpoint / "index.json").exists() else None
-    done = sum(1 for v in previous.rounds if v.aggregate is not None) if previous else 0
-    random.seed(scenario.seed + done)  # Flower samples clients with the `random` module
 
     def after_round(view: RoundView) -> None:
         if checkpoint is not None:
@@ -57,7 +54,7 @@ def run_federation(grid, context: Context, scenario: Scenario,
             on_round_end(view)
 
     strategy = make_strategy(scenario, after_round, resume_from=previous)
-    remaining = scenario.federation.rounds - done
+    remaining = scenario.federation.rounds - (previous.rounds[-1].round if previous and previous.rounds else 0)
     if remaining > 0:
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)
         DefaultWorkflow(fit_workflow=fit_workflow(scenario))(grid, legacy)

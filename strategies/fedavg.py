@@ -6,6 +6,7 @@ recording stays in one place, so every strategy's transcript means the same thin
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Callable
 
@@ -68,10 +69,11 @@ class ObservingFedAvg(FedAvg):
         self.round_offset = 0
         if resume_from is not None:  # continue a checkpointed run: its rounds, its latest model
             self.transcript = resume_from
-            self.transcript.rounds = [v for v in resume_from.rounds if v.aggregate is not None]
-            self.round_offset = self.transcript.rounds[-1].round if self.transcript.rounds else 0
-            self.initial_parameters = ndarrays_to_parameters(self.transcript.final)
+            self.round_offset = resume_from.rounds[-1].round if resume_from.rounds else 0
+            self.initial_parameters = ndarrays_to_parameters(resume_from.final)
         self.on_round_end = on_round_end
+        self.wrapped = False  # a central-DP wrapper ends the round itself, once it has noised the model
+        self._ended_rounds: set[int] = set()
 
     # ---- what the server sends -----------------------------------------------------------
     def fit_config(self, server_round: int) -> dict:
@@ -89,8 +91,12 @@ class ObservingFedAvg(FedAvg):
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager):
         # Flower counts from 1 in every (resumed) run; the offset gives the run's own round.
-        sampled = super().configure_fit(server_round, parameters, client_manager)
         server_round = server_round + self.round_offset
+        # Seeded per round, not per process: client sampling and Flower's DP noise then come out
+        # the same in a resumed run as in an uninterrupted one.
+        random.seed(self.scenario.seed * 100_003 + server_round)
+        np.random.seed([self.scenario.seed, server_round])
+        sampled = super().configure_fit(server_round - self.round_offset, parameters, client_manager)
         view = RoundView(server_round)
         self._round_started = time.perf_counter()
         self.transcript.rounds.append(view)  # before `tailor`, which may write notes on it
@@ -119,6 +125,7 @@ class ObservingFedAvg(FedAvg):
             view.notes["failures"] = [str(f if isinstance(f, BaseException) else f[1].status.message)[-400:]
                                       for f in failures]
         if not results:
+            self.end_round(view)
             return None, {}
         counts = np.array([fit_res.num_examples for _, fit_res in results], dtype=np.float64)
         share = counts / counts.sum()
@@ -137,9 +144,17 @@ class ObservingFedAvg(FedAvg):
         view.aggregate = new_global
         view.notes["round_s"] = round(time.perf_counter() - self._round_started, 4)
         metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
+        if not self.wrapped:
+            self.end_round(view)
+        return ndarrays_to_parameters(new_global), metrics
+
+    def end_round(self, view: RoundView) -> None:
+        """The round is final (checkpoint, progress): once per round, failed ones too."""
+        if view.round in self._ended_rounds:
+            return
+        self._ended_rounds.add(view.round)
         if self.on_round_end is not None:
             self.on_round_end(view)
-        return ndarrays_to_parameters(new_global), metrics
 
     def next_global(self, server_round: int, started_from, mean_update):
         """FedAvg: where the clients started plus their example-weighted mean update (with one

@@ -1,0 +1,95 @@
+"""Faults and resume: a run killed with SIGKILL mid-round continues with `fedmia run --resume`
+and ends exactly where an uninterrupted run with the same seed ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedmia.transcript import Transcript
+
+from conftest import REPO, alive, child_pids, stop_pids
+
+FEDMIA = [sys.executable, "-c", "from fedmia.cli import app; app()"]
+
+FAULTY = {
+    "federation": {"clients": 3, "rounds": 3},
+    # client 1 crashes in round 1 (the round completes with the others); every client takes a
+    # moment, so that the kill below lands inside a round, not between two
+    "faults": {"crash": [{"round": 1, "client": 1}], "client_delay_s": 1.5},
+    "attacks": ["loss", "update-loss-drop"],
+}
+
+
+def fedmia(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    return subprocess.Popen([*FEDMIA, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def checkpointed(folder: Path) -> int:
+    index = folder / "transcript" / "index.json"
+    if not index.exists():
+        return 0
+    return len(json.loads(index.read_text())["rounds"])
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(write_scenario, tmp_path, stops_its_processes):
+    scenario = write_scenario(FAULTY)
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+
+    process = fedmia("run", str(scenario), "--out", str(killed))
+    deadline = time.monotonic() + 240
+    while checkpointed(killed) < 1:  # round 1 is on disk, round 2 is in flight
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "round 1 never finished"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    family = child_pids(process.pid)  # Ray's processes: orphaned by the kill, stopped by PID below
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stop_pids({p for p in family if alive(p)})
+    assert checkpointed(killed) < 3 and not (killed / "metrics.json").exists()
+
+    finish(fedmia("run", "--resume", str(killed)))
+    finish(fedmia("run", str(scenario), "--out", str(whole)))
+
+    resumed, uninterrupted = Transcript.load(killed / "transcript"), Transcript.load(whole / "transcript")
+    assert [v.round for v in resumed.rounds] == [1, 2, 3]
+    for a, b in zip(resumed.final, uninterrupted.final):
+        np.testing.assert_array_equal(a, b)
+    # the injected crash was recorded and the round went on with the two other clients
+    first = resumed.rounds[0]
+    assert first.failures == 1 and any("injected crash" in f for f in first.notes["failures"])
+    assert len(first.replies) == 2
+
+    metrics = [json.loads((f / "metrics.json").read_text()) for f in (killed, whole)]
+    assert metrics[0]["utility"]["rounds"] == metrics[1]["utility"]["rounds"]
+    for name in ("loss", "update-loss-drop"):
+        assert metrics[0]["attacks"][name]["auc"] == metrics[1]["attacks"][name]["auc"]
+
+
+def test_resume_refuses_what_it_cannot_continue(write_scenario, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run([*FEDMIA, "run", "--resume", str(empty)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "not a fedmia run folder (no scenario.yaml" in result.stderr
+    (empty / "scenario.yaml").write_text(write_scenario().read_text())
+    other = write_scenario({"seed": 5}, name="other.yaml")
+    result = subprocess.run([*FEDMIA, "run", str(other), "--resume", str(empty)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "differs from the scenario" in result.stderr
