@@ -21,6 +21,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from fedmia.data.plan import build_plan
 from fedmia.defenses.dp import noise_for_budget, sample_rate, steps_per_epoch, train_local_dp
+from fedmia.defenses.regularization import train_regularised
 from fedmia.models import get_weights, scenario_model, set_weights
 from fedmia.scenario import Scenario, load_scenario
 from fedmia.training import TrainRecipe, evaluate_utility, pick_device, train_local
@@ -69,6 +70,20 @@ def client_seed(scenario: Scenario, server_round: int, partition_id: int) -> int
     return scenario.seed * 1_000_003 + server_round * 1_009 + partition_id
 
 
+def local_training(scenario: Scenario, model, records, recipe: TrainRecipe, *, seed: int, device,
+                   public=None) -> dict[str, float]:
+    """One client's local training under the scenario's defenses (the evaluator replays it)."""
+    dp = scenario.defenses.dp
+    if dp is not None and dp.mode == "local":
+        return train_local_dp(
+            model, records, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+            optimizer_name=recipe.optimizer, noise_multiplier=local_noise_multiplier(scenario, len(records)),
+            max_grad_norm=dp.max_grad_norm, seed=seed, device=device, momentum=recipe.momentum)
+    if scenario.defenses.regularised:
+        return train_regularised(model, records, recipe, scenario.defenses, seed=seed, device=device, public=public)
+    return train_local(model, records, recipe, seed=seed, device=device)
+
+
 class InjectedCrash(RuntimeError):
     pass
 
@@ -99,6 +114,7 @@ class SegmentationClient(NumPyClient):
         if not 0 <= partition_id < len(plan.clients):
             raise ValueError(f"partition-id {partition_id} outside 0..{len(plan.clients) - 1}")
         self.records = plan.clients[partition_id]
+        self.public = plan.public
         self.num_classes = plan.info.num_classes
         self.model = _model_skeleton(scenario.canonical())
         self.device = pick_device(scenario.runtime.device)
@@ -109,14 +125,8 @@ class SegmentationClient(NumPyClient):
         received = get_weights(self.model)
         recipe = client_recipe(self.scenario, config)
         seed = client_seed(self.scenario, int(config.get("server-round", 0)), self.partition_id)
-        dp = self.scenario.defenses.dp
-        if dp is not None and dp.mode == "local":
-            stats = train_local_dp(
-                self.model, self.records, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                optimizer_name=recipe.optimizer, noise_multiplier=local_noise_multiplier(self.scenario, len(self.records)),
-                max_grad_norm=dp.max_grad_norm, seed=seed, device=self.device, momentum=recipe.momentum)
-        else:
-            stats = train_local(self.model, self.records, recipe, seed=seed, device=self.device)
+        stats = local_training(self.scenario, self.model, self.records, recipe, seed=seed, device=self.device,
+                               public=self.public)
         metrics = {"partition-id": self.partition_id, **stats}
         weights = get_weights(self.model)
         if config.get("send-update"):

@@ -46,6 +46,8 @@ class DataSpec(Strict):
     members: int = Field(100, ge=1, description="records spread over the clients (the members)")
     heldout: int = Field(100, ge=1, description="never trained on: non-member targets and utility")
     population: int = Field(200, ge=1, description="the adversary's prior data, disjoint from both")
+    public: int = Field(0, ge=0, description="public records the clients share (minmax reference, "
+                        "distillation transfer set), disjoint from all the above; never targets")
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     domain_shift: float = Field(0.0, ge=0, le=1, description="per-client acquisition shift (0 = none)")
 
@@ -145,11 +147,38 @@ class OutputSpec(Strict):
     sigma: float = Field(0.1, ge=0, description="gaussian: std of noise added to probabilities")
 
 
+class CropSpec(Strict):
+    size: int = Field(..., ge=8, description="side of the random square crop, in pixels")
+
+
+class MixupSpec(Strict):
+    alpha: float = Field(1.0, gt=0, description="mixing weight λ ~ Beta(alpha, alpha)")
+
+
+class MinMaxSpec(Strict):
+    weight: float = Field(1.0, ge=0, description="λ: how much the inline attack's gain costs the model")
+    attack_steps: int = Field(1, ge=1, description="attack-model steps per training step")
+
+
+class DistillationSpec(Strict):
+    temperature: float = Field(2.0, gt=0)
+    epochs: int | None = Field(None, ge=1, description="student epochs over the public set (default: local_epochs)")
+
+
 class DefensesSpec(Strict):
     secagg: SecAggSpec | None = Field(None, description="`true` or a mapping switches SecAgg+ on")
     dp: DPSpec | None = None
     output: OutputSpec | None = None
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="training-time calibration")
+    crop: CropSpec | None = Field(None, description="clients train on random crops")
+    mixup: MixupSpec | None = Field(None, description="clients train on mix-up pairs")
+    minmax: MinMaxSpec | None = Field(None, description="adversarial regularisation (needs data.public)")
+    distillation: DistillationSpec | None = Field(None, description="release a student distilled on data.public")
+
+    @property
+    def regularised(self) -> bool:
+        """Whether local training uses one of the training-time defenses above."""
+        return any(v is not None for v in (self.crop, self.mixup, self.minmax, self.distillation))
 
     @field_validator("secagg", mode="before")
     @classmethod
@@ -364,10 +393,31 @@ def _check_names_and_plan(scenario: Scenario) -> list[tuple[str, str]]:
             problems.append(("defenses.secagg.num_shares",
                              f"expected an int in 3..clients_per_round ({scenario.clients_per_round}) "
                              f"or a fraction, found {secagg.num_shares}"))
+    problems.extend(_training_defense_problems(scenario))
     if data.image_size % (2 ** scenario.model.encoder_depth) != 0:
         problems.append(("data.image_size",
                          f"expected a multiple of 2**encoder_depth = {2 ** scenario.model.encoder_depth}, "
                          f"found {data.image_size}"))
+    return problems
+
+
+def _training_defense_problems(scenario: Scenario) -> list[tuple[str, str]]:
+    defenses, data = scenario.defenses, scenario.data
+    problems = []
+    stride = 2 ** scenario.model.encoder_depth
+    if defenses.crop is not None and (defenses.crop.size >= data.image_size or defenses.crop.size % stride):
+        problems.append(("defenses.crop.size", f"expected a multiple of 2**encoder_depth = {stride} below "
+                         f"data.image_size ({data.image_size}), found {defenses.crop.size}"))
+    for key in ("minmax", "distillation"):
+        if getattr(defenses, key) is not None and data.public < 2:
+            problems.append((f"defenses.{key}", "needs public reference records: expected data.public >= 2, "
+                             f"found {data.public}"))
+    if defenses.distillation is not None and any(getattr(defenses, k) is not None for k in ("crop", "mixup", "minmax")):
+        problems.append(("defenses.distillation", "the student trains on public records only; expected no "
+                         "crop/mixup/minmax alongside it"))
+    if defenses.regularised and defenses.dp is not None and defenses.dp.mode == "local":
+        problems.append(("defenses.dp", "local DP-SGD is not combined with crop/mixup/minmax/distillation; "
+                         "expected one of them"))
     return problems
 
 

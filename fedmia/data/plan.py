@@ -25,6 +25,7 @@ from fedmia.data.shapes import apply_domain_shift
 
 NON_MEMBER = "non-member"
 POPULATION = "population"
+PUBLIC = "public"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class FederationPlan:
     population: Records
     targets: Records  # what the adversary scores; membership unknown to it
     ledger: MembershipLedger
+    public: Records | None = None  # shared public records (training-time defenses), never targets
 
 
 def _shift(records: Records, domains: np.ndarray, strength: float, seed: int) -> Records:
@@ -91,14 +93,15 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
     scenario = Scenario.model_validate_json(canonical)
     data, fed = scenario.data, scenario.federation
     rng = np.random.default_rng(scenario.seed)
-    total = data.members + data.heldout + data.population
+    total = data.members + data.heldout + data.population + data.public
     pool, info = load_dataset(
         data.dataset, records=total, image_size=data.image_size, seed=scenario.seed, options=data.options
     )
     order = rng.permutation(len(pool))
     member_rows = order[: data.members]
     heldout_rows = order[data.members : data.members + data.heldout]
-    population_rows = order[data.members + data.heldout : total]
+    population_rows = order[data.members + data.heldout : data.members + data.heldout + data.population]
+    public_rows = order[total - data.public : total]  # last: with public 0 every other draw is unchanged
 
     members = pool.subset(member_rows)
     parts = partition(
@@ -118,6 +121,10 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
         owner.update({rid: k for rid in client.ids})
     owner.update({rid: NON_MEMBER for rid in heldout.ids})
     owner.update({rid: POPULATION for rid in population.ids})
+    public = _shift(pool.subset(public_rows), rng.integers(0, fed.clients, data.public),
+                    data.domain_shift, scenario.seed) if data.public else None
+    if public is not None:
+        owner.update({rid: PUBLIC for rid in public.ids})
 
     wanted = scenario.evaluation.targets
     n_members = wanted.members or min(data.members, data.heldout)
@@ -128,4 +135,4 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
     nonmember_pick = rng.choice(len(heldout), size=min(n_nonmembers, len(heldout)), replace=False)
     targets = Records.concat([all_members.subset(member_pick), heldout.subset(nonmember_pick)])
     targets = targets.subset(rng.permutation(len(targets)))  # order must not reveal membership
-    return FederationPlan(info, clients, heldout, population, targets, MembershipLedger(owner))
+    return FederationPlan(info, clients, heldout, population, targets, MembershipLedger(owner), public)

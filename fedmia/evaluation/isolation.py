@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from fedmia.attacks.base import pixel_summaries
-from fedmia.client_app import client_recipe, client_seed
+from fedmia.client_app import client_recipe, client_seed, local_training
 from fedmia.evaluation.metrics import membership_metrics
 from fedmia.models import get_weights, scenario_model, set_weights
-from fedmia.training import pick_device, train_local
+from fedmia.training import pick_device
 
 
 def true_update(scenario, plan, round_view, node_id: int, partition: int) -> list[np.ndarray]:
@@ -25,8 +25,8 @@ def true_update(scenario, plan, round_view, node_id: int, partition: int) -> lis
     received = get_weights(model)
     recipe = client_recipe(scenario, round_view.config[node_id])
     torch.set_num_threads(max(1, int(scenario.runtime.client_cpus)))  # as the client ran
-    train_local(model, plan.clients[partition], recipe, seed=client_seed(scenario, round_view.round, partition),
-                device=pick_device(scenario.runtime.device))
+    local_training(scenario, model, plan.clients[partition], recipe, device=pick_device(scenario.runtime.device),
+                   seed=client_seed(scenario, round_view.round, partition), public=plan.public)
     return [new - old for new, old in zip(get_weights(model), received)]
 
 

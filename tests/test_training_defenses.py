@@ -1,0 +1,98 @@
+"""Training-time defenses (crop, mix-up, min-max adversarial regularisation, distillation):
+the pieces on tiny data, and one real federated run through the client path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedmia.data.datasets import load_dataset
+from fedmia.data.plan import PUBLIC, build_plan
+from fedmia.defenses.regularization import random_crops, train_regularised
+from fedmia.models import build_model, get_weights
+from fedmia.runner import run_scenario
+from fedmia.scenario import DefensesSpec, ModelSpec, ScenarioError, load_scenario
+from fedmia.training import TrainRecipe
+
+RECIPE = TrainRecipe(epochs=1, batch_size=4, lr=1e-3)
+
+
+def tiny():
+    records, _ = load_dataset("shapes", records=12, image_size=16, seed=0, options={"binary": True})
+    return records.subset(list(range(8))), records.subset(list(range(8, 12)))
+
+
+def test_random_crops_keep_image_and_mask_aligned():
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    y = x[:, 0].long()  # the mask is the image: any misalignment shows
+    xs, ys = random_crops(x, y, 4, np.random.default_rng(0))
+    assert xs.shape == (2, 1, 4, 4) and ys.shape == (2, 4, 4)
+    assert torch.equal(xs[:, 0].long(), ys)
+    for i in range(2):  # each crop is a contiguous window of its own image
+        corner = int(xs[i, 0, 0, 0])
+        top, left = divmod(corner - i * 64, 8)
+        assert torch.equal(xs[i, 0], x[i, 0, top : top + 4, left : left + 4])
+
+
+@pytest.mark.parametrize("defenses", [
+    {"crop": {"size": 8}}, {"mixup": {"alpha": 0.4}}, {"minmax": {"weight": 1.0}},
+    {"distillation": {"temperature": 2.0}},
+])
+def test_each_training_defense_trains(defenses):
+    private, public = tiny()
+    spec = DefensesSpec.model_validate(defenses)
+    model = build_model(ModelSpec(encoder_depth=2), in_channels=private.images.shape[1], num_classes=2)
+    before = get_weights(model)
+    stats = train_regularised(model, private, RECIPE, spec, seed=0, device=torch.device("cpu"), public=public)
+    assert np.isfinite(stats["train-loss"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, get_weights(model)))
+
+
+def test_minmax_penalty_changes_the_update():
+    """The inline attack's gain enters the loss: weight 0 and weight 5 give different models."""
+    private, public = tiny()
+    weights = []
+    for weight in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = build_model(ModelSpec(encoder_depth=2), in_channels=private.images.shape[1], num_classes=2)
+        spec = DefensesSpec.model_validate({"minmax": {"weight": weight}})
+        train_regularised(model, private, RECIPE, spec, seed=0, device=torch.device("cpu"), public=public)
+        weights.append(get_weights(model))
+    assert any(not np.allclose(a, b) for a, b in zip(*weights))
+
+
+def test_public_records_are_disjoint_and_never_targets(write_scenario):
+    scenario = load_scenario(write_scenario({"data": {"public": 6}}))
+    plan = build_plan(scenario)
+    assert len(plan.public) == 6
+    public = set(plan.public.ids)
+    assert not public & set(plan.targets.ids) and not public & set(plan.population.ids)
+    assert all(plan.ledger.owner[r] == PUBLIC for r in public)
+    # without public records the plan is what it always was
+    plain = build_plan(load_scenario(write_scenario({}, name="plain.yaml")))
+    assert plain.public is None
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"defenses": {"minmax": {}}}, "defenses.minmax: needs public reference records"),
+    ({"defenses": {"crop": {"size": 10}}}, "defenses.crop.size: expected a multiple of 2**encoder_depth = 4"),
+    ({"data": {"public": 4}, "defenses": {"distillation": {}, "mixup": {}}}, "defenses.distillation: the student"),
+])
+def test_training_defense_problems_are_named(write_scenario, changes, where):
+    with pytest.raises(ScenarioError) as error:
+        load_scenario(write_scenario(changes))
+    assert where in str(error.value)
+
+
+def test_federated_run_with_crop_mixup_and_minmax(write_scenario, tmp_path, stops_its_processes):
+    scenario = load_scenario(write_scenario({
+        "data": {"public": 8},
+        "defenses": {"crop": {"size": 12}, "mixup": {"alpha": 0.4}, "minmax": {"weight": 1.0}},
+    }))
+    metrics = run_scenario(scenario, tmp_path / "run")
+    assert 0 <= metrics["attacks"]["loss"]["auc"] <= 1
+    ledger = json.loads((tmp_path / "run" / "ledger.json").read_text())["owner"]
+    assert sum(owner == PUBLIC for owner in ledger.values()) == 8
