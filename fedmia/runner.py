@@ -23,13 +23,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedmia.attacks import ATTACKS, AdversaryView
 from fedmia.attacks.updates import NeedsClientUpdates
 from fedmia.data.plan import build_plan
+from fedmia.data.records import Records
+from fedmia.defenses.laplace import fit_laplace
 from fedmia.evaluation.ood import ood_metrics
 from fedmia.evaluation.run_metrics import evaluate_run
 from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
 from fedmia.models import scenario_model
 from fedmia.scenario import Scenario
-from fedmia.training import TrainRecipe, pick_device
+from fedmia.training import TrainRecipe, evaluate_utility, pick_device
 from fedmia.transcript import Transcript
 
 
@@ -151,6 +153,17 @@ def adversary_view(scenario: Scenario, transcript: Transcript) -> AdversaryView:
     )
 
 
+def released_model(scenario: Scenario, plan, view: AdversaryView):
+    """What the federation serves instead of the bare final model, if a defense replaces it.
+    Fitted on the defenders' side (it may read member records); the attacks get only the module."""
+    spec = scenario.defenses.laplace
+    if spec is None:
+        return None
+    records = Records.concat(plan.clients) if spec.fit_on == "members" else plan.public
+    return fit_laplace(view.model_with(view.transcript.final), records,
+                       prior_precision=spec.prior_precision, device=view.device)
+
+
 def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, timing: dict,
                console: Console | None = None, started: float | None = None) -> dict:
     out_dir = Path(out_dir)
@@ -161,17 +174,23 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
                            f"{failures[0] if failures else 'unknown'} — transcript kept in {out_dir / 'transcript'}")
 
     attacks_started = time.perf_counter()
+    plan = build_plan(scenario)
     view = adversary_view(scenario, transcript)
+    view.released = released_model(scenario, plan, view)
     outputs = run_attacks(scenario, view, console)
     timing = {**timing, "attacks_s": time.perf_counter() - attacks_started}
 
     # ---- evaluation: the only place that reads the ground truth ----
-    plan = build_plan(scenario)
     write_json_atomic(out_dir / "ledger.json", plan.ledger.to_json())
     metrics, curves = evaluate_run(scenario, plan, transcript, outputs)
     if scenario.evaluation.ood:
         metrics.update(ood_metrics(view, plan, outputs, scenario.evaluation.ood,
                                    scenario.evaluation.ood_count, scenario.seed))
+    if view.released is not None:  # the defense's utility cost is on what is served
+        utility = metrics["utility"]
+        utility["global_model"] = {"dice": utility["dice"], "miou": utility["miou"]}
+        served = evaluate_utility(view.released, plan.heldout, plan.info.num_classes, view.device)
+        utility.update(dice=served["dice"], miou=served["miou"], released="last-layer Laplace")
     timing["wall_s"] = time.perf_counter() - started if started is not None else sum(timing.values())
     metrics["timing"] = timing
 

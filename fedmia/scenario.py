@@ -165,6 +165,13 @@ class DistillationSpec(Strict):
     epochs: int | None = Field(None, ge=1, description="student epochs over the public set (default: local_epochs)")
 
 
+class LaplaceSpec(Strict):
+    prior_precision: float = Field(1.0, gt=0, description="τ of the Gaussian prior on the last layer")
+    fit_on: Literal["members", "public"] = Field(
+        "members", description="records the curvature is fitted on: the clients' own (federated sums "
+        "of KFAC factors) or the shared public set (needs data.public)")
+
+
 class DefensesSpec(Strict):
     secagg: SecAggSpec | None = Field(None, description="`true` or a mapping switches SecAgg+ on")
     dp: DPSpec | None = None
@@ -174,13 +181,15 @@ class DefensesSpec(Strict):
     mixup: MixupSpec | None = Field(None, description="clients train on mix-up pairs")
     minmax: MinMaxSpec | None = Field(None, description="adversarial regularisation (needs data.public)")
     distillation: DistillationSpec | None = Field(None, description="release a student distilled on data.public")
+    laplace: LaplaceSpec | None = Field(None, description="release the final model with a last-layer Laplace "
+                                        "posterior (calibrated outputs)")
 
     @property
     def regularised(self) -> bool:
         """Whether local training uses one of the training-time defenses above."""
         return any(v is not None for v in (self.crop, self.mixup, self.minmax, self.distillation))
 
-    @field_validator("secagg", mode="before")
+    @field_validator("secagg", "laplace", mode="before")
     @classmethod
     def _true_means_defaults(cls, value: Any) -> Any:
         if value is True:
@@ -412,6 +421,9 @@ def _training_defense_problems(scenario: Scenario) -> list[tuple[str, str]]:
         if getattr(defenses, key) is not None and data.public < 2:
             problems.append((f"defenses.{key}", "needs public reference records: expected data.public >= 2, "
                              f"found {data.public}"))
+    if defenses.laplace is not None and defenses.laplace.fit_on == "public" and data.public < 2:
+        problems.append(("defenses.laplace.fit_on", "public needs public records: expected data.public >= 2, "
+                         f"found {data.public}"))
     if defenses.distillation is not None and any(getattr(defenses, k) is not None for k in ("crop", "mixup", "minmax")):
         problems.append(("defenses.distillation", "the student trains on public records only; expected no "
                          "crop/mixup/minmax alongside it"))

@@ -1,5 +1,5 @@
-"""Training-time defenses (crop, mix-up, min-max adversarial regularisation, distillation):
-the pieces on tiny data, and one real federated run through the client path."""
+"""Training-time defenses (crop, mix-up, min-max adversarial regularisation, distillation) and
+the last-layer Laplace release: the pieces on tiny data, and one real federated run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from fedmia.data.datasets import load_dataset
 from fedmia.data.plan import PUBLIC, build_plan
+from fedmia.defenses.laplace import fit_laplace
 from fedmia.defenses.regularization import random_crops, train_regularised
 from fedmia.models import build_model, get_weights
 from fedmia.runner import run_scenario
@@ -64,6 +65,38 @@ def test_minmax_penalty_changes_the_update():
     assert any(not np.allclose(a, b) for a, b in zip(*weights))
 
 
+def trained_tiny_model():
+    private, public = tiny()
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(encoder_depth=2), in_channels=private.images.shape[1], num_classes=2)
+    train_regularised(model, private, TrainRecipe(epochs=5, batch_size=4, lr=3e-3), DefensesSpec(), seed=0,
+                      device=torch.device("cpu"), public=None)
+    return model.eval(), private
+
+
+def test_laplace_release_shrinks_logits_most_far_from_the_fitted_data():
+    model, private = trained_tiny_model()
+    released = fit_laplace(model, private, prior_precision=1.0, device=torch.device("cpu"))
+    x = torch.as_tensor(private.images)
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 6 - 3
+    with torch.no_grad():
+        shrink = {}
+        for name, inputs in (("fitted", x), ("noise", noise)):
+            plain, served = model(inputs), released(inputs)
+            assert torch.all(torch.sign(served) == torch.sign(plain))  # probit scaling keeps the sign
+            assert torch.all(served.abs() <= plain.abs() + 1e-6)
+            shrink[name] = float((served.abs() / plain.abs().clamp_min(1e-6)).mean())
+    assert shrink["noise"] < shrink["fitted"] < 1.0
+
+
+def test_laplace_with_a_strong_prior_is_the_point_estimate():
+    model, private = trained_tiny_model()
+    released = fit_laplace(model, private, prior_precision=1e12, device=torch.device("cpu"))
+    x = torch.as_tensor(private.images)
+    with torch.no_grad():
+        assert torch.allclose(released(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_public_records_are_disjoint_and_never_targets(write_scenario):
     scenario = load_scenario(write_scenario({"data": {"public": 6}}))
     plan = build_plan(scenario)
@@ -90,9 +123,13 @@ def test_training_defense_problems_are_named(write_scenario, changes, where):
 def test_federated_run_with_crop_mixup_and_minmax(write_scenario, tmp_path, stops_its_processes):
     scenario = load_scenario(write_scenario({
         "data": {"public": 8},
-        "defenses": {"crop": {"size": 12}, "mixup": {"alpha": 0.4}, "minmax": {"weight": 1.0}},
+        "defenses": {"crop": {"size": 12}, "mixup": {"alpha": 0.4}, "minmax": {"weight": 1.0},
+                     "laplace": {"fit_on": "public"}},
     }))
     metrics = run_scenario(scenario, tmp_path / "run")
     assert 0 <= metrics["attacks"]["loss"]["auc"] <= 1
+    assert metrics["utility"]["released"] == "last-layer Laplace"
+    assert 0 <= metrics["utility"]["global_model"]["dice"] <= 1
+    assert "Served model (last-layer Laplace)" in (tmp_path / "run" / "report.md").read_text()
     ledger = json.loads((tmp_path / "run" / "ledger.json").read_text())["owner"]
     assert sum(owner == PUBLIC for owner in ledger.values()) == 8

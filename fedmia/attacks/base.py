@@ -33,6 +33,7 @@ class AdversaryView:
     population_fpr: float = 0.1  # false-alarm rate the adversary accepts when it sets thresholds
     batch_size: int = 64
     output_defense: object = None  # the query API's hardening (scenario.defenses.output)
+    released: nn.Module | None = None  # what the API serves if not the plain final model (LLLA)
     # What the server knows of the clients' training (it sends their config): for reference models.
     recipe: object = None  # fedmia.training.TrainRecipe of one local run
     rounds: int = 1
@@ -47,6 +48,13 @@ class AdversaryView:
         set_weights(model, weights)
         return model.to(self.device).eval()
 
+    def released_model(self) -> nn.Module:
+        """The model behind the black-box query API: the final global model, or what the
+        federation released in its place (defenses.laplace)."""
+        if self.released is not None:
+            return self.released.to(self.device).eval()
+        return self.model_with(self.transcript.final)
+
     def pixel_summaries(self, records: Records, weights: Weights | None = None) -> dict[str, np.ndarray]:
         """Per-record means of per-pixel statistics on a model.
 
@@ -58,8 +66,9 @@ class AdversaryView:
         weights = self.transcript.final if api else weights
         key = (id(records), id(weights), api)
         if key not in self._summaries:
+            model = self.released_model() if api else self.model_with(weights)
             self._summaries[key] = pixel_summaries(
-                self.model_with(weights), records, device=self.device, batch_size=self.batch_size,
+                model, records, device=self.device, batch_size=self.batch_size,
                 output_defense=self.output_defense if api else None,
             )
         return self._summaries[key]

@@ -100,7 +100,7 @@ class _MapAttack(_ShadowAttack):
 
     @torch.no_grad()
     def score(self, view: AdversaryView, records: Records) -> np.ndarray:
-        probs, masks = output_maps(view.model_with(view.transcript.final), records, view.device, view.output_defense)
+        probs, masks = output_maps(view.released_model(), records, view.device, view.output_defense)
         return self.classifier.eval()(features(self.kind, probs, masks)).numpy()
 
 
@@ -129,7 +129,7 @@ class GlobalLoss(_ShadowAttack):
 
     @torch.no_grad()
     def score(self, view: AdversaryView, records: Records) -> np.ndarray:
-        probs, masks = output_maps(view.model_with(view.transcript.final), records, view.device, view.output_defense)
+        probs, masks = output_maps(view.released_model(), records, view.device, view.output_defense)
         return -features("lossmap", probs, masks).flatten(1).mean(1).numpy()
 
 
@@ -149,5 +149,5 @@ class Salem(_ShadowAttack):
         self.threshold = 0.5
 
     def score(self, view: AdversaryView, records: Records) -> np.ndarray:
-        probs, _ = output_maps(view.model_with(view.transcript.final), records, view.device, view.output_defense)
+        probs, _ = output_maps(view.released_model(), records, view.device, view.output_defense)
         return self.mlp.predict_proba(top3(probs))[:, 1]

@@ -20,7 +20,7 @@ ALL_SETS = ("heldout", "noise", "other-dataset", "scaled", "permuted", "optimise
 def optimised_fakes(view, reference: Records, count: int, seed: int, steps: int = 40) -> Records:
     """Inputs made by gradient ascent on the global model's mean max-softmax, from uniform noise
     (a stand-in for GAN samples); their 'ground truth' is the model's own prediction."""
-    model = view.model_with(view.transcript.final)
+    model = view.released_model()
     for p in model.parameters():
         p.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)

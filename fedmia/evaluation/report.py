@@ -158,6 +158,11 @@ def _utility_section(metrics: dict) -> list[str]:
     if not isinstance(utility, dict):
         return lines + ["No utility was recorded.", ""]
     lines += [f"Final global model: Dice **{_fmt(utility.get('dice'))}**, mIoU **{_fmt(utility.get('miou'))}**.", ""]
+    if isinstance(utility.get("global_model"), dict):
+        bare = utility["global_model"]
+        lines[-2] = (f"Served model ({utility.get('released')}): Dice **{_fmt(utility.get('dice'))}**, mIoU "
+                     f"**{_fmt(utility.get('miou'))}**; the bare global model: Dice {_fmt(bare.get('dice'))}, "
+                     f"mIoU {_fmt(bare.get('miou'))}.")
     rounds = [r for r in utility.get("rounds") or [] if isinstance(r, dict)]
     if rounds:
         lines += _md_table(["Round", "Dice", "mIoU"], ([r.get("round"), r.get("dice"), r.get("miou")] for r in rounds))
