@@ -68,8 +68,13 @@ class PeakMemory:
                 except OSError:
                     continue
                 kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-                kind = "worker" if "default_worker" in cmdline or "ray::" in cmdline else "system"
-                self.peaks[pid] = (kind, max(kib, self.peaks.get(pid, ("", 0))[1]))
+                known_kind, known_kib = self.peaks.get(pid, (None, 0))
+                if not cmdline:  # an exiting process: keep what it was
+                    kind = known_kind or "system"
+                else:
+                    kind = "worker" if "default_worker" in cmdline or "ClientAppActor" in cmdline else "system"
+                    kind = "worker" if known_kind == "worker" else kind
+                self.peaks[pid] = (kind, max(kib, known_kib))
 
     def peak_mib(self, kind: str) -> float:
         values = [kib for k, kib in self.peaks.values() if k == kind]

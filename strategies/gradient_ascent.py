@@ -6,12 +6,15 @@ record's loss sharply back down during local training; a target nobody holds sta
 matching attack (`gradient-ascent`) scores the per-target loss drop on the returned models of the
 attacked rounds. The server does not know which targets are members: it ascends on all of them.
 
-Ascent does not always help: when targets resemble each other (segmentation scans of one
+Ascent alone does not help: when targets resemble each other (segmentation scans of one
 modality do), ascending on all of them raises the loss of the whole data distribution, every
-client's training undoes it, and members stand out *less* than under passive observation. With
-`calibrate: true` the server rehearses the attack on its own population data first — half of it
-plays a client's training set, half the non-members — and uses the strength (steps × lr) that
-separates them best, or no ascent at all when none beats passive observation.
+client's training undoes it, and the raw drop of members and non-members grows alike. The
+attack therefore subtracts what generalisation explains — the drop that local training replayed
+from the sent model on the server's own population causes (`replays` on the attack) — and what
+remains is memorisation, which a moderate ascent amplifies. With `calibrate: true` the server
+rehearses first on its population: a third plays a client's training set, a third the
+non-members, a third the replay set; it keeps the strength (steps × lr) whose replay-calibrated
+drop separates the first two best, or no ascent when none beats passive observation.
 """
 
 from __future__ import annotations
@@ -91,10 +94,11 @@ class GradientAscentFedAvg(ObservingFedAvg):
     def rehearse(self, weights, plan, device) -> GradientAscentParams:
         """Try each candidate strength on population data the server owns; keep the best."""
         population = plan.population
-        half = len(population) // 2
-        size = min(half, max(2, self.scenario.data.members // self.scenario.federation.clients))
+        third = len(population) // 3
+        size = min(third, max(2, self.scenario.data.members // self.scenario.federation.clients))
         pseudo_members = population.subset(list(range(size)))
-        stand_in = population.subset(list(range(size)) + list(range(half, half + size)))
+        replay_set = population.subset(list(range(2 * third, 2 * third + size)))
+        stand_in = population.subset(list(range(size)) + list(range(third, third + size)))
         is_member = [True] * size + [False] * size
         recipe = TrainRecipe.from_scenario(self.scenario)
         results = []
@@ -103,10 +107,14 @@ class GradientAscentFedAvg(ObservingFedAvg):
             model = self._model(weights, plan)
             if steps > 0:
                 ascend(model, stand_in.images, stand_in.masks, candidate, device)
+            sent = get_weights(model)
             before = pixel_summaries(model, stand_in, device=device)["loss"]
-            train_local(model, pseudo_members, recipe, seed=self.scenario.seed, device=device)
-            drop = before - pixel_summaries(model, stand_in, device=device)["loss"]
-            results.append((membership_metrics(drop, is_member).auc, -steps, candidate))
+            drops = []
+            for training_set in (pseudo_members, replay_set):  # the client, then the replay
+                set_weights(model, sent)
+                train_local(model, training_set, recipe, seed=self.scenario.seed, device=device)
+                drops.append(before - pixel_summaries(model, stand_in, device=device)["loss"])
+            results.append((membership_metrics(drops[0] - drops[1], is_member).auc, -steps, candidate))
         self.current_view.notes["rehearsal_auc"] = {f"{c.steps}x{c.lr:g}": round(a, 4) for a, _, c in results}
         best = max(results, key=lambda r: (r[0], r[1]))
         return best[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -115,9 +116,14 @@ def test_gradient_ascent_and_poisoning_tailor_the_broadcast(write_scenario, tmp_
 def test_gradient_ascent_rehearsal_records_its_choice(write_scenario, tmp_path, stops_its_processes):
     scenario = load_scenario(write_scenario(changes(
         server={"strategy": "gradient-ascent", "calibrate": True, "candidates": [[0, 0.0], [2, 0.01]]},
-        attacks=["gradient-ascent"])))
-    run_scenario(scenario, tmp_path / "run")
+        attacks=["gradient-ascent", {"name": "gradient-ascent", "replays": 1, "label": "replayed"}])))
+    metrics = run_scenario(scenario, tmp_path / "run")
     notes = json.loads((tmp_path / "run" / "transcript" / "index.json").read_text())["rounds"][-1]["notes"]
     assert set(notes["rehearsal_auc"]) == {"0x0", "2x0.01"}
     best = max(notes["rehearsal_auc"].items(), key=lambda kv: kv[1])[0]
     assert f"{notes['steps']}x{notes['lr']:g}" == best
+    # the replay-calibrated drop is a different score from the raw drop
+    with open(tmp_path / "run" / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert any(float(r["gradient-ascent"]) != float(r["replayed"]) for r in rows)
+    assert 0 <= metrics["attacks"]["replayed"]["auc"] <= 1

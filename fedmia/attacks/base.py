@@ -53,7 +53,9 @@ class AdversaryView:
         federation released in its place (defenses.laplace)."""
         if self.released is not None:
             return self.released.to(self.device).eval()
-        return self.model_with(self.transcript.final)
+        if "final_model" not in self.shared:  # built once: every black-box query uses it
+            self.shared["final_model"] = self.model_with(self.transcript.final)
+        return self.shared["final_model"]
 
     def pixel_summaries(self, records: Records, weights: Weights | None = None) -> dict[str, np.ndarray]:
         """Per-record means of per-pixel statistics on a model.

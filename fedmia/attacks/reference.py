@@ -137,6 +137,8 @@ class _ReferenceAttack(Attack):
         self.refs = _shared_references(view, self.params)
         self.phi, self.prob = self.refs.statistics()
         self.index = {rid: j for j, rid in enumerate(self.refs.pool.ids)}
+        # The target model on the adversary's own population: calibration, queried once.
+        self.population_phi, self.population_p = self._target_phi(view, view.population)
 
     def _columns(self, records: Records) -> np.ndarray:
         """Each record's column in the reference statistics; -1 for records the adversary never
@@ -154,7 +156,7 @@ class _ReferenceAttack(Attack):
         if not self.params.calibrate:
             return phi_t, self.phi
         n_pop = len(view.population)
-        phi_pop_t, _ = self._target_phi(view, view.population)
+        phi_pop_t = self.population_phi
         out_pop = ~self.refs.inclusion[:, :n_pop]
         centres = np.array([np.median(self.phi[i, :n_pop][out_pop[i]]) for i in range(len(self.phi))])
         return phi_t - np.median(phi_pop_t), self.phi - centres[:, None]
@@ -182,15 +184,13 @@ class LiraOnline(_ReferenceAttack):
             sd_in = np.full_like(sd_in, np.nanmedian(sd_in))
             sd_out = np.full_like(sd_out, np.nanmedian(sd_out))
         floor = 1e-3
-        scores = np.empty(len(records))
-        for i, c in enumerate(cols):
-            if c < 0:  # unseen record: no IN models; fall back to the offline test on all models
-                mu, sd = phi.mean(), phi.std() + floor
-                scores[i] = norm.logcdf(phi_t[i], mu, sd)
-                continue
-            scores[i] = (norm.logpdf(phi_t[i], mu_in[c], max(sd_in[c], floor))
-                         - norm.logpdf(phi_t[i], mu_out[c], max(sd_out[c], floor)))
-        return scores
+        known = cols >= 0
+        c = np.where(known, cols, 0)
+        ratio = (norm.logpdf(phi_t, mu_in[c], np.maximum(sd_in[c], floor))
+                 - norm.logpdf(phi_t, mu_out[c], np.maximum(sd_out[c], floor)))
+        # a record the adversary never had has no IN models: the offline test on all models
+        unseen = norm.logcdf(phi_t, phi.mean(), phi.std() + floor)
+        return np.where(known, ratio, unseen)
 
 
 @register_attack("lira-offline")
@@ -219,8 +219,7 @@ class Rmia(_ReferenceAttack):
         a = self.params.a
         p_x_ref = ((1 + a) * p_out + (1 - a)) / 2
         n_pop = len(view.population)
-        _, p_pop_target = self._target_phi(view, view.population)
-        ratio_z = p_pop_target / p_x_ref[:n_pop]
+        ratio_z = self.population_p / p_x_ref[:n_pop]
         cols = self._columns(records)
         ratio_x = p_target / np.array([p_x_ref[c] if c >= 0 else np.mean(p_x_ref) for c in cols])
         fraction = (ratio_x[:, None] / ratio_z[None, :] >= self.params.gamma).mean(1)

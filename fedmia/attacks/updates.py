@@ -5,6 +5,9 @@ The server sent θ_t,k to client k and got θ'_t,k back. For a target record x:
   update-gradient    cos(∇ℓ(θ_t,k; x), θ_t,k − θ'_t,k), largest over clients — local SGD moves the
                      weights along the (summed) gradients of the client's own records;
   source-inference   owner(x) = the client whose returned model fits x best (Hu et al.).
+With `replays: K`, update-loss-drop (and gradient-ascent) subtract from each client's drop the
+drop that K replays of local training from the same sent model on population records (known
+non-members, the client's size) cause on x: the part generalisation explains.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from fedmia.attacks.base import AdversaryView, Attack, register_attack
+from fedmia.attacks.base import AdversaryView, Attack, pixel_summaries, register_attack
 from fedmia.data.records import Records
+from fedmia.training import train_local
 from fedmia.transcript import RoundView
 
 
@@ -26,6 +30,12 @@ class RoundsParams(BaseModel):
     # which rounds' updates to use: the last one, all, the rounds a malicious strategy attacked,
     # or explicit round numbers
     rounds: Literal["last", "all", "attacked"] | list[int] = "last"
+
+
+class LossDropParams(RoundsParams):
+    replays: int = Field(0, ge=0, description=(
+        "calibrate by replaying local training from the sent model on this many random "
+        "population subsets of the client's size; score = drop − mean replayed drop (0: raw drop)"))
 
 
 class NeedsClientUpdates(ValueError):
@@ -67,19 +77,46 @@ def client_losses(view: AdversaryView, records: Records, round_view: RoundView) 
     return np.stack(sent), np.stack(returned), partitions
 
 
+def replayed_drop(view: AdversaryView, records: Records, sent, size: int, replays: int) -> np.ndarray:
+    """The loss drop a client of `size` records that do not include `records` would cause: local
+    training replayed from `sent` on random population subsets (known non-members), averaged.
+    What generalisation explains; the rest of a client's drop is memorisation."""
+    before = view.pixel_summaries(records, sent)["loss"]
+    rng = np.random.default_rng([view.seed, size, replays])
+    drops = []
+    for replay in range(replays):
+        rows = rng.choice(len(view.population), size=min(size, len(view.population)), replace=False)
+        model = view.model_with(sent)
+        train_local(model, view.population.subset(rows), view.recipe, seed=view.seed + replay, device=view.device)
+        drops.append(before - pixel_summaries(model, records, device=view.device)["loss"])
+    return np.mean(drops, axis=0)
+
+
 @register_attack("update-loss-drop")
 class UpdateLossDrop(Attack):
-    Params = RoundsParams
+    Params = LossDropParams
 
     def fit(self, view: AdversaryView) -> None:
         selected_rounds(view, self.params.rounds)  # fail early and clearly
+        self._replayed: dict = {}
 
     def score(self, view: AdversaryView, records: Records) -> np.ndarray:
         best = np.full(len(records), -np.inf)
         for round_view in selected_rounds(view, self.params.rounds):
             before, after, _ = client_losses(view, records, round_view)
-            best = np.maximum(best, (before - after).max(axis=0))
+            drops = before - after
+            if self.params.replays:
+                for row, reply in enumerate(round_view.replies):
+                    drops[row] -= self._replay(view, records, round_view.sent[reply.node_id], reply.num_examples)
+            best = np.maximum(best, drops.max(axis=0))
         return best
+
+    def _replay(self, view: AdversaryView, records: Records, sent, size: int) -> np.ndarray:
+        # Clients sent the same model (FedAvg, or one poisoned broadcast) share one replay.
+        key = (id(records), id(sent), size)
+        if key not in self._replayed:
+            self._replayed[key] = replayed_drop(view, records, sent, size, self.params.replays)
+        return self._replayed[key]
 
 
 @register_attack("update-gradient")
@@ -153,7 +190,7 @@ class SourceInference(Attack):
         return np.asarray(partitions)[losses.argmin(axis=0)]
 
 
-class AttackedRoundsParams(RoundsParams):
+class AttackedRoundsParams(LossDropParams):
     rounds: Literal["last", "all", "attacked"] | list[int] = "attacked"
 
 
