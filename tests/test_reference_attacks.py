@@ -49,3 +49,11 @@ def test_reference_attacks_cache_and_ood(write_scenario, tmp_path, stops_its_pro
     assert trained == []  # warm cache: no reference model trained
     for spec in ATTACKS:
         assert again["attacks"][spec["name"]]["auc"] == pytest.approx(metrics["attacks"][spec["name"]]["auc"])
+
+    # a cold cache elsewhere retrains the same reference models: same scores, run to run
+    trained.clear()
+    cold = scenario.model_copy(update={"runtime": scenario.runtime.model_copy(update={"cache_dir": str(tmp_path / "cold")})})
+    third = run_scenario(cold, tmp_path / "third")
+    assert sorted(trained) == [0, 1, 2, 3]
+    for spec in ATTACKS:
+        assert third["attacks"][spec["name"]]["auc"] == pytest.approx(metrics["attacks"][spec["name"]]["auc"])

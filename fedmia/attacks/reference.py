@@ -90,6 +90,7 @@ class ReferenceModels:
         payload = {**self.view.cache_context,
                    "group_norm": any(isinstance(m, torch.nn.GroupNorm) for m in self.view.model_factory().modules()),
                    "recipe": dataclasses.asdict(self.recipe), "seed": self.view.seed, "index": index,
+                   "init": "seeded",  # entries from before seeded initialisation are not reused
                    "members": hashlib.sha256("\n".join(self.pool.ids[self.inclusion[index]]).encode()).hexdigest()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -98,6 +99,8 @@ class ReferenceModels:
         if path.exists():
             with np.load(path) as data:
                 return [data[k] for k in sorted(data.files)]
+        # Seed the initial weights too: a reference model must be a function of its cache key.
+        torch.manual_seed(self.view.seed * 7919 + index)
         model = self.view.model_factory()
         train_local(model, self.pool.subset(np.flatnonzero(self.inclusion[index])), self.recipe,
                     seed=self.view.seed * 7919 + index, device=self.view.device)
