@@ -144,6 +144,7 @@ def deploy_local(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<name>)"),
     workdir: Path = typer.Option(Path("runs/deploy"), "--workdir", help="logs, SuperLink database, FLWR_HOME"),
     tls: bool = typer.Option(False, "--tls", help="TLS with a throw-away self-signed CA"),
+    auth: bool = typer.Option(False, "--auth", help="SuperNode authentication (registered keys only; implies --tls)"),
 ) -> None:
     """Run a scenario on Flower's deployment engine on this machine: a SuperLink and one
     SuperNode per client as separate processes (127.0.0.1 only), then `flwr run`."""
@@ -152,8 +153,8 @@ def deploy_local(
     parsed = _load_or_exit(scenario)
     _check_data_or_exit(scenario, parsed)
     folder = out_dir or Path("runs") / parsed.name
-    certs = self_signed_certificates(workdir / "certs") if tls else None
-    with local_deployment(parsed.federation.clients, workdir, certs) as deployment:
+    certs = self_signed_certificates(workdir / "certs") if tls or auth else None
+    with local_deployment(parsed.federation.clients, workdir, certs, auth) as deployment:
         out.print(f"SuperLink on 127.0.0.1:{deployment.superlink_port}, {parsed.federation.clients} SuperNodes; "
                   f"logs in {workdir}")
         result = deployment.run(scenario, folder)

@@ -37,8 +37,14 @@ class LocalDeployment:
     clients: int
     workdir: Path
     tls_dir: Path | None = None  # holds ca.crt, server.pem, server.key when TLS is on
+    auth: bool = False  # SuperNode authentication: only registered public keys may join (needs TLS)
     superlink_port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.auth and self.tls_dir is None:
+            raise ValueError("SuperNode authentication needs TLS: the installed SuperLink refuses "
+                             "--enable-supernode-auth with --insecure")
 
     @property
     def env(self) -> dict:
@@ -65,14 +71,30 @@ class LocalDeployment:
         (self.workdir / "flwr-home").mkdir(exist_ok=True)
         self._spawn([_bin("flower-superlink"), *self._security("superlink"), "--host", "127.0.0.1",
                      "--port", str(self.superlink_port), "--database", str(self.workdir / "superlink.db"),
-                     "--disable-runtime-dependency-installation"], "superlink.log")
+                     "--disable-runtime-dependency-installation",
+                     *(["--enable-supernode-auth"] if self.auth else [])], "superlink.log")
         self._wait_for_port(self.superlink_port)
-        for k in range(self.clients):
-            self._spawn([_bin("flower-supernode"), *self._security("supernode"),
-                         "--superlink", f"127.0.0.1:{self.superlink_port}",
-                         "--node-config", f"partition-id={k} num-partitions={self.clients}",
-                         "--host", "127.0.0.1", "--port", str(free_port())], f"supernode-{k}.log")
         self.write_connection()
+        for k in range(self.clients):
+            key = None
+            if self.auth:  # the operator registers each hospital's public key before it joins
+                key = supernode_keys(self.workdir / "keys", f"supernode-{k}")
+                self.register(key.with_suffix(".pub"))
+            self.spawn_supernode(k, key)
+
+    def spawn_supernode(self, partition: int, private_key: Path | None = None, log: str | None = None) -> subprocess.Popen:
+        auth = ["--auth-supernode-private-key", str(private_key)] if private_key else []
+        return self._spawn([_bin("flower-supernode"), *self._security("supernode"), *auth,
+                            "--superlink", f"127.0.0.1:{self.superlink_port}",
+                            "--node-config", f"partition-id={partition} num-partitions={self.clients}",
+                            "--host", "127.0.0.1", "--port", str(free_port())], log or f"supernode-{partition}.log")
+
+    def register(self, public_key: Path) -> None:
+        """`flwr supernode register`: the SuperLink's Control API learns one SuperNode's key."""
+        result = subprocess.run([_bin("flwr"), "supernode", "register", str(public_key), "local-deploy"],
+                                cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"registering {public_key} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
 
     def write_connection(self) -> None:
         """`flwr run . local-deploy` finds the SuperLink through $FLWR_HOME/config.toml."""
@@ -151,8 +173,8 @@ def terminate(pids: set[int], timeout: float = 15.0) -> None:
 
 
 @contextmanager
-def local_deployment(clients: int, workdir: Path, tls_dir: Path | None = None):
-    deployment = LocalDeployment(clients, Path(workdir), tls_dir)
+def local_deployment(clients: int, workdir: Path, tls_dir: Path | None = None, auth: bool = False):
+    deployment = LocalDeployment(clients, Path(workdir), tls_dir, auth)
     try:
         deployment.start()
         yield deployment
@@ -197,3 +219,21 @@ def self_signed_certificates(folder: Path) -> Path:
     (folder / "server.key").write_bytes(server_key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return folder
+
+
+def supernode_keys(folder: Path, name: str) -> Path:
+    """An ECDSA P-384 key pair in the OpenSSH formats the installed Flower reads: `folder/name`
+    (private, for --auth-supernode-private-key) and `folder/name.pub` (for registration)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = folder / name
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    (folder / f"{name}.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return private

@@ -1,5 +1,6 @@
 """Flower's deployment engine on loopback: a SuperLink and two SuperNodes as separate processes,
-`flwr run` of the app, plain and with TLS; every process stopped by PID."""
+`flwr run` of the app, plain, with TLS, and with TLS + SuperNode authentication; every process
+stopped by PID."""
 
 from __future__ import annotations
 
@@ -7,18 +8,22 @@ import json
 
 import pytest
 
-from fedmia.deploy import alive, local_deployment, self_signed_certificates
+from fedmia.deploy import alive, local_deployment, self_signed_certificates, supernode_keys
 
 
-@pytest.mark.parametrize("tls", [False, True])
-def test_loopback_deployment_runs_a_scenario(write_scenario, tmp_path, stops_its_processes, tls):
+@pytest.mark.parametrize("security", ["insecure", "tls", "tls+auth"])
+def test_loopback_deployment_runs_a_scenario(write_scenario, tmp_path, stops_its_processes, security):
     scenario = write_scenario()
     out = tmp_path / "run"
-    tls_dir = self_signed_certificates(tmp_path / "certs") if tls else None
-    with local_deployment(2, tmp_path / "deploy", tls_dir) as deployment:
+    tls_dir = self_signed_certificates(tmp_path / "certs") if security != "insecure" else None
+    with local_deployment(2, tmp_path / "deploy", tls_dir, auth=security == "tls+auth") as deployment:
+        if security == "tls+auth":  # a SuperNode whose key nobody registered is turned away
+            stranger = deployment.spawn_supernode(0, supernode_keys(tmp_path / "stranger", "key"), "stranger.log")
+            assert stranger.wait(timeout=120) != 0
+            assert "Failed to activate" in (tmp_path / "deploy" / "stranger.log").read_text()
         result = deployment.run(scenario, out, timeout=300)
         started = [p.pid for p in deployment.processes]
-        assert len(started) == 3  # SuperLink + 2 SuperNodes
+        assert len(started) == 3 + (security == "tls+auth")  # SuperLink + 2 SuperNodes (+ the stranger)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not [pid for pid in started if alive(pid)]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -67,8 +67,17 @@ def _as_float(level: str) -> float | None:
         return None
 
 
+_TITLES = {
+    "ood": "OOD false positives at the adversary's threshold",
+    "ood_at_tpr50": "OOD false positives at the threshold giving TPR 50%",
+    "ood_sets": "OOD sets",
+}
+
+
 def _title(key: str) -> str:
     # Short keys are acronyms in practice ("ood", "dp"); longer ones read as words.
+    if key in _TITLES:
+        return _TITLES[key]
     return key.upper() if len(key) <= 3 else key.replace("_", " ").capitalize()
 
 
