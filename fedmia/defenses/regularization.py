@@ -145,4 +145,4 @@ def distil(model: nn.Module, records: Records, recipe: TrainRecipe, spec, *, see
             loss = (soft * (torch.log(soft.clamp_min(1e-12)) - log_student)).sum(1).mean() * t * t
             loss.backward()
             optimizer.step()
-    return {**stats, "distil-loss": float(loss)}
+    return {**stats, "distil-loss": loss.item()}
