@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -45,6 +46,17 @@ def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimiz
     return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
+def minibatches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One epoch's shuffled index batches; a trailing batch of one is skipped (it breaks
+    BatchNorm in training mode) unless it is all there is."""
+    order = torch.randperm(count, generator=generator)
+    for start in range(0, count, batch_size):
+        batch = order[start : start + batch_size]
+        if len(batch) < 2 and count > 1:
+            continue
+        yield batch
+
+
 def train_local(
     model: nn.Module, records: Records, recipe: TrainRecipe, *, seed: int, device: torch.device
 ) -> dict[str, float]:
@@ -57,12 +69,8 @@ def train_local(
     optimizer = make_optimizer(model, recipe)
     last_epoch_loss = float("nan")
     for _ in range(recipe.epochs):
-        order = torch.randperm(len(records), generator=generator)
         total, seen = 0.0, 0
-        for start in range(0, len(order), recipe.batch_size):
-            batch = order[start : start + recipe.batch_size]
-            if len(batch) < 2 and len(order) > 1:
-                continue  # a batch of one breaks BatchNorm in training mode
+        for batch in minibatches(len(records), recipe.batch_size, generator):
             x, y = images[batch].to(device), masks[batch].to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)

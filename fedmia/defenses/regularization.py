@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedmia.data.records import Records
-from fedmia.training import TrainRecipe, make_optimizer, train_local
+from fedmia.training import TrainRecipe, make_optimizer, minibatches, train_local
 
 
 def random_crops(x: torch.Tensor, y: torch.Tensor, size: int, rng: np.random.Generator):
@@ -73,12 +73,8 @@ def train_regularised(model: nn.Module, records: Records, recipe: TrainRecipe, s
         ref_images, ref_masks = torch.as_tensor(public.images), torch.as_tensor(public.masks)
     last = float("nan")
     for _ in range(recipe.epochs):
-        order = torch.randperm(len(records), generator=generator)
         total, seen = 0.0, 0
-        for start in range(0, len(order), recipe.batch_size):
-            batch = order[start : start + recipe.batch_size]
-            if len(batch) < 2 and len(order) > 1:
-                continue  # a batch of one breaks BatchNorm in training mode
+        for batch in minibatches(len(records), recipe.batch_size, generator):
             x, y = images[batch], masks[batch]
             if spec.crop is not None:
                 x, y = random_crops(x, y, spec.crop.size, rng)
@@ -131,11 +127,7 @@ def distil(model: nn.Module, records: Records, recipe: TrainRecipe, spec, *, see
     optimizer = make_optimizer(model, recipe)
     t = spec.temperature
     for _ in range(spec.epochs or recipe.epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for start in range(0, len(order), recipe.batch_size):
-            batch = order[start : start + recipe.batch_size]
-            if len(batch) < 2:
-                continue
+        for batch in minibatches(len(images), recipe.batch_size, generator):
             x = images[batch].to(device)
             with torch.no_grad():
                 soft = torch.softmax(teacher(x) / t, dim=1)
