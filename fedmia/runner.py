@@ -153,7 +153,7 @@ def adversary_view(scenario: Scenario, transcript: Transcript) -> AdversaryView:
     )
 
 
-def released_model(scenario: Scenario, plan, view: AdversaryView):
+def fit_release(scenario: Scenario, plan, view: AdversaryView):
     """What the federation serves instead of the bare final model, if a defense replaces it.
     Fitted on the defenders' side (it may read member records); the attacks get only the module."""
     spec = scenario.defenses.laplace
@@ -176,7 +176,7 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     attacks_started = time.perf_counter()
     plan = build_plan(scenario)
     view = adversary_view(scenario, transcript)
-    view.released = released_model(scenario, plan, view)
+    view.released = fit_release(scenario, plan, view)
     outputs = run_attacks(scenario, view, console)
     timing = {**timing, "attacks_s": time.perf_counter() - attacks_started}
 

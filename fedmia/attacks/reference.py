@@ -33,10 +33,10 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
 from typing import Literal
 
+import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import norm
 
@@ -110,6 +110,7 @@ class ReferenceModels:
         self.recipe = dataclasses.replace(local, epochs=epochs or view.rounds * local.epochs)
         self.cache_dir = Path(view.cache_dir or DEFAULT_CACHE) / "reference"
         self.trained = 0
+        self._moments: dict = {}
 
     def key(self, index: int) -> str:
         payload = {**self.view.cache_context,
@@ -151,18 +152,15 @@ class ReferenceModels:
 
     def pixel_moments(self, calibrate: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per pool record and pixel, mean and std of φ over the models that trained on it ("in")
-        and those that did not ("out"), each model's φ centred as in `_calibrated`. Accumulated
+        and those that did not ("out"), each model's φ minus its `centres()`. Accumulated
         model by model, so memory does not grow with the number of models."""
-        key = ("pixel-moments", calibrate)
-        if key not in self.__dict__.setdefault("_moments", {}):
-            n_pop = len(self.view.population)
+        if calibrate not in self._moments:
+            centres = self.centres() if calibrate else np.zeros(len(self.inclusion))
             model = self.view.model_factory()
             sums = {}
             for index, included in enumerate(self.inclusion):
                 set_weights(model, self.weights(index))
-                phi = logit_confidence_maps(model, self.pool, self.view.device)[0].astype(np.float64)
-                if calibrate:
-                    phi -= np.median(phi[:n_pop].mean(1)[~included[:n_pop]])
+                phi = logit_confidence_maps(model, self.pool, self.view.device)[0].astype(np.float64) - centres[index]
                 for side, mask in (("in", included), ("out", ~included)):
                     s1, s2, count = sums.get(side, (0.0, 0.0, 0))
                     sums[side] = (s1 + np.where(mask[:, None], phi, 0.0), s2 + np.where(mask[:, None], phi**2, 0.0),
@@ -173,8 +171,16 @@ class ReferenceModels:
                 mean = s1 / np.maximum(count, 1)
                 variance = (s2 - count * mean**2) / np.maximum(count - 1, 1)
                 moments[side] = (mean, np.sqrt(np.maximum(variance, 0.0)))
-            self._moments[key] = moments
-        return self._moments[key]
+            self._moments[calibrate] = moments
+        return self._moments[calibrate]
+
+    def centres(self) -> np.ndarray:
+        """Each model's median image-mean φ over the population records it did not train on: what
+        calibration subtracts (the federated model and the references differ in confidence)."""
+        phi = self.statistics()[0]
+        n_pop = len(self.view.population)
+        out_pop = ~self.inclusion[:, :n_pop]
+        return np.array([np.median(phi[i, :n_pop][out_pop[i]]) for i in range(len(phi))])
 
 
 def _shared_references(view: AdversaryView, params: ReferenceParams) -> ReferenceModels:
@@ -210,11 +216,7 @@ class _ReferenceAttack(Attack):
         phi_t, _ = self._target_phi(view, records)
         if not self.params.calibrate:
             return phi_t, self.phi
-        n_pop = len(view.population)
-        phi_pop_t = self.population_phi
-        out_pop = ~self.refs.inclusion[:, :n_pop]
-        centres = np.array([np.median(self.phi[i, :n_pop][out_pop[i]]) for i in range(len(self.phi))])
-        return phi_t - np.median(phi_pop_t), self.phi - centres[:, None]
+        return phi_t - np.median(self.population_phi), self.phi - self.refs.centres()[:, None]
 
 
 def _gaussian_fit(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -57,7 +57,7 @@ def _true_class_log_p(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
 
 def train_regularised(model: nn.Module, records: Records, recipe: TrainRecipe, spec, *, seed: int,
                       device: torch.device, public: Records | None = None) -> dict[str, float]:
-    """Local training under `spec` (the scenario's `defenses.training`)."""
+    """Local training under the training-time defenses of `spec` (the scenario's `defenses`)."""
     if spec.distillation is not None:
         return distil(model, records, recipe, spec.distillation, seed=seed, device=device, public=public)
     rng = np.random.default_rng(seed)

@@ -166,12 +166,13 @@ def _utility_section(metrics: dict) -> list[str]:
     lines = ["## Utility", ""]
     if not isinstance(utility, dict):
         return lines + ["No utility was recorded.", ""]
-    lines += [f"Final global model: Dice **{_fmt(utility.get('dice'))}**, mIoU **{_fmt(utility.get('miou'))}**.", ""]
-    if isinstance(utility.get("global_model"), dict):
-        bare = utility["global_model"]
-        lines[-2] = (f"Served model ({utility.get('released')}): Dice **{_fmt(utility.get('dice'))}**, mIoU "
-                     f"**{_fmt(utility.get('miou'))}**; the bare global model: Dice {_fmt(bare.get('dice'))}, "
-                     f"mIoU {_fmt(bare.get('miou'))}.")
+    served = f"Dice **{_fmt(utility.get('dice'))}**, mIoU **{_fmt(utility.get('miou'))}**"
+    bare = utility.get("global_model")
+    if isinstance(bare, dict):  # a defense released another model in the global model's place
+        lines += [f"Served model ({utility.get('released')}): {served}; the bare global model: "
+                  f"Dice {_fmt(bare.get('dice'))}, mIoU {_fmt(bare.get('miou'))}.", ""]
+    else:
+        lines += [f"Final global model: {served}.", ""]
     rounds = [r for r in utility.get("rounds") or [] if isinstance(r, dict)]
     if rounds:
         lines += _md_table(["Round", "Dice", "mIoU"], ([r.get("round"), r.get("dice"), r.get("miou")] for r in rounds))
