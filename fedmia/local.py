@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from fedmia.data.records import Records
 from fedmia.defenses import active
+from fedmia.defenses.base import ModelRefused
 from fedmia.defenses.audit import add_canary_gradient, audit_canaries
 from fedmia.scenario import Scenario
 from fedmia.training import TrainRecipe, make_optimizer, minibatches
@@ -71,6 +72,13 @@ class LocalRun:
         return x, y
 
     def train(self) -> dict[str, float]:
+        for defense in self.defenses:
+            try:
+                defense.inspect(self)
+            except ModelRefused as refusal:
+                # Refusing = not training: the client replies with the model it received (a zero
+                # update), so the round goes on and the server learns nothing from this client.
+                return {"refused": 1.0, "refusal": str(refusal)[:300]}
         for stage in ("local training", "local gradients"):
             owner = next((d for d in self.defenses if d.acts_on == stage), None)
             if owner is not None:

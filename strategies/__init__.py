@@ -32,4 +32,4 @@ def register_strategy(name: str, params_model: type[BaseModel]):
 
 
 # Registration happens on import; keep this list in step with the modules in this package.
-from strategies import fedavg, gradient_ascent, isolation, poisoning  # noqa: E402,F401
+from strategies import fedavg, gradient_ascent, isolation, poisoning, trap_weights  # noqa: E402,F401

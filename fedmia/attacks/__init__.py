@@ -10,5 +10,6 @@ from fedmia.attacks import updates  # noqa: F401  (update-loss-drop, update-grad
 from fedmia.attacks import isolation  # noqa: F401  (isolation)
 from fedmia.attacks import reference  # noqa: F401  (lira-online, lira-offline, rmia)
 from fedmia.attacks import shadow  # noqa: F401  (shadow-type1/-type2/-lossmap, global-loss, salem)
+from fedmia.attacks import trap  # noqa: F401  (trap-weights)
 
 __all__ = ["ATTACKS", "AdversaryView", "Attack", "AttackResult", "QueryAPI", "register_attack"]

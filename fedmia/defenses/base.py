@@ -4,6 +4,7 @@ A defense declares its schema block (`Params`), where it acts (`acts_on`, one of
 keys it does not compose with and why (`conflicts`), its own cross-checks (`problems`) and how
 `metrics.json` names it (`describe`). Where it acts it overrides that stage's hook:
 
+  received model                                                `inspect`: before local training (may refuse)
   local batch / local loss / local gradients / local training   hooks of `fedmia.local.LocalRun`
   client reply                                                  the server's fit config (`fit_config`)
   aggregation                                                   `wrap_strategy`, `fit_workflow`
@@ -22,8 +23,12 @@ from pydantic import BaseModel, ConfigDict
 
 from fedmia.registry import Registry
 
-STAGES = ("local batch", "local loss", "local gradients", "local training", "client reply", "aggregation",
+STAGES = ("received model", "local batch", "local loss", "local gradients", "local training", "client reply", "aggregation",
           "release", "query")
+
+
+class ModelRefused(RuntimeError):
+    """A client's check rejected the model the server sent; the client does not train on it."""
 
 
 class Params(BaseModel):
@@ -56,6 +61,9 @@ class Defense:
         return []
 
     # ---- local-training hooks (fedmia.local.LocalRun); defaults change nothing -----------------
+    def inspect(self, run) -> None:
+        """Before local training, on the model as received: raise `ModelRefused` to refuse it."""
+
     def start(self, run) -> None:
         """Per local run: set up any state (e.g. an inline attack model)."""
 

@@ -27,7 +27,9 @@ def utility_per_round(scenario, plan, transcript) -> list[dict]:
         set_weights(model, view.aggregate)
         utility = evaluate_utility(model, plan.heldout, info.num_classes, device)
         rounds.append({"round": view.round, "dice": utility["dice"], "miou": utility["miou"],
-                       "loss": utility["loss"], "clients": len(view.replies), "failures": view.failures})
+                       "loss": utility["loss"], "clients": len(view.replies), "failures": view.failures,
+                       # clients whose receive-side check refused the model they were sent
+                       "refused": sum(1 for r in view.replies if r.metrics.get("refused"))})
     return rounds
 
 

@@ -1,0 +1,79 @@
+"""A client that inspects the model it receives before training on it.
+
+Planted detectors (trap weights, imprint modules) are units that stay shut for almost every input
+and open for one: that is what makes their gradient a membership test. Trained networks have no
+use for such units — under BatchNorm in training mode a channel's pre-activation is standardised
+over the batch, so an honest channel opens on a sizeable share of positions. The check runs the
+client's own records through a copy of the received model exactly as local training will (train
+mode, client-sized batches), counts for every ReLU output channel the share of positions where
+it is open, and refuses the model when any channel opens on fewer than `min_open` of them: the client
+does not train and replies with the model it received (`fedmia/local.py`), with the metric
+`refused` = 1 and the reason, which the transcript keeps.
+
+It looks at behaviour on the client's data, not at weights, so it also catches detectors shut
+for everyone (disarmed, as the isolation variant sends non-targets) — and a dead channel of an
+honest model would be a false alarm; `README.md` reports how often that happens on honest rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from fedmia.defenses.base import Defense, ModelRefused, Params, register_defense
+
+
+class ReceiveCheckParams(Params):
+    min_open: float = Field(1e-3, gt=0, lt=1, description=(
+        "smallest share of the client's own positions on which every ReLU channel must open"))
+
+
+@torch.no_grad()
+def relu_open_shares(model: nn.Module, images: np.ndarray, batch_size: int, device) -> dict[str, np.ndarray]:
+    """Per ReLU call ("module name#call") the share of positions, per channel, where it opens."""
+    work = copy.deepcopy(model).to(device).train()
+    opened: dict[str, torch.Tensor] = defaultdict(lambda: 0)
+    positions: dict[str, int] = defaultdict(int)
+    calls: dict[str, int] = defaultdict(int)
+    hooks = []
+    for name, module in work.named_modules():
+        if isinstance(module, nn.ReLU):
+            def count(m, i, out, name=name):
+                key = f"{name}#{calls[name]}"  # a ReLU module may serve several layers
+                calls[name] += 1
+                flat = out.detach().transpose(0, 1).flatten(1)  # (channels, positions)
+                opened[key] = opened[key] + (flat > 0).sum(1).cpu()
+                positions[key] += flat.shape[1]
+            hooks.append(module.register_forward_hook(count))
+    try:
+        for start in range(0, len(images), batch_size):
+            calls.clear()
+            work(torch.as_tensor(images[start : start + batch_size]).to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {key: (opened[key] / positions[key]).numpy() for key in opened}
+
+
+@register_defense("receive-check", acts_on="received model")
+class ReceiveCheck(Defense):
+    Params = ReceiveCheckParams
+
+    def describe(self) -> str:
+        return f"receive-check (ReLU open share >= {self.params.min_open:g})"
+
+    def inspect(self, run) -> None:
+        shares = relu_open_shares(run.model, run.records.images, run.recipe.batch_size, run.device)
+        shut = [(key, channel, share[channel]) for key, share in shares.items()
+                for channel in np.flatnonzero(share < self.params.min_open)]
+        if shut:
+            key, channel, share = shut[0]
+            raise ModelRefused(
+                f"receive-check refused the received model: {len(shut)} ReLU channel(s) open on fewer than "
+                f"{self.params.min_open:.2%} of this client's positions (first: {key} channel {channel}, "
+                f"{share:.3%}) — units that respond to (almost) no input, as planted detectors do")

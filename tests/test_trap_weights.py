@@ -1,0 +1,112 @@
+"""Trap weights: planted detectors move under local training iff their target is trained on —
+in plain PyTorch, in a real Flower simulation (per-client replies, and SecAgg+ with isolation),
+and the receive-side check refuses a trapped model but not an honest one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedmia.attacks.trap import TrapAttackParams, detector_movement
+from fedmia.data.plan import build_plan
+from fedmia.defenses.base import ModelRefused
+from fedmia.defenses.receive_check import ReceiveCheck, ReceiveCheckParams
+from fedmia.local import LocalRun
+from fedmia.models import get_weights, scenario_model, set_weights
+from fedmia.runner import run_scenario
+from fedmia.training import TrainRecipe, train_local
+from fedmia.transcript import Transcript
+from fedmia.validation import load_scenario
+from strategies.trap_weights import TrapParams, plant_detectors, readout_params
+
+CPU = torch.device("cpu")
+# 32x32 scans, a depth-2 ResNet-18 encoder: 2 residual blocks, 128 detector slots.
+TRAP = {"data": {"image_size": 32, "options": {"binary": True, "noise": 0.15},
+                 "members": 24, "heldout": 24, "population": 48},
+        "model": {"encoder_depth": 2},
+        "federation": {"clients": 3, "rounds": 2, "local_epochs": 2, "batch_size": 4},
+        "evaluation": {"targets": {"members": 24, "nonmembers": 24}, "ood": []}}
+
+
+def _moved(before, after, names, table) -> dict[str, float]:
+    index = {n: i for i, n in enumerate(names)}
+    update = [a.astype(np.float64) - b for a, b in zip(after, before)]
+    return {rid: detector_movement(update, index, e["block"], e["channel"]) for e in table for rid in e["ids"]}
+
+
+def test_a_detector_moves_iff_its_target_is_trained_on(write_scenario):
+    scenario = load_scenario(write_scenario(TRAP))
+    plan = build_plan(scenario)
+    model = scenario_model(scenario, plan.info, seed=0)
+    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)  # a trained global
+    table = plant_detectors(model, plan.targets, plan.population, 4, TrapParams(), CPU)
+    assert len(table) == len(plan.targets) and all(len(e["ids"]) == 1 for e in table)
+    names = list(model.state_dict())
+    sent = get_weights(model)
+    client = plan.clients[0]
+    for optimizer in ("adam", "sgd"):
+        set_weights(model, sent)
+        train_local(model, client, TrainRecipe(2, 4, 0.003, optimizer=optimizer), seed=1, device=CPU)
+        moved = _moved(sent, get_weights(model), names, table)
+        present = {str(i) for i in client.ids}
+        hits = [moved[r] > 0 for r in moved if r in present]
+        false = [r for r in moved if r not in present and moved[r] > 0]
+        assert np.mean(hits) >= 0.75, (optimizer, hits)
+        assert len(false) <= 1, (optimizer, false)  # absent: exactly zero change, one drift allowed
+        if optimizer == "adam":  # Adam normalises the gain away: every hit clears the attack's tolerance
+            assert min(moved[r] for r in moved if r in present and moved[r] > 0) > TrapAttackParams().tolerance
+
+
+def test_receive_check_refuses_a_trapped_model_and_accepts_an_honest_one(write_scenario):
+    scenario = load_scenario(write_scenario(TRAP))
+    plan = build_plan(scenario)
+    model = scenario_model(scenario, plan.info, seed=0)
+    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    check = ReceiveCheck(ReceiveCheckParams())
+    run = LocalRun(scenario, model, plan.clients[0], TrainRecipe(1, 4, 0.003), 0, CPU)
+    check.inspect(run)  # honest: every ReLU channel opens on its share of the client's data
+    plant_detectors(model, plan.targets, plan.population, 4, TrapParams(), CPU)
+    with pytest.raises(ModelRefused, match="receive-check refused"):
+        check.inspect(run)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_trap_weights_in_a_flower_simulation(write_scenario, tmp_path, stops_its_processes, secure):
+    extra = {"server": {"strategy": "trap-weights", **({"isolate_client": 1} if secure else {})},
+             "attacks": ["trap-weights"]}
+    if secure:
+        extra["defenses"] = {"secagg": True}
+    scenario = load_scenario(write_scenario({**TRAP, **extra}))
+    metrics = run_scenario(scenario, tmp_path / "run")
+    transcript = Transcript.load(tmp_path / "run" / "transcript")
+    plan = build_plan(scenario)
+    owner = {str(r): k for k, c in enumerate(plan.clients) for r in c.ids}
+    names = transcript.weight_names
+    for view in transcript.rounds:
+        assert view.notes.attacked == "trap-weights"
+        table = view.notes.details["detectors"]
+        if not secure:  # every client's reply: its own detectors move, nobody else's
+            for reply in view.replies:
+                k = reply.metrics["partition-id"]
+                moved = _moved(view.sent[reply.node_id], reply.weights, names, table)
+                hits = [moved[r] > 0 for r in moved if owner.get(r) == k]
+                false = [r for r in moved if owner.get(r) != k and moved[r] > 0]
+                assert np.mean(hits) >= 0.6 and len(false) <= 1, (view.round, k, hits, false)
+        # after the round the detectors are gone: pre-attack conv1, zero residual gain
+        for block in {e["block"] for e in table}:
+            assert not view.aggregate[names.index(f"{block}.bn2.weight")].any()
+            before = transcript.global_before(view.round)
+            assert np.array_equal(view.aggregate[names.index(f"{block}.conv1.weight")],
+                                  before[names.index(f"{block}.conv1.weight")])
+    row = metrics["attacks"]["trap-weights"]
+    if secure:
+        # round 2 armed client 1 alone; non-target nodes got the detectors disarmed
+        last = transcript.rounds[-1]
+        assert last.notes.target_client == 1
+        sent = list(last.sent.values())
+        assert any(not np.array_equal(a, b) for a, b in zip(sent[0], sent[1]))
+        assert "client 1" in row["scope"]
+    assert row["auc"] >= 0.85, row
+    if not secure:
+        assert metrics["source_inference"]["accuracy"] >= 0.6, metrics["source_inference"]
