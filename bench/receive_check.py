@@ -38,6 +38,8 @@ def check_run(folder: Path, min_open: float) -> dict:
     for view in transcript.rounds:
         kind = "attacked" if view.notes.attacked else "honest"
         for reply in view.replies:
+            if reply.node_id not in view.sent:  # a transcript kept without this round's models
+                continue
             partition = int(reply.metrics["partition-id"])
             set_weights(model, view.sent[reply.node_id])
             recipe = client_recipe(scenario, view.config[reply.node_id])

@@ -88,11 +88,6 @@ def readout_params(prefix: str) -> list[str]:
     return [f"{prefix}.conv1.weight", f"{prefix}.bn1.weight", f"{prefix}.bn1.bias", f"{prefix}.conv2.weight"]
 
 
-def detector_slice(name: str, channel: int):
-    """Index of a detector's entries in `name` (the next convolution reads it as an input column)."""
-    return (slice(None), channel) if name.endswith("conv2.weight") else channel
-
-
 def _input_patches(model: nn.Module, conv_name: str, images: np.ndarray, batch_size: int, device) -> torch.Tensor:
     """(records, positions, features): the unfolded input of the convolution `conv_name`, from
     train-mode passes in client-sized batches — the features a client's training will compute
