@@ -28,11 +28,11 @@ from fedmia.transcript import Transcript
 from fedmia.validation import load_scenario
 
 
-def check_run(folder: Path, min_open: float) -> dict:
+def check_run(folder: Path, min_open: float, flag_shut: bool) -> dict:
     scenario = load_scenario(folder / "scenario.yaml")
     plan = build_plan(scenario)
     transcript = Transcript.load(folder / "transcript")
-    check = ReceiveCheck(ReceiveCheckParams(min_open=min_open))
+    check = ReceiveCheck(ReceiveCheckParams(min_open=min_open, flag_shut=flag_shut))
     model = scenario_model(scenario, plan.info)
     counts = {"attacked": [0, 0], "honest": [0, 0]}  # [refused, checked]
     for view in transcript.rounds:
@@ -63,15 +63,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--min-open", type=float, default=ReceiveCheckParams().min_open)
+    parser.add_argument("--flag-shut", action="store_true", help="also refuse channels open nowhere")
     args = parser.parse_args()
-    rows = [check_run(folder, args.min_open) for folder in args.runs]
+    rows = [check_run(folder, args.min_open, args.flag_shut) for folder in args.runs]
     total = {kind: [sum(r[kind][i] for r in rows) for i in (0, 1)] for kind in ("honest", "attacked")}
-    print(f"receive-check, min_open={args.min_open:g}")
+    print(f"receive-check, min_open={args.min_open:g}, flag_shut={args.flag_shut}")
     print("| run | honest rounds: refused | attacked rounds: refused |\n|---|---|---|")
     for r in rows:
         print(f"| {r['run']} | {share(*r['honest'])} | {share(*r['attacked'])} |")
     print(f"| **all** | {share(*total['honest'])} | {share(*total['attacked'])} |")
-    print(json.dumps({"min_open": args.min_open, "runs": rows, "total": total}))
+    print(json.dumps({"min_open": args.min_open, "flag_shut": args.flag_shut, "runs": rows, "total": total}))
 
 
 if __name__ == "__main__":

@@ -71,8 +71,8 @@ def test_a_new_attack_strategy_dataset_and_defense_are_one_file_each(plugins, tm
 # Minimal valid blocks: every registered defense, DP in both modes.
 BLOCKS = {
     "secagg": True,
-    "dp-local": {"mode": "local", "noise_multiplier": 1.0, "audit_canaries": 4},
-    "dp-central": {"mode": "central", "noise_multiplier": 1.0, "audit_canaries": 4},
+    "dp:local": {"mode": "local", "noise_multiplier": 1.0, "audit_canaries": 4},
+    "dp:central": {"mode": "central", "noise_multiplier": 1.0, "audit_canaries": 4},
     "output": {"mode": "argmax"},
     "label_smoothing": 0.1,
     "laplace": {"prior_precision": 1.0},
@@ -80,6 +80,7 @@ BLOCKS = {
     "mixup": {"alpha": 0.4},
     "minmax": {"weight": 1.0},
     "distillation": {"temperature": 2.0},
+    "receive-check": True,
 }
 PAIRS = list(itertools.combinations(BLOCKS, 2))
 
@@ -88,7 +89,7 @@ def test_every_registered_defense_has_a_block_here():
     from fedmia.defenses import DEFENSES
 
     shipped = {name for name in DEFENSES.names() if not name.startswith("example-")}
-    assert shipped == {k.split("-")[0] for k in BLOCKS}
+    assert shipped == {k.split(":")[0] for k in BLOCKS}
 
 
 @pytest.mark.parametrize("first, second", PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
@@ -101,9 +102,9 @@ def test_each_pair_of_defenses_composes_or_is_rejected_by_name(first, second, tm
     from fedmia.scenario import ScenarioError
     from fedmia.validation import load_scenario
 
-    if {first, second} == {"dp-local", "dp-central"}:
+    if {first, second} == {"dp:local", "dp:central"}:
         pytest.skip("one dp block per scenario")
-    defenses = {k.split("-")[0]: BLOCKS[k] for k in (first, second)}
+    defenses = {k.split(":")[0]: BLOCKS[k] for k in (first, second)}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(deep_update(TINY, {
         "data": {"public": 4, "members": 12, "heldout": 12}, "federation": {"clients": 3},
@@ -112,7 +113,7 @@ def test_each_pair_of_defenses_composes_or_is_rejected_by_name(first, second, tm
         scenario = load_scenario(path)
     except ScenarioError as error:
         text = str(error)
-        keys = [k.split("-")[0] for k in (first, second)]
+        keys = [k.split(":")[0] for k in (first, second)]
         assert all(f"defenses.{k}" in text for k in keys), text
         return
     plan = build_plan(scenario)

@@ -58,17 +58,30 @@ def test_a_detector_moves_iff_its_target_is_trained_on(write_scenario):
             assert min(moved[r] for r in moved if r in present and moved[r] > 0) > TrapAttackParams().tolerance
 
 
-def test_receive_check_refuses_a_trapped_model_and_accepts_an_honest_one(write_scenario):
+def test_receive_check_refuses_a_model_whose_units_answer_to_a_few_of_its_records(write_scenario):
     scenario = load_scenario(write_scenario(TRAP))
     plan = build_plan(scenario)
     model = scenario_model(scenario, plan.info, seed=0)
     train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
-    check = ReceiveCheck(ReceiveCheckParams())
-    run = LocalRun(scenario, model, plan.clients[0], TrainRecipe(1, 4, 0.003), 0, CPU)
-    check.inspect(run)  # honest: every ReLU channel opens on its share of the client's data
-    plant_detectors(model, plan.targets, plan.population, 4, TrapParams(), CPU)
+    honest = get_weights(model)
+    # 8 records x 64 positions per client here: a detector open on one position opens on 0.2% of
+    # them, so the threshold is 1% (the default 0.1% suits clients with > 1,000 positions)
+    check = ReceiveCheck(ReceiveCheckParams(min_open=0.01))
+    strict = ReceiveCheck(ReceiveCheckParams(min_open=0.01, flag_shut=True))
+    mine, others = plan.clients[0], plan.clients[1]
+
+    def inspect(defense, client):
+        defense.inspect(LocalRun(scenario, model, client, TrainRecipe(1, 4, 0.003), 0, CPU))
+
+    inspect(check, mine)
+    inspect(strict, mine)  # honest: every ReLU channel opens on its share of the client's data
+    plant_detectors(model, others, plan.population, 4, TrapParams(), CPU)  # traps for client 1's records
     with pytest.raises(ModelRefused, match="receive-check refused"):
-        check.inspect(run)
+        inspect(check, others)  # its own records open the detectors, each on a position or two
+    inspect(check, mine)  # none of client 0's records opens one: nothing of its data would leak
+    with pytest.raises(ModelRefused):
+        inspect(strict, mine)  # `flag_shut` also refuses units that open for nothing
+    set_weights(model, honest)
 
 
 @pytest.mark.parametrize("secure", [False, True])
@@ -104,8 +117,10 @@ def test_trap_weights_in_a_flower_simulation(write_scenario, tmp_path, stops_its
         # round 2 armed client 1 alone; non-target nodes got the detectors disarmed
         last = transcript.rounds[-1]
         assert last.notes.target_client == 1
-        sent = list(last.sent.values())
-        assert any(not np.array_equal(a, b) for a, b in zip(sent[0], sent[1]))
+        armed = last.sent[last.notes.target_node]
+        for node, sent in last.sent.items():
+            if node != last.notes.target_node:
+                assert any(not np.array_equal(a, b) for a, b in zip(armed, sent))
         assert "client 1" in row["scope"]
     assert row["auc"] >= 0.85, row
     if not secure:

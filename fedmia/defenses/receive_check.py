@@ -10,9 +10,13 @@ it is open, and refuses the model when any channel opens on fewer than `min_open
 does not train and replies with the model it received (`fedmia/local.py`), with the metric
 `refused` = 1 and the reason, which the transcript keeps.
 
-It looks at behaviour on the client's data, not at weights, so it also catches detectors shut
-for everyone (disarmed, as the isolation variant sends non-targets) — and a dead channel of an
-honest model would be a false alarm; `README.md` reports how often that happens on honest rounds.
+It looks at behaviour on the client's data, not at weights. A channel open nowhere is let pass
+by default: a detector none of the client's records opens leaks nothing of this client, and
+dead channels are common in GroupNorm (DP-SGD) models; `flag_shut: true` refuses those too
+(also the disarmed detectors the isolation variant sends non-targets). A detector opens on about
+one position per target, so `min_open` must sit below 1 / (records × positions) of the client's
+data to see it: the default 0.1% needs more than 1,000 positions (100 scans of 32×32 give 6,400
+at the first residual block). `README.md` reports false alarms on honest servers' rounds.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from fedmia.defenses.base import Defense, ModelRefused, Params, register_defense
 
 class ReceiveCheckParams(Params):
     min_open: float = Field(1e-3, gt=0, lt=1, description=(
-        "smallest share of the client's own positions on which every ReLU channel must open"))
+        "smallest share of the client's own positions on which a ReLU channel that opens at all must open"))
+    flag_shut: bool = Field(False, description="also refuse channels that open on none of the client's positions")
 
 
 @torch.no_grad()
@@ -69,8 +74,9 @@ class ReceiveCheck(Defense):
 
     def inspect(self, run) -> None:
         shares = relu_open_shares(run.model, run.records.images, run.recipe.batch_size, run.device)
+        floor = -1.0 if self.params.flag_shut else 0.0
         shut = [(key, channel, share[channel]) for key, share in shares.items()
-                for channel in np.flatnonzero(share < self.params.min_open)]
+                for channel in np.flatnonzero((share > floor) & (share < self.params.min_open))]
         if shut:
             key, channel, share = shut[0]
             raise ModelRefused(
