@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -28,6 +29,29 @@ def backend_config(scenario: Scenario) -> dict:
             "init_args": init_args}
 
 
+class _DropNotice(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+def quiet_library_notices() -> None:
+    """A run's terminal output is its progress, table and folder. Two library notices open every
+    run and say nothing about it: Flower's deprecation of `run_simulation` (we call it on
+    purpose: it is the simulation engine's in-process entry point; `flwr run` drives the same
+    apps, tests/test_simulation.py) and Ray's FutureWarning about accelerator variables (raised
+    in this process by `ray.init`). `--verbose` shows everything."""
+    flwr_logger = logging.getLogger("flwr")
+    if not any(isinstance(f, _DropNotice) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_DropNotice("The `run_simulation` function is deprecated"))
+    # a warning filter, not RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0: that would let GPU-less actors
+    # see the GPUs (and `device: auto` pick one)
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+
+
 def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None = None,
                  verbose: bool = False, resume: bool = False) -> dict:
     """Train the federation in Flower's simulation engine (Ray backend), then finish the run.
@@ -44,6 +68,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
     build_plan(scenario)  # fail on data problems here, before Ray starts
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+        quiet_library_notices()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 

@@ -1,6 +1,7 @@
 """Local DP-SGD on the clients, with Opacus doing the privacy-critical parts.
 
-Per-sample gradients come from `torch.func` (vmap over grad of a functional call) and are
+Per-sample gradients and losses come from `torch.func` in one pass (vmap over grad_and_value
+of a functional call; the logged loss is the per-sample loss, label smoothing included) and are
 handed to Opacus's `DPOptimizer`, which clips them, adds Gaussian noise and steps; Opacus's RDP
 accountant turns the steps into ε. Why not `PrivacyEngine.make_private`: its hooks reject the
 in-place ops of smp/torchvision encoders (ResNet's `out += identity`), and one vmapped pass is
@@ -24,7 +25,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from pydantic import Field
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from fedmia.data.records import Records
@@ -221,7 +222,8 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
         out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
         return F.cross_entropy(out, y.unsqueeze(0), label_smoothing=label_smoothing)
 
-    per_sample_grads = vmap(grad(loss_of_one), in_dims=(None, 0, 0))
+    # One vmapped pass gives each record's gradient and its loss: no second forward for the log.
+    per_sample_grads = vmap(grad_and_value(loss_of_one), in_dims=(None, 0, 0))
     images, masks = torch.as_tensor(records.images), torch.as_tensor(records.masks)
     q = sample_rate(len(records), batch_size)
     steps = steps_per_epoch(len(records), batch_size)
@@ -244,9 +246,8 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
                         x, y = transform(x, y)
                     x, y = x.to(device), y.to(device)
                     detached = {k: v.detach() for k, v in params.items()}
-                    grads = per_sample_grads(detached, x, y)
-                    with torch.no_grad():
-                        total += F.cross_entropy(model(x), y).item() * len(chosen)
+                    grads, losses = per_sample_grads(detached, x, y)
+                    total += float(losses.sum())
                     seen += len(chosen)
                 rows = dirac_rows(params, drawn, canary_norm) if len(drawn) else None
                 for name, p in params.items():
