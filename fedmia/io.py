@@ -115,3 +115,15 @@ def save_figure_atomic(fig: Any, path: Path, **savefig_kwargs: Any) -> None:
 
     _replace_atomically(path, write)
 
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux `/proc`), or None where that is not readable:
+    a run's `wall_s` then counts the imports before any of our code ran."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return None

@@ -67,6 +67,9 @@ def run_attacks(scenario: Scenario, view: AdversaryView, console: Console | None
         for spec in scenario.attacks:
             cls = ATTACKS.get(spec.name)
             attack = cls(cls.Params.model_validate(spec.params()))
+            progress.update(task, description=f"attacks: {spec.key}")
+            view.report = black_box.report = lambda text, key=spec.key: progress.update(
+                task, description=f"attacks: {key}: {text}")
             seen = view if attack.access == "white-box" else black_box
             try:
                 attack.fit(seen)
@@ -76,6 +79,8 @@ def run_attacks(scenario: Scenario, view: AdversaryView, console: Console | None
                 if console is not None:
                     console.print(f"[yellow]skipped {spec.key}[/]: {reason}")
             progress.advance(task)
+        progress.update(task, description="attacks")
+    view.report = black_box.report = lambda text: None
     return results
 
 
@@ -142,19 +147,22 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     write_json_atomic(out_dir / "ledger.json", plan.ledger.to_json())
     metrics, curves = evaluate_run(scenario, plan, transcript, results)
     if scenario.evaluation.ood:
-        metrics.update(ood_metrics(served, plan, results, scenario.evaluation.ood,
-                                   scenario.evaluation.ood_count, scenario.seed, device=view.device))
+        with progress_bar(console) as progress:  # optimised fakes take a while: show the sets
+            task = progress.add_task("OOD sets", total=len(scenario.evaluation.ood))
+            metrics.update(ood_metrics(served, plan, results, scenario.evaluation.ood,
+                                       scenario.evaluation.ood_count, scenario.seed, device=view.device,
+                                       report=lambda name: progress.update(task, advance=1, description=f"OOD sets: {name}")))
     if release is not None:  # the defense's utility cost is on what is served
         utility = metrics["utility"]
         utility["global_model"] = {"dice": utility["dice"], "miou": utility["miou"]}
         served_utility = evaluate_utility(served, plan.heldout, plan.info.num_classes, view.device)
         utility.update(dice=served_utility["dice"], miou=served_utility["miou"], released=release[1])
-    timing["wall_s"] = time.perf_counter() - started if started is not None else sum(timing.values())
-    metrics["timing"] = timing
-
     write_scores(out_dir / "scores.csv", plan.targets.ids, {k: r.scores for k, r in results.items() if r.scores is not None})
     plot_roc(curves, out_dir / "roc.png", title=f"{scenario.name}: membership inference (log-log ROC)")
     plot_utility(metrics["utility"]["rounds"], out_dir / "utility.png")
+    # last, so that it covers everything but writing these two files
+    timing["wall_s"] = time.perf_counter() - started if started is not None else sum(timing.values())
+    metrics["timing"] = timing
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))
     return metrics

@@ -53,16 +53,18 @@ def quiet_library_notices() -> None:
 
 
 def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None = None,
-                 verbose: bool = False, resume: bool = False) -> dict:
+                 verbose: bool = False, resume: bool = False, started: float | None = None) -> dict:
     """Train the federation in Flower's simulation engine (Ray backend), then finish the run.
     With `resume`, continue from the rounds checkpointed in `out_dir/transcript`: the per-round
-    seeds make the result the same as an uninterrupted run's."""
+    seeds make the result the same as an uninterrupted run's. `started`: the `perf_counter()`
+    the run's clock starts from (the CLI passes its process's start, so `wall_s` is what the
+    user waits); by default, now."""
     from flwr.simulation import run_simulation
 
     from fedmia.client_app import make_client_app
     from fedmia.server_app import make_server_app
 
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     done = prepare_run_folder(out_dir, scenario, resume)
     build_plan(scenario)  # fail on data problems here, before Ray starts

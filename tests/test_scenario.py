@@ -125,3 +125,11 @@ def test_data_problem_at_run_time_is_a_usage_error(write_scenario, tmp_path):
         assert f"{path}: data: folder: path" in result.stderr and "absent" in result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_process_age_counts_from_the_process_start():
+    """`fedmia run` starts its clock with the process (imports included) via fedmia.io.process_age."""
+    code = "import time; time.sleep(1.0); from fedmia.io import process_age; print(process_age())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    age = float(out.stdout.strip())
+    assert 1.0 <= age < 60, age

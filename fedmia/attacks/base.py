@@ -90,6 +90,8 @@ class AdversaryView:
     cache_context: dict = field(default_factory=dict)  # data/model settings the cache key includes
     shared: dict = field(default_factory=dict, repr=False)  # work shared between attacks of one run
     _summaries: dict = field(default_factory=dict, repr=False)
+    # Long steps say where they are ("reference model 3/8"); the pipeline shows it on its bar.
+    report: Callable[[str], None] = field(default=lambda text: None, repr=False, compare=False)
 
     def black_box(self) -> "AdversaryView":
         """The same view without the transcript: the served model is reachable only through

@@ -141,6 +141,8 @@ class ReferenceModels:
         if path.exists():
             with np.load(path) as data:
                 return [data[k] for k in sorted(data.files)]
+        self.view.report(f"training reference model {index + 1}/{len(self.inclusion)} "
+                         f"({self.recipe.epochs} epochs; cached ones load at once)")
         # Seed the initial weights too: a reference model must be a function of its cache key.
         torch.manual_seed(self.view.seed * 7919 + index)
         model = self.view.model_factory()

@@ -85,6 +85,7 @@ def replayed_drop(view: AdversaryView, records: Records, sent, size: int, replay
     rng = np.random.default_rng([view.seed, size, replays])
     drops = []
     for replay in range(replays):
+        view.report(f"replaying local training {replay + 1}/{replays}")
         rows = rng.choice(len(view.population), size=min(size, len(view.population)), replace=False)
         model = view.model_with(sent)
         train_local(model, view.population.subset(rows), view.recipe, seed=view.seed + replay, device=view.device)

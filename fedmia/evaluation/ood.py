@@ -41,7 +41,7 @@ def optimised_fakes(model, reference: Records, count: int, seed: int, device, st
     return Records(x.detach().cpu().numpy(), masks, ids)
 
 
-def ood_sets(served, plan, names, count: int, seed: int, device) -> dict[str, Records]:
+def ood_sets(served, plan, names, count: int, seed: int, device, report=None) -> dict[str, Records]:
     target_ids = set(plan.targets.ids)
     spare = [i for i, rid in enumerate(plan.heldout.ids) if rid not in target_ids]
     heldout = plan.heldout.subset(spare[:count] if len(spare) >= 10 else list(range(min(count, len(plan.heldout)))))
@@ -53,11 +53,14 @@ def ood_sets(served, plan, names, count: int, seed: int, device) -> dict[str, Re
             sets[name] = optimised_fakes(served, plan.heldout, count, seed, device)
         else:
             sets[name] = make_ood_set(name, plan.heldout, plan.info, count=count, seed=seed)
+        if report is not None:
+            report(name)
     return sets
 
 
-def ood_metrics(served, plan, results: dict, names, count: int, seed: int, device) -> dict:
-    sets = ood_sets(served, plan, names, count, seed, device)
+def ood_metrics(served, plan, results: dict, names, count: int, seed: int, device, report=None) -> dict:
+    """`report(name)` is called as each OOD set is ready (progress)."""
+    sets = ood_sets(served, plan, names, count, seed, device, report)
     is_member = plan.ledger.is_member(plan.targets.ids)
     at_threshold, at_tpr50 = {}, {}
     for attack_name, result in results.items():
