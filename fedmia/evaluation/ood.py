@@ -17,28 +17,36 @@ from fedmia.evaluation.metrics import false_positive_rate, threshold_at_tpr
 ALL_SETS = ("heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes")
 
 
-def optimised_fakes(model, reference: Records, count: int, seed: int, device, steps: int = 40) -> Records:
+def optimised_fakes(model, reference: Records, count: int, seed: int, device, steps: int = 40,
+                    batch_size: int = 16) -> Records:
     """Inputs made by gradient ascent on the served model's mean max-softmax, from uniform noise
     (a stand-in for GAN samples); their 'ground truth' is the model's own prediction. The
-    evaluator builds them with the served module itself (it is not an attack)."""
+    evaluator builds them with the served module itself (it is not an attack). Made
+    `batch_size` at a time, each batch with its own optimiser: memory is that of one batch's
+    backward pass whatever `count` (all at once held ~10 GB at 256×256 with a ResNet-34 Unet)."""
     for p in model.parameters():
         p.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
-    shape = (count, *reference.images.shape[1:])
-    x = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=0.05)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        (-torch.softmax(model(x), 1).max(1).values.mean()).backward()
-        optimizer.step()
-        with torch.no_grad():
-            x.clamp_(0, 1)
-    with torch.no_grad():
-        masks = model(x).argmax(1).cpu().numpy()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    images, masks = [], []
+    try:
+        for start in range(0, count, batch_size):
+            shape = (min(batch_size, count - start), *reference.images.shape[1:])
+            x = torch.rand(shape, generator=generator).to(device).requires_grad_(True)
+            optimizer = torch.optim.Adam([x], lr=0.05)
+            for _ in range(steps):
+                optimizer.zero_grad()
+                (-torch.softmax(model(x), 1).max(1).values.mean()).backward()
+                optimizer.step()
+                with torch.no_grad():
+                    x.clamp_(0, 1)
+            with torch.no_grad():
+                masks.append(model(x).argmax(1).cpu().numpy())
+            images.append(x.detach().cpu().numpy())
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
     ids = np.array([f"ood-fake:{i:05d}" for i in range(count)], dtype=object)
-    return Records(x.detach().cpu().numpy(), masks, ids)
+    return Records(np.concatenate(images), np.concatenate(masks), ids)
 
 
 def ood_sets(served, plan, names, count: int, seed: int, device, report=None) -> dict[str, Records]:
