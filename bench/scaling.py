@@ -1,12 +1,18 @@
-"""Scaling with the number of simulated clients: 4 → 16 → 64 (Flower simulation on Ray).
+"""Scaling with the number of simulated clients (Flower simulation on Ray).
 
-Each client holds the same number of records, so the work per round grows with the clients.
-For every size it prints the per-round wall time (round 2: Ray actors are warm), the same local
-training done by a plain sequential PyTorch loop in this process (the baseline: the ratio is
-what the simulation costs on top), and the peak resident memory of a Ray worker — a worker runs
-one client at a time, so that is the memory one client needs — next to the Ray system processes'.
+Default: every client trains every round (4 → 16 → 64); each holds the same number of records,
+so the work per round grows with the clients. For every size it prints the per-round wall time
+(round 2: Ray actors are warm), the same local training done by a plain sequential PyTorch loop
+in this process (the baseline: the ratio is what the simulation costs on top), and the peak
+resident memory of a Ray worker — a worker runs one client at a time, so that is the memory one
+client needs — next to the Ray system processes'.
+
+`--sampled K`: K clients sampled per round whatever the total (10 → 100 → 1000 → ...): the
+training work per round is constant, so per-round wall and memory should be too; printed
+against the first size, with the server process's (this process's) peak resident memory.
 
     python bench/scaling.py [4 16 64]
+    python bench/scaling.py --sampled 10 10 100 1000
 """
 
 from __future__ import annotations
@@ -30,14 +36,15 @@ from fedmia.transcript import Transcript  # noqa: E402
 RECORDS_PER_CLIENT = 8
 
 
-def scenario_for(clients: int) -> Scenario:
+def scenario_for(clients: int, sampled: int | None = None) -> Scenario:
     return Scenario.model_validate({
         "name": f"scaling-{clients}", "seed": 0,
         "data": {"dataset": "shapes", "image_size": 32, "options": {"binary": True},
                  "members": clients * RECORDS_PER_CLIENT, "heldout": 32, "population": 16,
                  "partition": {"kind": "iid"}},
         "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 3},
-        "federation": {"clients": clients, "rounds": 3, "local_epochs": 2, "batch_size": 8},
+        "federation": {"clients": clients, "rounds": 3, "local_epochs": 2, "batch_size": 8,
+                       "clients_per_round": sampled},
         "attacks": ["loss"],
         "runtime": {"client_cpus": 1, "keep_transcript": "none"},
     })
@@ -84,18 +91,41 @@ class PeakMemory:
         return sum(1 for k, _ in self.peaks.values() if k == kind)
 
 
+def own_peak_mib() -> float:
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+
+
+def measure(scenario: Scenario) -> tuple[float, PeakMemory]:
+    with tempfile.TemporaryDirectory() as tmp, PeakMemory() as memory:
+        run_scenario(scenario, Path(tmp) / "run")
+        rounds = [v.round_s for v in Transcript.load(Path(tmp) / "run" / "transcript").rounds]
+    return statistics.median(rounds[1:]), memory
+
+
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [4, 16, 64]
+    args = sys.argv[1:]
+    sampled = None
+    if args[:1] == ["--sampled"]:
+        sampled, args = int(args[1]), args[2:]
+    sizes = [int(a) for a in args] or ([10, 100, 1000] if sampled else [4, 16, 64])
     print(f"{RECORDS_PER_CLIENT} records/client, 32x32, Unet/resnet18 depth 3, 2 local epochs, "
-          f"client_cpus 1 on {os.cpu_count()} cores")
+          f"client_cpus 1 on {os.cpu_count()} cores" + (f", {sampled} clients sampled per round" if sampled else ""))
+    if sampled:
+        print("| clients | round wall (s) | vs first | worker peak RSS (MiB) | workers | server process peak RSS (MiB, cumulative) |")
+        print("|---|---|---|---|---|---|")
+        first = None
+        for clients in sizes:
+            steady, memory = measure(scenario_for(clients, sampled))
+            first = first or steady
+            print(f"| {clients} | {steady:.2f} | {steady / first:.2f}x | {memory.peak_mib('worker'):.0f} "
+                  f"| {memory.count('worker')} | {own_peak_mib():.0f} |", flush=True)
+        return
     print("| clients | round wall (s) | plain sequential (s) | ratio | worker peak RSS (MiB) | workers | Ray system peak RSS (MiB, max) |")
     print("|---|---|---|---|---|---|---|")
     for clients in sizes:
         scenario = scenario_for(clients)
-        with tempfile.TemporaryDirectory() as tmp, PeakMemory() as memory:
-            run_scenario(scenario, Path(tmp) / "run")
-            rounds = [v.round_s for v in Transcript.load(Path(tmp) / "run" / "transcript").rounds]
-        steady = statistics.median(rounds[1:])
+        steady, memory = measure(scenario)
         plain = statistics.median(plain_rounds(scenario)[1:])
         print(f"| {clients} | {steady:.2f} | {plain:.2f} | {steady / plain:.2f}x | {memory.peak_mib('worker'):.0f} "
               f"| {memory.count('worker')} | {memory.peak_mib('system'):.0f} |", flush=True)
