@@ -106,7 +106,7 @@ class LocalRun:
                 real, drawn = batch[batch < n], batch[batch >= n] - n
                 optimizer.zero_grad(set_to_none=True)
                 if len(real):
-                    x, y = self.transform_batch(images[real], masks[real])
+                    x, y = self.transform_batch(images[real], masks[real].long())
                     x, y = x.to(self.device), y.to(self.device)
                     for defense in self.defenses:
                         defense.before_step(self, x, y)

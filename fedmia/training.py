@@ -74,7 +74,7 @@ def train_local(
     for _ in range(recipe.epochs):
         total, seen = 0.0, 0
         for batch in minibatches(len(records), recipe.batch_size, generator):
-            x, y = images[batch].to(device), masks[batch].to(device)
+            x, y = images[batch].to(device), masks[batch].to(device).long()
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
             loss.backward()

@@ -60,13 +60,13 @@ def plan_problems(scenario: Scenario) -> list[tuple[str, str]]:
 
 
 def _memory_problem(scenario: Scenario) -> tuple[str, str] | None:
-    """The record pool (float32 images, at most 3 channels, and int64 masks) must fit in this
+    """The record pool (float32 images, at most 3 channels, and one-byte masks) must fit in this
     machine's memory: a run that would swap or be killed hours in is refused up front."""
     import os
 
     data = scenario.data
     records = data.members + data.heldout + data.population + data.public
-    needed = records * data.image_size ** 2 * (3 * 4 + 8)
+    needed = records * data.image_size ** 2 * (3 * 4 + 1)
     try:
         available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

@@ -61,7 +61,7 @@ def ascend(model: torch.nn.Module, images, masks, params: GradientAscentParams, 
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, len(x_all), params.batch_size):
             x = x_all[start : start + params.batch_size].to(device)
-            y = y_all[start : start + params.batch_size].to(device)
+            y = y_all[start : start + params.batch_size].to(device).long()
             (F.cross_entropy(model(x), y) * len(x) / len(x_all)).backward()
         optimizer.step()
 

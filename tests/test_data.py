@@ -63,7 +63,7 @@ def test_procedural_dataset_shapes_ranges_and_ids(name, options, num_classes):
     assert (info.name, info.in_channels, info.num_classes) == (name, 1, num_classes)
     assert len(info.class_names) == num_classes and info.class_names[0] == "background"
     assert records.images.shape == (20, 1, 32, 32) and records.images.dtype == np.float32
-    assert records.masks.shape == (20, 32, 32) and records.masks.dtype == np.int64
+    assert records.masks.shape == (20, 32, 32) and records.masks.dtype == np.uint8  # smallest type
     assert records.images.min() >= 0.0 and records.images.max() <= 1.0
     assert records.masks.min() >= 0 and records.masks.max() < num_classes
     assert (records.masks.reshape(20, -1) > 0).any(axis=1).all(), "every record should hold foreground"
@@ -297,7 +297,7 @@ def test_ood_sets_match_the_reference(kind):
     reference, info = load_dataset("shapes", records=6, image_size=32, seed=0)
     ood = make_ood_set(kind, reference, info, count=9, seed=1)  # more than the reference holds
     assert ood.images.shape == (9, 1, 32, 32) and ood.images.dtype == np.float32
-    assert ood.masks.shape == (9, 32, 32) and ood.masks.dtype == np.int64
+    assert ood.masks.shape == (9, 32, 32) and ood.masks.dtype == np.uint8
     assert ood.images.min() >= 0.0 and ood.images.max() <= 1.0
     assert ood.masks.min() >= 0 and ood.masks.max() < info.num_classes
     assert ood.ids[3] == f"ood-{kind}:00003" and len(set(ood.ids)) == 9

@@ -64,7 +64,7 @@ def test_per_sample_gradients_match_one_at_a_time(encoder):
     model = to_dp_compatible(build_model(ModelSpec(encoder=encoder, encoder_depth=3), 1, 2, seed=0))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     records, _ = load_dataset("shapes", records=3, image_size=32, seed=0, options={"binary": True})
-    x, y = torch.as_tensor(records.images), torch.as_tensor(records.masks)
+    x, y = torch.as_tensor(records.images), torch.as_tensor(records.masks).long()
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
 

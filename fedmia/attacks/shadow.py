@@ -36,12 +36,12 @@ def shadow_maps(view: AdversaryView, model, records: Records) -> tuple[torch.Ten
     """(probabilities (N, C, H, W), masks) of the adversary's own shadow model, its outputs shaped
     like the query API's answers."""
     probs = model_probabilities(model, records.images, device=view.device, postprocess=view.api.postprocess)
-    return probs.float(), torch.as_tensor(records.masks)
+    return probs.float(), torch.as_tensor(records.masks).long()
 
 
 def target_maps(view: AdversaryView, records: Records) -> tuple[torch.Tensor, torch.Tensor]:
     """The served model's answers, through its query API."""
-    return view.api.query(records.images).float(), torch.as_tensor(records.masks)
+    return view.api.query(records.images).float(), torch.as_tensor(records.masks).long()
 
 
 def features(kind: str, probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

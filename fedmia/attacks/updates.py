@@ -149,7 +149,7 @@ class UpdateGradient(Attack):
         cosines = np.empty(len(records))
         for row in range(len(records)):
             x = torch.as_tensor(records.images[row : row + 1]).to(view.device)
-            y = torch.as_tensor(records.masks[row : row + 1]).to(view.device)
+            y = torch.as_tensor(records.masks[row : row + 1]).to(view.device).long()
             grads = torch.autograd.grad(F.cross_entropy(model(x), y), ordered, allow_unused=True)
             flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
                               for g, p in zip(grads, ordered)])

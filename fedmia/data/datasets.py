@@ -92,8 +92,8 @@ def resize_images(images: np.ndarray, height: int, width: int) -> np.ndarray:
 def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of class masks (N, H, W), so no new class values are invented."""
     if masks.shape[1:] == (height, width):
-        return masks.astype(np.int64, copy=True)
-    out = np.empty((masks.shape[0], height, width), dtype=np.int64)
+        return masks.copy()
+    out = np.empty((masks.shape[0], height, width), dtype=masks.dtype)
     for n in range(masks.shape[0]):
         plane = Image.fromarray(np.ascontiguousarray(masks[n], dtype=np.int32))  # mode "I"
         out[n] = np.asarray(plane.resize((width, height), Image.NEAREST))

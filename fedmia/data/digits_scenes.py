@@ -40,7 +40,7 @@ def load_digits_scenes(
 
     digits, labels = _digit_bank()
     images = np.empty((records, 1, image_size, image_size), dtype=np.float32)
-    masks = np.empty((records, image_size, image_size), dtype=np.int64)
+    masks = np.empty((records, image_size, image_size), dtype=np.uint8)
     # One child seed per record: record i is the same whether 10 or 10 000 records are asked for.
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(records)):
         rng = np.random.default_rng(child)

@@ -7,17 +7,30 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def _smallest_integer(masks: np.ndarray) -> np.ndarray:
+    """Masks as the smallest integer type that holds their values (uint8 for < 256 classes)."""
+    if masks.size == 0:
+        return masks.astype(np.uint8)
+    if not np.issubdtype(masks.dtype, np.integer):
+        if not np.array_equal(masks, np.round(masks)):
+            raise ValueError("Records: masks must hold integer class indices")
+        masks = masks.astype(np.int64)
+    smallest = np.promote_types(np.min_scalar_type(int(masks.min())), np.min_scalar_type(int(masks.max())))
+    return masks.astype(smallest, copy=False)
+
+
 # eq=False: the generated __eq__ would compare arrays elementwise and raise on `==`.
 @dataclass(frozen=True, eq=False)
 class Records:
     images: np.ndarray  # float32 (N, C, H, W), values in [0, 1]
-    masks: np.ndarray  # int64 (N, H, W), class index per pixel, 0 = background
+    masks: np.ndarray  # (N, H, W) class index per pixel, 0 = background; the smallest integer
+    # type that holds them (uint8 below 256 classes: an eighth of int64's memory) — `.long()` at use
     ids: np.ndarray  # object (N,) of str, e.g. "shapes:00012"
 
     def __post_init__(self) -> None:
         # Coerce dtypes once here so every consumer can rely on them (frozen, hence __setattr__).
         images = np.asarray(self.images, dtype=np.float32)
-        masks = np.asarray(self.masks, dtype=np.int64)
+        masks = _smallest_integer(np.asarray(self.masks))
         ids = np.asarray(self.ids, dtype=object)
         if images.ndim != 4:
             raise ValueError(f"Records: images must be (N, C, H, W), found shape {images.shape}")

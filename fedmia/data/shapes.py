@@ -32,7 +32,7 @@ def load_shapes(*, records: int, image_size: int, seed: int, options: dict) -> t
 
     scene = _lesion_scene if binary else _organ_scene
     images = np.empty((records, 1, image_size, image_size), dtype=np.float32)
-    masks = np.empty((records, image_size, image_size), dtype=np.int64)
+    masks = np.empty((records, image_size, image_size), dtype=np.uint8)
     # One child seed per record: record i is the same whatever the number of records asked for.
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(records)):
         images[i, 0], masks[i] = scene(np.random.default_rng(child), image_size, noise)

@@ -241,7 +241,7 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
             else:
                 grads = {name: torch.zeros((0, *p.shape), device=device) for name, p in params.items()}
                 if len(chosen):
-                    x, y = images[chosen], masks[chosen]
+                    x, y = images[chosen], masks[chosen].long()
                     if transform is not None:
                         x, y = transform(x, y)
                     x, y = x.to(device), y.to(device)

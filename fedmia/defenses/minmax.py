@@ -56,7 +56,7 @@ class MinMax(Defense):
         self.attack = InlineAttack().to(run.device)
         self.optimizer = torch.optim.Adam(self.attack.parameters(), lr=1e-3)
         self.ref_images = torch.as_tensor(run.public.images)
-        self.ref_masks = torch.as_tensor(run.public.masks)
+        self.ref_masks = torch.as_tensor(run.public.masks).long()
 
     def before_step(self, run, x, y) -> None:
         """The attack learns on this batch (members) vs public records (non-members)."""
