@@ -52,7 +52,7 @@ from torch.nn import functional as F
 
 from fedmia.data.plan import build_plan
 from fedmia.data.records import Records
-from fedmia.models import get_weights, scenario_model, set_weights
+from fedmia.models import build_model, get_weights, scenario_model, set_weights
 from fedmia.training import pick_device
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
@@ -211,6 +211,23 @@ def disarm(weights: list[np.ndarray], names: list[str], table: list[dict]) -> li
 
 @register_strategy("trap-weights", TrapParams)
 class TrapWeights(ObservingFedAvg):
+    @classmethod
+    def problems(cls, scenario, params: TrapParams) -> list[tuple[str, str]]:
+        """Checked before anything runs: the client to isolate exists, the rounds exist, and the
+        encoder has residual blocks to plant detectors in."""
+        fed, out = scenario.federation, []
+        if params.isolate_client is not None and params.isolate_client >= fed.clients:
+            out.append(("server.isolate_client", f"expected a partition-id in 0..{fed.clients - 1}, "
+                        f"found {params.isolate_client}"))
+        outside = sorted(set(params.attack_rounds or []) - set(range(1, fed.rounds + 1)))
+        if outside:
+            out.append(("server.attack_rounds", f"expected rounds in 1..{fed.rounds}, found {outside}"))
+        try:
+            trappable_blocks(build_model(scenario.model, in_channels=1, num_classes=2))
+        except ValueError as error:
+            out.append(("model.encoder", str(error)))
+        return out
+
     def attack_rounds(self) -> list[int]:
         return sorted(set(self.params.attack_rounds or range(1, self.scenario.federation.rounds + 1)))
 

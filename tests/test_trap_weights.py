@@ -125,3 +125,18 @@ def test_trap_weights_in_a_flower_simulation(write_scenario, tmp_path, stops_its
     assert row["auc"] >= 0.85, row
     if not secure:
         assert metrics["source_inference"]["accuracy"] >= 0.6, metrics["source_inference"]
+
+
+def test_trap_weights_settings_are_checked_before_the_run(write_scenario):
+    from typer.testing import CliRunner
+
+    from fedmia.cli import app
+
+    bad = write_scenario({**TRAP, "server": {"strategy": "trap-weights", "isolate_client": 7,
+                                            "attack_rounds": [5]},
+                          "model": {"encoder": "mobilenet_v2", "encoder_depth": 2}})
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    for where in ("server.isolate_client", "server.attack_rounds", "model.encoder"):
+        assert where in text, text
