@@ -11,25 +11,22 @@ comparison, or says why it cannot run the model.
 from __future__ import annotations
 
 import argparse
-import time
+import functools
+import sys
+from pathlib import Path
 
 import torch
 
-from fedmia.data.datasets import load_dataset
-from fedmia.defenses.dp import to_dp_compatible, train_local_dp
-from fedmia.models import build_model
-from fedmia.scenario import ModelSpec
-from fedmia.training import TrainRecipe, train_local
+sys.path.insert(0, str(Path(__file__).parent))
+from attack_cost import best_of  # noqa: E402  (fastest of a few runs, as there)
 
+from fedmia.data.datasets import load_dataset  # noqa: E402
+from fedmia.defenses.dp import to_dp_compatible, train_local_dp  # noqa: E402
+from fedmia.models import build_model  # noqa: E402
+from fedmia.scenario import ModelSpec  # noqa: E402
+from fedmia.training import TrainRecipe, train_local  # noqa: E402
 
-def timed(fn, repeats: int = 3) -> float:
-    """Fastest of a few runs: the least disturbed by a noisy machine."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+timed = functools.partial(best_of, repeats=3)
 
 
 def opacus_hooks(model, records, epochs, batch, mode: str = "hooks"):
