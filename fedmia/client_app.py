@@ -2,8 +2,9 @@
 
 We use Flower's legacy NumPyClient API on purpose: in flwr 1.41 SecAgg+ (`secaggplus_mod`)
 runs only on that path, and one code path for plain and secure runs keeps them comparable.
-Each client rebuilds the (deterministic) federation plan from the scenario and keeps only its
-own partition — in a real deployment it would read its own data instead.
+In simulation the runner hands the apps the plan's `ClientLayout`, so a Ray worker loads only
+the records of the clients it plays (memory set by the sampled clients, not the federation);
+without one (`flwr run` of a scenario) a client rebuilds the deterministic plan and keeps its part.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import Context
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from fedmia.data.plan import build_plan
+from fedmia.data.plan import ClientLayout, build_plan
+from fedmia.data.records import Records
 from fedmia.local import client_recipe, client_seed, local_training
 from fedmia.models import get_weights, scenario_model, set_weights
 from fedmia.scenario import Scenario
@@ -26,12 +28,27 @@ from fedmia.validation import load_scenario, scenario_from_canonical
 from fedmia.training import evaluate_utility, pick_device
 
 
+_LAYOUTS: dict[str, ClientLayout | None] = {}  # scenario (canonical) → its layout, in this process
+
+
+def _layout(canonical: str) -> ClientLayout:
+    return _LAYOUTS.get(canonical) or build_plan(scenario_from_canonical(canonical)).layout
+
+
 @functools.lru_cache(maxsize=2)
 def _model_skeleton(canonical: str):
     """One model object per process and scenario: building it costs a probe pass."""
-    scenario = scenario_from_canonical(canonical)
-    info = build_plan(scenario).info
-    return scenario_model(scenario, info)
+    return scenario_model(scenario_from_canonical(canonical), _layout(canonical).info)
+
+
+@functools.lru_cache(maxsize=8)
+def _client_data(canonical: str, partition_id: int) -> tuple[Records, Records | None]:
+    """A client's own records (and the public ones), kept for the few clients this worker
+    played last: a sampled client is loaded once per visit, not once per message."""
+    layout = _layout(canonical)
+    if not 0 <= partition_id < len(layout.client_rows):
+        raise ValueError(f"partition-id {partition_id} outside 0..{len(layout.client_rows) - 1}")
+    return layout.load_client(scenario_from_canonical(canonical), partition_id)
 
 
 class InjectedCrash(RuntimeError):
@@ -60,13 +77,10 @@ class SegmentationClient(NumPyClient):
     def __init__(self, scenario: Scenario, partition_id: int):
         self.scenario = scenario
         self.partition_id = partition_id
-        plan = build_plan(scenario)
-        if not 0 <= partition_id < len(plan.clients):
-            raise ValueError(f"partition-id {partition_id} outside 0..{len(plan.clients) - 1}")
-        self.records = plan.clients[partition_id]
-        self.public = plan.public
-        self.num_classes = plan.info.num_classes
-        self.model = _model_skeleton(scenario.canonical())
+        canonical = scenario.canonical()
+        self.records, self.public = _client_data(canonical, partition_id)
+        self.num_classes = _layout(canonical).info.num_classes
+        self.model = _model_skeleton(canonical)
         self.device = pick_device(scenario.runtime.device)
 
     def fit(self, parameters, config):
@@ -93,11 +107,14 @@ class SegmentationClient(NumPyClient):
         return utility["loss"], len(self.records), metrics
 
 
-def make_client_app(scenario: Scenario | None = None) -> ClientApp:
-    """A ClientApp for `scenario`, or — under `flwr run` — for the run config's `scenario` path."""
+def make_client_app(scenario: Scenario | None = None, layout: ClientLayout | None = None) -> ClientApp:
+    """A ClientApp for `scenario`, or — under `flwr run` — for the run config's `scenario` path.
+    `layout`: where each client's records sit (the runner passes the plan's)."""
 
     def client_fn(context: Context):
         current = scenario or load_scenario(str(context.run_config["scenario"]))
+        if layout is not None:
+            _LAYOUTS[current.canonical()] = layout
         torch.set_num_threads(max(1, int(current.runtime.client_cpus)))
         partition_id = int(context.node_config["partition-id"])
         return SegmentationClient(current, partition_id).to_client()

@@ -67,7 +67,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
     started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     done = prepare_run_folder(out_dir, scenario, resume)
-    build_plan(scenario)  # fail on data problems here, before Ray starts
+    layout = build_plan(scenario).layout  # fail on data problems here, before Ray starts
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
         quiet_library_notices()
@@ -79,7 +79,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
         task = progress.add_task("federated rounds", total=scenario.federation.rounds, completed=done)
         server_app = make_server_app(scenario, result=result, checkpoint=out_dir / "transcript",
                                      on_round_end=lambda view: progress.advance(task), resume=resume)
-        run_simulation(server_app=server_app, client_app=make_client_app(scenario),
+        run_simulation(server_app=server_app, client_app=make_client_app(scenario, layout),
                        num_supernodes=scenario.federation.clients,
                        backend_name="ray", backend_config=backend_config(scenario),
                        verbose_logging=verbose)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from fedmia.data.datasets import DATASETS, load_dataset
@@ -341,3 +342,47 @@ def test_ood_other_dataset_adapts_to_the_reference(tmp_path):
     assert set(np.unique(other.masks)) <= {0, 1}
     with pytest.raises(UnknownNameError):
         make_ood_set("adversarial", shapes, shapes_info, count=2, seed=0)
+
+
+# ---------------------------------------------------------------- a client loads only its own records
+
+
+@pytest.mark.parametrize("changes", [
+    {"data": {"dataset": "shapes", "domain_shift": 0.5, "public": 4,
+              "partition": {"kind": "dirichlet", "alpha": 0.3}}, "federation": {"clients": 3}},
+    {"data": {"options": {"binary": False}}, "federation": {"clients": 4}},
+])
+def test_a_client_loads_exactly_its_partition_from_the_layout(write_scenario, changes):
+    from fedmia.data.plan import build_plan
+    from fedmia.validation import load_scenario
+
+    scenario = load_scenario(write_scenario(changes))
+    plan = build_plan(scenario)
+    for k, expected in enumerate(plan.clients):
+        own, public = plan.layout.load_client(scenario, k)
+        assert list(own.ids) == list(expected.ids)
+        np.testing.assert_array_equal(own.images, expected.images)  # domain shift included
+        np.testing.assert_array_equal(own.masks, expected.masks)
+        if plan.public is not None:
+            np.testing.assert_array_equal(public.images, plan.public.images)
+
+
+def test_a_folder_client_opens_only_its_own_files(write_scenario, tmp_path, monkeypatch):
+    from fedmia.data import folder
+    from fedmia.data.plan import build_plan
+    from fedmia.validation import load_scenario
+
+    root = tmp_path / "scans"
+    _write_folder(root, stems=tuple(f"s{i:02d}" for i in range(12)))
+    path = write_scenario({"data": {"dataset": "folder", "members": 6, "heldout": 3, "population": 3}})
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["options"] = {"path": str(root)}  # replaces the tiny scenario's shapes options
+    path.write_text(yaml.safe_dump(raw))
+    scenario = load_scenario(path)
+    plan = build_plan(scenario)
+    opened = []
+    real = folder._read_image
+    monkeypatch.setattr(folder, "_read_image", lambda path, *a: opened.append(path.stem) or real(path, *a))
+    own, _ = plan.layout.load_client(scenario, 1)
+    assert sorted(opened) == sorted(i.split(":")[1] for i in plan.clients[1].ids)
+    np.testing.assert_array_equal(own.images, plan.clients[1].images)

@@ -2,11 +2,15 @@
 
 Each dataset module registers a loader with `@DATASETS.register(name)`. A loader is called as
 `loader(records=..., image_size=..., seed=..., options={...})` and returns `(Records, DatasetInfo)`.
+A loader that can read part of its pool cheaply also takes `rows=` (positions in the
+`records`-long pool, in the order wanted): a client then loads only its own records. Loaders
+without it still work — `load_dataset` loads the pool and takes the rows.
 The modules are imported at the bottom of this file, so importing it is enough to fill the registry.
 """
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any, Callable
 
@@ -22,9 +26,11 @@ DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def load_dataset(
-    name: str, *, records: int, image_size: int, seed: int, options: dict | None = None
+    name: str, *, records: int, image_size: int, seed: int, options: dict | None = None,
+    rows: np.ndarray | None = None,
 ) -> tuple[Records, DatasetInfo]:
-    """Load `records` records of dataset `name` at `image_size`×`image_size`.
+    """Load `records` records of dataset `name` at `image_size`×`image_size` — or, with `rows`,
+    only those records of that pool (the same arrays as the pool's `subset(rows)`).
 
     Raises UnknownNameError for an unregistered name and ValueError for bad arguments or options.
     """
@@ -34,7 +40,18 @@ def load_dataset(
     int_option(name, "seed", seed, minimum=0)  # numpy seed sequences reject negative seeds
     if options is not None and not isinstance(options, dict):
         raise ValueError(f"{name}: options must be a dict, found {type(options).__name__}")
-    data, info = loader(records=records, image_size=image_size, seed=seed, options=dict(options or {}))
+    kwargs = {"records": records, "image_size": image_size, "seed": seed, "options": dict(options or {})}
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= records):
+            raise ValueError(f"{name}: rows must lie in 0..{records - 1}")
+        if "rows" in inspect.signature(loader).parameters:
+            data, info = loader(**kwargs, rows=rows)
+        else:
+            data, info = loader(**kwargs)
+            data = data.subset(rows)
+    else:
+        data, info = loader(**kwargs)
     # Cheap consistency check: a loader bug here would surface much later as a shape error in training.
     if data.images.shape[1] != info.in_channels or len(info.class_names) != info.num_classes:
         raise RuntimeError(f"{name}: loader returned records inconsistent with its DatasetInfo")

@@ -31,7 +31,7 @@ def _digit_bank() -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register(NAME)
 def load_digits_scenes(
-    *, records: int, image_size: int, seed: int, options: dict
+    *, records: int, image_size: int, seed: int, options: dict, rows: np.ndarray | None = None
 ) -> tuple[Records, DatasetInfo]:
     opts = read_options(NAME, options, {"max_digits": 3, "noise": 0.05})
     require_image_size(NAME, image_size, 16)
@@ -39,17 +39,20 @@ def load_digits_scenes(
     noise = float_option(NAME, "noise", opts["noise"], minimum=0.0)
 
     digits, labels = _digit_bank()
-    images = np.empty((records, 1, image_size, image_size), dtype=np.float32)
-    masks = np.empty((records, image_size, image_size), dtype=np.uint8)
-    # One child seed per record: record i is the same whether 10 or 10 000 records are asked for.
-    for i, child in enumerate(np.random.SeedSequence(seed).spawn(records)):
-        rng = np.random.default_rng(child)
+    rows = np.arange(records) if rows is None else rows
+    images = np.empty((len(rows), 1, image_size, image_size), dtype=np.float32)
+    masks = np.empty((len(rows), image_size, image_size), dtype=np.uint8)
+    # One child seed per record: record i is the same whether 10 or 10 000 records are asked for,
+    # and drawing only some rows draws only those.
+    children = np.random.SeedSequence(seed).spawn(records)
+    for i, row in enumerate(rows):
+        rng = np.random.default_rng(children[row])
         images[i, 0], masks[i] = _compose_scene(rng, digits, labels, image_size, max_digits, noise)
 
     info = DatasetInfo(
         name=NAME, in_channels=1, num_classes=11, class_names=["background"] + [str(d) for d in range(10)]
     )
-    return Records(images, masks, make_ids(NAME, records)), info
+    return Records(images, masks, make_ids(NAME, records)[rows]), info
 
 
 def _compose_scene(

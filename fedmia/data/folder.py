@@ -26,7 +26,8 @@ DEFAULTS = {
 
 
 @DATASETS.register(NAME)
-def load_folder(*, records: int, image_size: int, seed: int, options: dict) -> tuple[Records, DatasetInfo]:
+def load_folder(*, records: int, image_size: int, seed: int, options: dict,
+                rows: np.ndarray | None = None) -> tuple[Records, DatasetInfo]:
     del seed  # files on disk are already fixed; nothing to draw
     opts = read_options(NAME, options, DEFAULTS)
     if opts["path"] is None:
@@ -52,15 +53,21 @@ def load_folder(*, records: int, image_size: int, seed: int, options: dict) -> t
             f"{NAME}: '{root}' has {len(pairs)} image/mask pairs, but {records} records were asked for"
         )
     pairs = pairs[:records]
+    if rows is not None:  # a client: only its own files are opened
+        pairs = [pairs[row] for row in rows]
 
     for _, image_path, mask_path in pairs:  # every file's problem, named, before any training
         _check_pair(image_path, mask_path)
-    images = np.stack([_read_image(path, channels, image_size) for _, path, _ in pairs])
-    masks = np.stack([_read_mask(path, mask_mode, image_size) for _, _, path in pairs])
+    images = np.zeros((len(pairs), channels, image_size, image_size), dtype=np.float32)
+    # index masks may be 16-bit PNGs; Records narrows to the smallest type that holds them
+    masks = np.zeros((len(pairs), image_size, image_size), dtype=np.uint8 if mask_mode == "binary" else np.int32)
+    for i, (_, image_path, mask_path) in enumerate(pairs):  # filled in place: no second copy
+        images[i] = _read_image(image_path, channels, image_size)
+        masks[i] = _read_mask(mask_path, mask_mode, image_size)
     if mask_mode == "binary":
         num_classes = 2
     else:
-        largest = int(masks.max())
+        largest = int(masks.max()) if len(masks) else 0
         if num_classes is None:
             num_classes = max(largest + 1, 2)  # at least background + one class
         elif largest >= num_classes:

@@ -57,6 +57,36 @@ class FederationPlan:
     targets: Records  # what the adversary scores; membership unknown to it
     ledger: MembershipLedger
     public: Records | None = None  # shared public records (training-time defenses), never targets
+    layout: "ClientLayout | None" = None  # where each client's records sit in the pool
+
+
+@dataclass(frozen=True)
+class ClientLayout:
+    """What a client needs to load its own records and nothing else: the pool rows of each
+    partition (a few integers per record), the public rows with their domains, and the dataset
+    info. The server computes it once (a non-IID partition needs every member's mask); a Ray
+    worker then reads only the rows of the clients it plays — for `folder`, only their files."""
+
+    info: DatasetInfo
+    client_rows: list[np.ndarray]
+    public_rows: np.ndarray
+    public_domains: np.ndarray
+
+    def load_client(self, scenario, partition_id: int) -> tuple[Records, Records | None]:
+        """Partition `partition_id`'s records (and the public records), equal to the plan's."""
+        data = scenario.data
+        total = data.members + data.heldout + data.population + data.public
+
+        def load(rows: np.ndarray) -> Records:
+            records, _ = load_dataset(data.dataset, records=total, image_size=data.image_size,
+                                      seed=scenario.seed, options=data.options, rows=rows)
+            return records
+
+        rows = self.client_rows[partition_id]
+        own = _shift(load(rows), np.full(len(rows), partition_id), data.domain_shift, scenario.seed)
+        public = (_shift(load(self.public_rows), self.public_domains, data.domain_shift, scenario.seed)
+                  if len(self.public_rows) else None)
+        return own, public
 
 
 def _shift(records: Records, domains: np.ndarray, strength: float, seed: int) -> Records:
@@ -121,8 +151,8 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
         owner.update({rid: k for rid in client.ids})
     owner.update({rid: NON_MEMBER for rid in heldout.ids})
     owner.update({rid: POPULATION for rid in population.ids})
-    public = _shift(pool.subset(public_rows), rng.integers(0, fed.clients, data.public),
-                    data.domain_shift, scenario.seed) if data.public else None
+    public_domains = rng.integers(0, fed.clients, data.public) if data.public else np.zeros(0, dtype=np.int64)
+    public = _shift(pool.subset(public_rows), public_domains, data.domain_shift, scenario.seed) if data.public else None
     if public is not None:
         owner.update({rid: PUBLIC for rid in public.ids})
 
@@ -135,4 +165,6 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
     nonmember_pick = rng.choice(len(heldout), size=min(n_nonmembers, len(heldout)), replace=False)
     targets = Records.concat([all_members.subset(member_pick), heldout.subset(nonmember_pick)])
     targets = targets.subset(rng.permutation(len(targets)))  # order must not reveal membership
-    return FederationPlan(info, clients, heldout, population, targets, MembershipLedger(owner), public)
+    layout = ClientLayout(info, [member_rows[p] for p in parts],
+                          public_rows if data.public else np.zeros(0, dtype=np.int64), public_domains)
+    return FederationPlan(info, clients, heldout, population, targets, MembershipLedger(owner), public, layout)

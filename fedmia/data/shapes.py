@@ -24,22 +24,26 @@ NAME = "shapes"
 
 
 @DATASETS.register(NAME)
-def load_shapes(*, records: int, image_size: int, seed: int, options: dict) -> tuple[Records, DatasetInfo]:
+def load_shapes(*, records: int, image_size: int, seed: int, options: dict,
+                rows: np.ndarray | None = None) -> tuple[Records, DatasetInfo]:
     opts = read_options(NAME, options, {"noise": 0.1, "binary": False})
     require_image_size(NAME, image_size, 16)
     noise = float_option(NAME, "noise", opts["noise"], minimum=0.0)
     binary = bool_option(NAME, "binary", opts["binary"])
 
     scene = _lesion_scene if binary else _organ_scene
-    images = np.empty((records, 1, image_size, image_size), dtype=np.float32)
-    masks = np.empty((records, image_size, image_size), dtype=np.uint8)
-    # One child seed per record: record i is the same whatever the number of records asked for.
-    for i, child in enumerate(np.random.SeedSequence(seed).spawn(records)):
-        images[i, 0], masks[i] = scene(np.random.default_rng(child), image_size, noise)
+    rows = np.arange(records) if rows is None else rows
+    images = np.empty((len(rows), 1, image_size, image_size), dtype=np.float32)
+    masks = np.empty((len(rows), image_size, image_size), dtype=np.uint8)
+    # One child seed per record: record i is the same whatever the number of records asked for,
+    # and drawing only some rows draws only those.
+    children = np.random.SeedSequence(seed).spawn(records)
+    for i, row in enumerate(rows):
+        images[i, 0], masks[i] = scene(np.random.default_rng(children[row]), image_size, noise)
 
     class_names = ["background", "lesion"] if binary else ["background", "organ", "lesion"]
     info = DatasetInfo(name=NAME, in_channels=1, num_classes=len(class_names), class_names=class_names)
-    return Records(images, masks, make_ids(NAME, records)), info
+    return Records(images, masks, make_ids(NAME, records)[rows]), info
 
 
 def _organ_scene(rng: np.random.Generator, size: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
