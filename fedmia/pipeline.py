@@ -128,7 +128,9 @@ def fit_release(scenario: Scenario, plan, model):
 def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, timing: dict,
                console: Console | None = None, started: float | None = None) -> dict:
     out_dir = Path(out_dir)
-    transcript.save(out_dir / "transcript", keep=scenario.runtime.keep_transcript)
+    # every reply stays on disk until the attacks and the evaluation have read it; the
+    # scenario's `keep_transcript` prunes at the end
+    transcript.save(out_dir / "transcript", keep="all")
     if not any(view.aggregate is not None for view in transcript.rounds):
         failures = [f for view in transcript.rounds for f in view.failure_messages]
         raise RuntimeError("no federated round completed (every client failed); first failure: "
@@ -160,6 +162,8 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     write_scores(out_dir / "scores.csv", plan.targets.ids, {k: r.scores for k, r in results.items() if r.scores is not None})
     plot_roc(curves, out_dir / "roc.png", title=f"{scenario.name}: membership inference (log-log ROC)")
     plot_utility(metrics["utility"]["rounds"], out_dir / "utility.png")
+    if scenario.runtime.keep_transcript != "all":
+        transcript.save(out_dir / "transcript", keep=scenario.runtime.keep_transcript)
     # last, so that it covers everything but writing these two files
     timing["wall_s"] = time.perf_counter() - started if started is not None else sum(timing.values())
     metrics["timing"] = timing

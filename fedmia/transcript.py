@@ -4,14 +4,21 @@ It holds the weights the server sent to each client, each client's reply (its re
 weights, `num_examples` and metrics — under secure aggregation only their aggregate), the
 config it sent, and the aggregate it computed. Attacks read this and nothing else of the run.
 Saved as `transcript/index.json` plus one `.npz` per round, written atomically.
+
+Streamed: once a round is saved (`save_round`, after every round of a run) its arrays leave
+memory and are read back from its file one model at a time when asked for, so the server's
+memory does not grow with the number of rounds (bench/RESULTS.md). `Transcript.load` gives the
+same lazily read views.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +29,69 @@ from fedmia.io import write_bytes_atomic, write_json_atomic
 Weights = list[np.ndarray]
 
 
+class _RoundFile:
+    """A saved round's `.npz`: one group of arrays (one model's weights) read per request."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def group(self, name: str | None) -> Weights | None:
+        if name is None:
+            return None
+        stat = self.path.stat()  # a rewritten file (pruned replies) is read afresh
+        return _read_group(str(self.path), stat.st_mtime_ns, name)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_group(path: str, mtime_ns: int, name: str) -> Weights | None:
+    """Read-only arrays, so a consumer that changed them in place (and so the cached copy
+    another consumer gets next) fails loudly instead."""
+    del mtime_ns  # part of the cache key only
+    prefix = name + "/"
+    with np.load(path) as data:
+        keys = sorted(k for k in data.files if k.startswith(prefix))
+        if not keys:
+            return None
+        arrays = [data[k] for k in keys]
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
+
+
+class _StoredSent(Mapping):
+    """node id → the weights sent to it, read from the round's file on access."""
+
+    def __init__(self, file: _RoundFile, keys: dict[int, str]):
+        self.file, self.keys = file, keys
+
+    def __getitem__(self, node: int) -> Weights:
+        return self.file.group(self.keys[node])
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class _Released:
+    """Attributes a saved round no longer holds in memory come from its file (`__getattr__`
+    runs only when an attribute is absent from the instance, i.e. after `release`)."""
+
+    def __getattr__(self, name: str):
+        stored = self.__dict__.get("_stored")
+        if stored is not None and name in self.__dict__.get("_groups", {}):
+            return stored.group(self.__dict__["_groups"][name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _release(self, file: _RoundFile, groups: dict[str, str | None]) -> None:
+        for name in groups:
+            self.__dict__.pop(name, None)
+        self.__dict__["_stored"], self.__dict__["_groups"] = file, groups
+
+
 @dataclass
-class Reply:
+class Reply(_Released):
     node_id: int
     num_examples: int
     metrics: dict
@@ -60,7 +128,7 @@ class ResumeState:
 
 
 @dataclass
-class RoundView:
+class RoundView(_Released):
     round: int
     sent: dict[int, Weights] = field(default_factory=dict)  # node id → weights sent to it
     config: dict[int, dict] = field(default_factory=dict)  # node id → fit config sent to it
@@ -78,6 +146,24 @@ class RoundView:
     def reply_of(self, node_id: int) -> Reply:
         return next(r for r in self.replies if r.node_id == node_id)
 
+    def release(self, path: Path, entry: dict) -> None:
+        """Drop this round's arrays from memory: from now on they are read from its saved file
+        `path` (described by its index `entry`) when asked for."""
+        file = _RoundFile(path)
+        self.sent = _StoredSent(file, {int(node): key for node, key in entry["sent"].items()})
+        for reply, saved in zip(self.replies, entry["replies"]):
+            reply._release(file, {"weights": f"reply-{reply.node_id}" if saved["weights_kept"] else None})
+        self._release(file, {"aggregate": "aggregate", "observed_update": "observed-update"})
+
+    def stored_in(self, folder: Path) -> bool:
+        stored = self.__dict__.get("_stored")
+        return stored is not None and stored.path.parent.resolve() == Path(folder).resolve()
+
+
+# A dataclass keeps a field's default as a class attribute, which would answer for a released
+# round before `__getattr__` is asked; `__init__` holds its own copy of the defaults.
+del RoundView.aggregate, RoundView.observed_update
+
 
 @dataclass
 class Transcript:
@@ -89,22 +175,33 @@ class Transcript:
     @property
     def final(self) -> Weights:
         for view in reversed(self.rounds):
-            if view.aggregate is not None:
-                return view.aggregate
+            aggregate = view.aggregate
+            if aggregate is not None:
+                return aggregate
         return self.initial
 
     def global_before(self, round_number: int) -> Weights:
         """The global model at the start of `round_number` (before any per-client tailoring)."""
-        previous = [v for v in self.rounds if v.round < round_number and v.aggregate is not None]
-        return previous[-1].aggregate if previous else self.initial
+        for view in reversed(self.rounds):  # newest first: reads one saved aggregate, not all
+            if view.round < round_number:
+                aggregate = view.aggregate
+                if aggregate is not None:
+                    return aggregate
+        return self.initial
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, folder: Path, keep: str = "all") -> None:
-        """`keep`: "all" replies, only the "final" round's, or "none" (global models only)."""
-        self._write(Path(folder), keep, write_views=self.rounds, index_views=self.rounds)
+        """`keep`: "all" replies, only the "final" round's, or "none" (global models only).
+        Rounds already streamed to `folder` are rewritten only when replies are to be dropped."""
+        folder = Path(folder)
+        last = self.rounds[-1].round if self.rounds else None
+        pending = [v for v in self.rounds
+                   if not (v.stored_in(folder) and (keep == "all" or (keep == "final" and v.round == last)))]
+        self._write(folder, keep, write_views=pending, index_views=self.rounds)
 
     def _write(self, folder: Path, keep: str, write_views: list[RoundView], index_views: list[RoundView]) -> None:
-        """Write the round files of `write_views`, then an index listing `index_views`."""
+        """Write the round files of `write_views`, then an index listing `index_views`; the
+        written views are released (their arrays now read from the files)."""
         folder.mkdir(parents=True, exist_ok=True)
         index = {"weight_names": self.weight_names, "secure_aggregation": self.secure_aggregation, "rounds": []}
         _write_npz(folder / "initial.npz", {"w": self.initial})
@@ -145,6 +242,8 @@ class Transcript:
             previous = {e["round"]: e for e in json.loads((folder / "index.json").read_text())["rounds"]}
         index["rounds"] = [entries.get(v.round) or previous[v.round] for v in index_views]
         write_json_atomic(folder / "index.json", index)
+        for view in write_views:
+            view.release(folder / entries[view.round]["file"], entries[view.round])
 
     def save_round(self, folder: Path, view: RoundView) -> None:
         """Checkpoint: write this round's file (every reply kept) and the index so far."""
@@ -157,18 +256,13 @@ class Transcript:
         transcript = cls(index["weight_names"], _read_npz(folder / "initial.npz")["w"],
                          secure_aggregation=index["secure_aggregation"])
         for entry in index["rounds"]:
-            arrays = _read_npz(folder / entry["file"])
             view = RoundView(entry["round"], failures=entry["failures"],
                              failure_messages=entry.get("failure_messages", []), round_s=entry.get("round_s"),
                              notes=AttackNotes.from_json(entry.get("notes", {})),
                              state=ResumeState(**entry.get("state", {})))
-            view.sent = {int(node): arrays[key] for node, key in entry["sent"].items()}
             view.config = {int(node): cfg for node, cfg in entry["config"].items()}
-            view.replies = [Reply(r["node_id"], r["num_examples"], r["metrics"],
-                                  arrays.get(f"reply-{r['node_id']}") if r["weights_kept"] else None)
-                            for r in entry["replies"]]
-            view.aggregate = arrays.get("aggregate")
-            view.observed_update = arrays.get("observed-update")
+            view.replies = [Reply(r["node_id"], r["num_examples"], r["metrics"], None) for r in entry["replies"]]
+            view.release(folder / entry["file"], entry)  # arrays read from the file when asked for
             transcript.rounds.append(view)
         return transcript
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,27 @@ def test_transcript_roundtrip(tmp_path, keep):
         assert sum(k.startswith("sent-") for k in data.files) == 3
     assert np.array_equal(back.global_before(2)[0], t.rounds[0].aggregate[0])
     assert not list((tmp_path / "t").glob("*.tmp*"))
+
+
+def test_a_streamed_round_leaves_memory_and_reads_back_from_its_file(tmp_path):
+    t = Transcript(["a", "b", "c"], _weights(0))
+    for r in (1, 2, 3):
+        view = RoundView(r)
+        view.sent = {11: _weights(10 + r), 22: _weights(20 + r)}
+        view.replies = [Reply(11, 5, {}, _weights(100 + r)), Reply(22, 7, {}, _weights(200 + r))]
+        view.aggregate = _weights(300 + r)
+        t.rounds.append(view)
+        t.save_round(tmp_path / "t", view)
+        # no array of the round is held by the view any more
+        assert "aggregate" not in view.__dict__ and "weights" not in view.replies[0].__dict__
+        assert isinstance(view.sent, Mapping) and not isinstance(view.sent, dict)
+    assert np.array_equal(t.rounds[0].reply_of(22).weights[0], _weights(201)[0])
+    assert np.array_equal(t.rounds[1].sent[11][1], _weights(12)[1])
+    assert np.array_equal(t.global_before(3)[0], _weights(302)[0])
+    with pytest.raises(ValueError, match="read-only"):
+        t.final[0][0, 0] = 1.0  # a consumer cannot corrupt what the next one reads
+    t.save(tmp_path / "t", keep="final")  # pruning rewrites the earlier rounds without replies
+    assert t.rounds[0].reply_of(11).weights is None and t.rounds[2].reply_of(11).weights is not None
+    assert np.array_equal(t.rounds[0].aggregate[0], _weights(301)[0])
+    back = Transcript.load(tmp_path / "t")
+    assert np.array_equal(back.rounds[2].reply_of(11).weights[2], _weights(103)[2])
