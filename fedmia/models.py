@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -125,10 +126,13 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     current = model.state_dict()
     if len(current) != len(weights):
         raise ValueError(f"model has {len(current)} tensors, received {len(weights)}")
-    state = OrderedDict(
-        (key, torch.as_tensor(np.asarray(w)).reshape(target.shape).to(target.dtype))
-        for (key, target), w in zip(current.items(), weights)
-    )
+    with warnings.catch_warnings():
+        # a streamed transcript's arrays are read-only; load_state_dict only reads them (copies)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        state = OrderedDict(
+            (key, torch.as_tensor(np.asarray(w)).reshape(target.shape).to(target.dtype))
+            for (key, target), w in zip(current.items(), weights)
+        )
     model.load_state_dict(state, strict=True)
 
 

@@ -153,7 +153,8 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
             task = progress.add_task("OOD sets", total=len(scenario.evaluation.ood))
             metrics.update(ood_metrics(served, plan, results, scenario.evaluation.ood,
                                        scenario.evaluation.ood_count, scenario.seed, device=view.device,
-                                       report=lambda name: progress.update(task, advance=1, description=f"OOD sets: {name}")))
+                                       report=lambda name: progress.update(task, advance=1, description=f"OOD sets: {name}"),
+                                       steps=scenario.evaluation.ood_steps))
     if release is not None:  # the defense's utility cost is on what is served
         utility = metrics["utility"]
         utility["global_model"] = {"dice": utility["dice"], "miou": utility["miou"]}

@@ -145,6 +145,8 @@ class EvaluationSpec(Strict):
         description="non-member sets whose false-positive rate is reported ([] to skip)",
     )
     ood_count: int = Field(100, ge=1, description="records per out-of-distribution set")
+    ood_steps: int = Field(40, ge=1, le=1000, description="gradient steps per batch of optimised fakes "
+                           "(each a backward pass of the served model: bound it at large image sizes)")
 
     @field_validator("tpr_at_fpr")
     @classmethod

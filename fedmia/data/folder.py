@@ -161,3 +161,32 @@ def _read_mask(path: Path, mode: str, size: int) -> np.ndarray:
             f"{NAME}: index mask '{path}' must be a single channel of non-negative class indices"
         )
     return array
+
+
+def write_example_folder(root: Path, count: int, *, size: tuple[int, int] = (332, 287), seed: int = 0) -> Path:
+    """Write `count` synthetic colonoscopy-like frames laid out as Kvasir-SEG ships them
+    (`images/*.jpg`, `masks/*.jpg`, binary masks as JPEG): reddish mucosa texture, one or two
+    brighter polyps. For trying `scenarios/kvasir-folder.yaml` and for the tests and benchmarks
+    — nothing here is downloaded."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(count)):
+        rng = np.random.default_rng(child)
+        coarse = rng.random((9, 9, 3)).astype(np.float32)
+        texture = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC),
+                             dtype=np.float32) / 255.0
+        image = np.array([0.55, 0.25, 0.2], dtype=np.float32) + 0.25 * (texture - 0.5)
+        mask = np.zeros((height, width), dtype=bool)
+        for _ in range(int(rng.integers(1, 3))):
+            cy, cx = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width
+            ry, rx = rng.uniform(0.06, 0.2) * height, rng.uniform(0.06, 0.2) * width
+            mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        image[mask] += np.array([0.2, 0.15, 0.1], dtype=np.float32) * rng.uniform(0.6, 1.2)
+        image += 0.04 * rng.standard_normal(image.shape).astype(np.float32)
+        frame = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+        Image.fromarray(frame).save(root / "images" / f"frame{i:04d}.jpg", quality=90)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"frame{i:04d}.jpg", quality=90)
+    return root

@@ -49,7 +49,7 @@ def optimised_fakes(model, reference: Records, count: int, seed: int, device, st
     return Records(np.concatenate(images), np.concatenate(masks), ids)
 
 
-def ood_sets(served, plan, names, count: int, seed: int, device, report=None) -> dict[str, Records]:
+def ood_sets(served, plan, names, count: int, seed: int, device, report=None, steps: int = 40) -> dict[str, Records]:
     target_ids = set(plan.targets.ids)
     spare = [i for i, rid in enumerate(plan.heldout.ids) if rid not in target_ids]
     heldout = plan.heldout.subset(spare[:count] if len(spare) >= 10 else list(range(min(count, len(plan.heldout)))))
@@ -58,7 +58,7 @@ def ood_sets(served, plan, names, count: int, seed: int, device, report=None) ->
         if name == "heldout":
             sets[name] = heldout
         elif name == "optimised-fakes":
-            sets[name] = optimised_fakes(served, plan.heldout, count, seed, device)
+            sets[name] = optimised_fakes(served, plan.heldout, count, seed, device, steps=steps)
         else:
             sets[name] = make_ood_set(name, plan.heldout, plan.info, count=count, seed=seed)
         if report is not None:
@@ -66,9 +66,11 @@ def ood_sets(served, plan, names, count: int, seed: int, device, report=None) ->
     return sets
 
 
-def ood_metrics(served, plan, results: dict, names, count: int, seed: int, device, report=None) -> dict:
-    """`report(name)` is called as each OOD set is ready (progress)."""
-    sets = ood_sets(served, plan, names, count, seed, device, report)
+def ood_metrics(served, plan, results: dict, names, count: int, seed: int, device, report=None,
+                steps: int = 40) -> dict:
+    """`report(name)` is called as each OOD set is ready (progress); `steps`: per batch of
+    optimised fakes."""
+    sets = ood_sets(served, plan, names, count, seed, device, report, steps=steps)
     is_member = plan.ledger.is_member(plan.targets.ids)
     at_threshold, at_tpr50 = {}, {}
     for attack_name, result in results.items():
