@@ -85,10 +85,23 @@ def train_local(
     return {"train-loss": last_epoch_loss}
 
 
+def inference_batch(images: np.ndarray, batch_size: int | None = None) -> int:
+    """Records per inference batch: `batch_size` if given, else 64 up to 64×64 pixels and fewer
+    as images grow (4 at 256×256), so a forward pass's activations — the peak memory of scoring
+    and evaluation — stay about the same whatever the image size (64 at 256×256 with a ResNet-34
+    Unet held several GB)."""
+    if batch_size is not None:
+        return batch_size
+    pixels = int(np.prod(images.shape[-2:])) if getattr(images, "ndim", 0) >= 2 else 1
+    return max(1, min(64, (64 * 64 * 64) // max(pixels, 1)))
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, *, device: torch.device, batch_size: int = 64) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: np.ndarray, *, device: torch.device,
+                   batch_size: int | None = None) -> torch.Tensor:
     """Logits (N, C, H, W) on the CPU, the model in eval mode (what a deployed model returns)."""
     model.to(device).eval()
+    batch_size = inference_batch(images, batch_size)
     outputs = []
     for start in range(0, len(images), batch_size):
         x = torch.as_tensor(images[start : start + batch_size]).to(device)

@@ -22,6 +22,7 @@ from fedmia.data.records import Records
 from fedmia.defenses.output import api_probabilities
 from fedmia.models import set_weights
 from fedmia.registry import Registry
+from fedmia.training import inference_batch
 from fedmia.transcript import Transcript, Weights
 
 
@@ -35,7 +36,7 @@ class QueryAPI:
     so an adversary can shape its own reference models' outputs the same way.
     """
 
-    def __init__(self, served: nn.Module, output_defense=None, *, device, batch_size: int = 64):
+    def __init__(self, served: nn.Module, output_defense=None, *, device, batch_size: int | None = None):
         self.__served = served.to(device).eval()
         self.output_defense = output_defense
         self.device = device
@@ -51,18 +52,20 @@ class QueryAPI:
         so a record queried twice gets the same answer (a cached response)."""
         generator = torch.Generator().manual_seed(0)
         out = []
-        for start in range(0, len(images), self.batch_size):
-            x = torch.as_tensor(images[start : start + self.batch_size]).to(self.device)
+        batch_size = inference_batch(images, self.batch_size)
+        for start in range(0, len(images), batch_size):
+            x = torch.as_tensor(images[start : start + batch_size]).to(self.device)
             out.append(self.postprocess(self.__served(x).double().cpu(), generator))
         self.queries += len(images)
         return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
 
-def model_probabilities(model: nn.Module, images: np.ndarray, *, device, batch_size: int = 64,
+def model_probabilities(model: nn.Module, images: np.ndarray, *, device, batch_size: int | None = None,
                         postprocess=None) -> torch.Tensor:
     """Probabilities (N, C, H, W), float64, of a model the adversary holds itself (its own
     reference models, or transcript weights), optionally shaped like the API's answers."""
     model.to(device).eval()
+    batch_size = inference_batch(images, batch_size)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -81,7 +84,7 @@ class AdversaryView:
     device: torch.device
     api: QueryAPI | None = None  # the served model's query API (black-box access)
     population_fpr: float = 0.1  # false-alarm rate the adversary accepts when it sets thresholds
-    batch_size: int = 64
+    batch_size: int | None = None  # None: by image size (fedmia.training.inference_batch)
     # What the server knows of the clients' training (it sends their config): for reference models.
     recipe: object = None  # fedmia.training.TrainRecipe of one local run
     rounds: int = 1
@@ -150,7 +153,7 @@ def summaries_from_probabilities(probs: torch.Tensor, masks: np.ndarray, floor: 
     return {name: pixels.flatten(1).mean(1).numpy() for name, pixels in per_record.items()}
 
 
-def pixel_summaries(model: nn.Module, records: Records, *, device, batch_size: int = 64) -> dict[str, np.ndarray]:
+def pixel_summaries(model: nn.Module, records: Records, *, device, batch_size: int | None = None) -> dict[str, np.ndarray]:
     """`summaries_from_probabilities` of a model the caller holds (white-box)."""
     probs = model_probabilities(model, records.images, device=device, batch_size=batch_size)
     return summaries_from_probabilities(probs, records.masks)
