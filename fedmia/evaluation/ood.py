@@ -13,12 +13,13 @@ import torch
 from fedmia.data.ood import make_ood_set
 from fedmia.data.records import Records
 from fedmia.evaluation.metrics import false_positive_rate, threshold_at_tpr
+from fedmia.training import inference_batch
 
 ALL_SETS = ("heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes")
 
 
 def optimised_fakes(model, reference: Records, count: int, seed: int, device, steps: int = 40,
-                    batch_size: int = 16) -> Records:
+                    batch_size: int | None = None) -> Records:
     """Inputs made by gradient ascent on the served model's mean max-softmax, from uniform noise
     (a stand-in for GAN samples); their 'ground truth' is the model's own prediction. The
     evaluator builds them with the served module itself (it is not an attack). Made
@@ -26,6 +27,9 @@ def optimised_fakes(model, reference: Records, count: int, seed: int, device, st
     backward pass whatever `count` (all at once held ~10 GB at 256×256 with a ResNet-34 Unet)."""
     for p in model.parameters():
         p.requires_grad_(False)
+    # a backward pass holds every activation: 16 fakes up to 64×64, one at a time at 256×256
+    # (16 at once held ~4.5 GB there with a ResNet-34 Unet); per fake the work is the same
+    batch_size = batch_size or max(1, inference_batch(reference.images) // 4)
     generator = torch.Generator().manual_seed(seed)
     images, masks = [], []
     try:
