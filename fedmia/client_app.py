@@ -32,7 +32,9 @@ _LAYOUTS: dict[str, ClientLayout | None] = {}  # scenario (canonical) → its la
 
 
 def _layout(canonical: str) -> ClientLayout:
-    return _LAYOUTS.get(canonical) or build_plan(scenario_from_canonical(canonical)).layout
+    if _LAYOUTS.get(canonical) is None:  # no layout handed over: rebuild the plan (once)
+        _LAYOUTS[canonical] = build_plan(scenario_from_canonical(canonical)).layout
+    return _LAYOUTS[canonical]
 
 
 @functools.lru_cache(maxsize=2)
@@ -48,7 +50,7 @@ def _client_data(canonical: str, partition_id: int) -> tuple[Records, Records | 
     layout = _layout(canonical)
     if not 0 <= partition_id < len(layout.client_rows):
         raise ValueError(f"partition-id {partition_id} outside 0..{len(layout.client_rows) - 1}")
-    return layout.load_client(scenario_from_canonical(canonical), partition_id)
+    return layout.load_client(partition_id)
 
 
 class InjectedCrash(RuntimeError):

@@ -359,7 +359,7 @@ def test_a_client_loads_exactly_its_partition_from_the_layout(write_scenario, ch
     scenario = load_scenario(write_scenario(changes))
     plan = build_plan(scenario)
     for k, expected in enumerate(plan.clients):
-        own, public = plan.layout.load_client(scenario, k)
+        own, public = plan.layout.load_client(k)
         assert list(own.ids) == list(expected.ids)
         np.testing.assert_array_equal(own.images, expected.images)  # domain shift included
         np.testing.assert_array_equal(own.masks, expected.masks)
@@ -383,6 +383,6 @@ def test_a_folder_client_opens_only_its_own_files(write_scenario, tmp_path, monk
     opened = []
     real = folder._read_image
     monkeypatch.setattr(folder, "_read_image", lambda path, *a: opened.append(path.stem) or real(path, *a))
-    own, _ = plan.layout.load_client(scenario, 1)
+    own, _ = plan.layout.load_client(1)
     assert sorted(opened) == sorted(i.split(":")[1] for i in plan.clients[1].ids)
     np.testing.assert_array_equal(own.images, plan.clients[1].images)

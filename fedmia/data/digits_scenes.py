@@ -44,9 +44,11 @@ def load_digits_scenes(
     masks = np.empty((len(rows), image_size, image_size), dtype=np.uint8)
     # One child seed per record: record i is the same whether 10 or 10 000 records are asked for,
     # and drawing only some rows draws only those.
-    children = np.random.SeedSequence(seed).spawn(records)
     for i, row in enumerate(rows):
-        rng = np.random.default_rng(children[row])
+        # the row-th child of SeedSequence(seed).spawn(records), made directly: spawning every
+        # child costs O(records) for each client that loads its few rows
+        child = np.random.SeedSequence(seed, spawn_key=(int(row),))
+        rng = np.random.default_rng(child)
         images[i, 0], masks[i] = _compose_scene(rng, digits, labels, image_size, max_digits, noise)
 
     info = DatasetInfo(

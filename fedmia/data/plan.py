@@ -68,23 +68,25 @@ class ClientLayout:
     worker then reads only the rows of the clients it plays — for `folder`, only their files."""
 
     info: DatasetInfo
+    data: object  # the scenario's DataSpec
+    seed: int
     client_rows: list[np.ndarray]
     public_rows: np.ndarray
     public_domains: np.ndarray
 
-    def load_client(self, scenario, partition_id: int) -> tuple[Records, Records | None]:
+    def load_client(self, partition_id: int) -> tuple[Records, Records | None]:
         """Partition `partition_id`'s records (and the public records), equal to the plan's."""
-        data = scenario.data
+        data, seed = self.data, self.seed
         total = data.members + data.heldout + data.population + data.public
 
         def load(rows: np.ndarray) -> Records:
             records, _ = load_dataset(data.dataset, records=total, image_size=data.image_size,
-                                      seed=scenario.seed, options=data.options, rows=rows)
+                                      seed=seed, options=data.options, rows=rows)
             return records
 
         rows = self.client_rows[partition_id]
-        own = _shift(load(rows), np.full(len(rows), partition_id), data.domain_shift, scenario.seed)
-        public = (_shift(load(self.public_rows), self.public_domains, data.domain_shift, scenario.seed)
+        own = _shift(load(rows), np.full(len(rows), partition_id), data.domain_shift, seed)
+        public = (_shift(load(self.public_rows), self.public_domains, data.domain_shift, seed)
                   if len(self.public_rows) else None)
         return own, public
 
@@ -165,6 +167,6 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
     nonmember_pick = rng.choice(len(heldout), size=min(n_nonmembers, len(heldout)), replace=False)
     targets = Records.concat([all_members.subset(member_pick), heldout.subset(nonmember_pick)])
     targets = targets.subset(rng.permutation(len(targets)))  # order must not reveal membership
-    layout = ClientLayout(info, [member_rows[p] for p in parts],
+    layout = ClientLayout(info, data, scenario.seed, [member_rows[p] for p in parts],
                           public_rows if data.public else np.zeros(0, dtype=np.int64), public_domains)
     return FederationPlan(info, clients, heldout, population, targets, MembershipLedger(owner), public, layout)

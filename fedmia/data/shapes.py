@@ -37,9 +37,11 @@ def load_shapes(*, records: int, image_size: int, seed: int, options: dict,
     masks = np.empty((len(rows), image_size, image_size), dtype=np.uint8)
     # One child seed per record: record i is the same whatever the number of records asked for,
     # and drawing only some rows draws only those.
-    children = np.random.SeedSequence(seed).spawn(records)
     for i, row in enumerate(rows):
-        images[i, 0], masks[i] = scene(np.random.default_rng(children[row]), image_size, noise)
+        # the row-th child of SeedSequence(seed).spawn(records), made directly: spawning every
+        # child costs O(records) for each client that loads its few rows
+        child = np.random.SeedSequence(seed, spawn_key=(int(row),))
+        images[i, 0], masks[i] = scene(np.random.default_rng(child), image_size, noise)
 
     class_names = ["background", "lesion"] if binary else ["background", "organ", "lesion"]
     info = DatasetInfo(name=NAME, in_channels=1, num_classes=len(class_names), class_names=class_names)
