@@ -48,8 +48,8 @@ def _client_data(canonical: str, partition_id: int) -> tuple[Records, Records | 
     """A client's own records (and the public ones), kept for the few clients this worker
     played last: a sampled client is loaded once per visit, not once per message."""
     layout = _layout(canonical)
-    if not 0 <= partition_id < len(layout.client_rows):
-        raise ValueError(f"partition-id {partition_id} outside 0..{len(layout.client_rows) - 1}")
+    if not 0 <= partition_id < layout.clients:
+        raise ValueError(f"partition-id {partition_id} outside 0..{layout.clients - 1}")
     return layout.load_client(partition_id)
 
 

@@ -70,9 +70,26 @@ class ClientLayout:
     info: DatasetInfo
     data: object  # the scenario's DataSpec
     seed: int
-    client_rows: list[np.ndarray]
+    # every client's pool rows end to end, and where each client's start: two arrays, so the
+    # layout of 10,000 clients pickles in a millisecond (Flower ships it with every message)
+    rows: np.ndarray
+    offsets: np.ndarray
     public_rows: np.ndarray
     public_domains: np.ndarray
+
+    @classmethod
+    def from_parts(cls, info: DatasetInfo, data, seed: int, parts: list[np.ndarray],
+                   public_rows: np.ndarray, public_domains: np.ndarray) -> "ClientLayout":
+        offsets = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+        rows = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, dtype=np.int32)
+        return cls(info, data, seed, rows, offsets, public_rows, public_domains)
+
+    @property
+    def clients(self) -> int:
+        return len(self.offsets) - 1
+
+    def rows_of(self, partition_id: int) -> np.ndarray:
+        return self.rows[self.offsets[partition_id] : self.offsets[partition_id + 1]].astype(np.int64)
 
     def load_client(self, partition_id: int) -> tuple[Records, Records | None]:
         """Partition `partition_id`'s records (and the public records), equal to the plan's."""
@@ -84,7 +101,7 @@ class ClientLayout:
                                       seed=seed, options=data.options, rows=rows)
             return records
 
-        rows = self.client_rows[partition_id]
+        rows = self.rows_of(partition_id)
         own = _shift(load(rows), np.full(len(rows), partition_id), data.domain_shift, seed)
         public = (_shift(load(self.public_rows), self.public_domains, data.domain_shift, seed)
                   if len(self.public_rows) else None)
@@ -167,6 +184,6 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
     nonmember_pick = rng.choice(len(heldout), size=min(n_nonmembers, len(heldout)), replace=False)
     targets = Records.concat([all_members.subset(member_pick), heldout.subset(nonmember_pick)])
     targets = targets.subset(rng.permutation(len(targets)))  # order must not reveal membership
-    layout = ClientLayout(info, data, scenario.seed, [member_rows[p] for p in parts],
+    layout = ClientLayout.from_parts(info, data, scenario.seed, [member_rows[p] for p in parts],
                           public_rows if data.public else np.zeros(0, dtype=np.int64), public_domains)
     return FederationPlan(info, clients, heldout, population, targets, MembershipLedger(owner), public, layout)
