@@ -74,6 +74,7 @@ def main() -> None:
           f"client_cpus {scenario.runtime.client_cpus}, torch threads (plain) {torch.get_num_threads()}")
     print(f"fedmia: wall {wall:.1f} s = start-up {metrics['timing']['startup_s']:.1f} s + simulation "
           f"{metrics['timing']['simulation_s']:.1f} s + attacks {metrics['timing']['attacks_s']:.1f} s + evaluation")
+    print(f"Ray workers' warm-up (boot, imports, model; inside round 1): {timing.get('worker_warmup_s', float('nan')):.1f} s")
     print(f"fedmia rounds (s): {', '.join(f'{t:.2f}' for t in rounds)}")
     print(f"plain  rounds (s): {', '.join(f'{t:.2f}' for t in plain)}")
     print(f"steady-state ratio fedmia/plain (median of rounds 2..): {ratio:.2f}x")

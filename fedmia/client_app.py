@@ -10,6 +10,7 @@ without one (`flwr run` of a scenario) a client rebuilds the deterministic plan 
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from fedmia.data.plan import ClientLayout, build_plan
 from fedmia.data.records import Records
+from fedmia.io import process_age
 from fedmia.local import client_recipe, client_seed, local_training
 from fedmia.models import get_weights, scenario_model, set_weights
 from fedmia.scenario import Scenario
@@ -51,6 +53,20 @@ def _client_data(canonical: str, partition_id: int) -> tuple[Records, Records | 
     if not 0 <= partition_id < layout.clients:
         raise ValueError(f"partition-id {partition_id} outside 0..{layout.clients - 1}")
     return layout.load_client(partition_id)
+
+
+_WARM = set()  # pids of this process's first fit (a Ray worker plays many clients)
+
+
+def first_fit_warmup() -> dict:
+    """On a worker's first fit: seconds from its process start to now (Ray worker boot, imports,
+    model construction) as the `worker-warmup-s` metric, so the run reports start-up apart from
+    the rounds; later fits report nothing."""
+    if os.getpid() in _WARM:
+        return {}
+    _WARM.add(os.getpid())
+    age = process_age()
+    return {} if age is None else {"worker-warmup-s": round(age, 3)}
 
 
 class InjectedCrash(RuntimeError):
@@ -93,7 +109,7 @@ class SegmentationClient(NumPyClient):
         seed = client_seed(self.scenario, int(config.get("server-round", 0)), self.partition_id)
         stats = local_training(self.scenario, self.model, self.records, recipe, seed=seed, device=self.device,
                                public=self.public, partition=self.partition_id)
-        metrics = {"partition-id": self.partition_id, **stats}
+        metrics = {"partition-id": self.partition_id, **stats, **first_fit_warmup()}
         weights = get_weights(self.model)
         if config.get("send-update"):
             # Under SecAgg+: updates are small, so they quantise finely; float64 because the

@@ -87,6 +87,10 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
         raise RuntimeError("the simulation ended without a transcript (see the Flower log above)")
     timing = {"simulation_s": result["simulation_s"],
               "startup_s": time.perf_counter() - started - result["simulation_s"]}
+    warmups = [r.metrics["worker-warmup-s"] for v in result["transcript"].rounds for r in v.replies
+               if "worker-warmup-s" in r.metrics]
+    if warmups:  # inside the first round(s): Ray workers booting, importing torch/smp, building the model
+        timing["worker_warmup_s"] = round(max(warmups), 2)
     return finish_run(scenario, result["transcript"], out_dir, timing=timing, console=console,
                       started=started)
 
