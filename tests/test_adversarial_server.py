@@ -79,7 +79,9 @@ def test_isolation_recovers_the_target_update_through_secagg(write_scenario, tmp
     assert all(np.array_equal(a, b) for a, b in zip(last.aggregate, last.sent[target_node]))
 
 
-@pytest.mark.parametrize("pinned", [False, True])
+# Unpinned, the attack's exact recovery through SecAgg+ is what the model-isolation test above
+# shows by the same mechanism; it runs with `pytest -m slow` to keep the default run in budget.
+@pytest.mark.parametrize("pinned", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_config_isolation_and_the_pinning_defense(write_scenario, tmp_path, stops_its_processes, pinned):
     scenario = load_scenario(write_scenario(changes(
         server={"strategy": "config-isolation", "target_client": 0},

@@ -107,8 +107,8 @@ def test_kvasir_folder_scenario_runs_end_to_end_on_a_small_folder(tmp_path, stop
     from fedmia.scenario import Scenario
 
     raw = yaml.safe_load((REPO / "scenarios" / "kvasir-folder.yaml").read_text())
-    write_example_folder(tmp_path / "scans", 24, size=(80, 72))
-    raw["data"].update(image_size=64, members=8, heldout=8, population=8)
+    write_example_folder(tmp_path / "scans", 20, size=(48, 40))
+    raw["data"].update(image_size=32, members=8, heldout=6, population=6)  # 32: depth 5's smallest
     raw["data"]["options"]["path"] = str(tmp_path / "scans")
     raw["federation"].update(rounds=1, batch_size=4)
     raw["evaluation"].update(targets={"members": 4, "nonmembers": 4}, ood_count=3, ood_steps=2)
