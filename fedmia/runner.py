@@ -53,12 +53,14 @@ def quiet_library_notices() -> None:
 
 
 def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None = None,
-                 verbose: bool = False, resume: bool = False, started: float | None = None) -> dict:
+                 verbose: bool = False, resume: bool = False, started: float | None = None,
+                 supernodes: int | None = None) -> dict:
     """Train the federation in Flower's simulation engine (Ray backend), then finish the run.
     With `resume`, continue from the rounds checkpointed in `out_dir/transcript`: the per-round
     seeds make the result the same as an uninterrupted run's. `started`: the `perf_counter()`
     the run's clock starts from (the CLI passes its process's start, so `wall_s` is what the
-    user waits); by default, now."""
+    user waits); by default, now. `supernodes`: how many simulated SuperNodes connect (default:
+    the scenario's clients; fewer makes the server fail after `runtime.connect_timeout_s`)."""
     from flwr.simulation import run_simulation
 
     from fedmia.client_app import make_client_app
@@ -80,9 +82,11 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
         server_app = make_server_app(scenario, result=result, checkpoint=out_dir / "transcript",
                                      on_round_end=lambda view: progress.advance(task), resume=resume)
         run_simulation(server_app=server_app, client_app=make_client_app(scenario, layout),
-                       num_supernodes=scenario.federation.clients,
+                       num_supernodes=supernodes or scenario.federation.clients,
                        backend_name="ray", backend_config=backend_config(scenario),
                        verbose_logging=verbose)
+    if "error" in result:
+        raise result["error"]
     if "transcript" not in result:
         raise RuntimeError("the simulation ended without a transcript (see the Flower log above)")
     timing = {"simulation_s": result["simulation_s"],

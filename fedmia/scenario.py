@@ -183,6 +183,8 @@ class RuntimeSpec(Strict):
         "all", description="which client replies to keep in the run folder"
     )
     cache_dir: str | None = Field(None, description="reference-model cache (default: $FEDMIA_CACHE or .fedmia-cache)")
+    connect_timeout_s: float = Field(300.0, gt=0, description="how long the server waits for federation.clients "
+                                     "SuperNodes to connect before it fails, naming the numbers")
 
 
 class Scenario(Strict):

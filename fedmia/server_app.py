@@ -45,6 +45,23 @@ def make_strategy(scenario: Scenario, on_round_end: Callable[[RoundView], None] 
     return strategy
 
 
+class ClientsMissing(RuntimeError):
+    """Fewer SuperNodes connected than the scenario's clients within `runtime.connect_timeout_s`."""
+
+
+def wait_for_clients(grid, scenario: Scenario) -> None:
+    """Wait until every client of the scenario is connected, or fail within the timeout. Flower's
+    legacy client manager would wait for the missing ones for up to a day."""
+    needed, timeout = scenario.federation.clients, scenario.runtime.connect_timeout_s
+    deadline = time.monotonic() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < needed:
+        if time.monotonic() >= deadline:
+            raise ClientsMissing(
+                f"scenario '{scenario.name}' needs {needed} clients (federation.clients) but {connected} "
+                f"SuperNode(s) connected within {timeout:g} s (runtime.connect_timeout_s)")
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0.01)))
+
+
 def run_federation(grid, context: Context, scenario: Scenario,
                    on_round_end: Callable[[RoundView], None] | None = None,
                    checkpoint: Path | None = None, resume: bool = False) -> Transcript:
@@ -61,6 +78,7 @@ def run_federation(grid, context: Context, scenario: Scenario,
     strategy = make_strategy(scenario, after_round, resume_from=previous)
     remaining = scenario.federation.rounds - (previous.rounds[-1].round if previous and previous.rounds else 0)
     if remaining > 0:
+        wait_for_clients(grid, scenario)
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)
         DefaultWorkflow(fit_workflow=fit_workflow(scenario))(grid, legacy)
     return strategy.transcript
@@ -88,8 +106,14 @@ def make_server_app(scenario: Scenario | None = None, *, result: dict | None = N
         if result is None:  # under `flwr run` this app owns the run folder
             prepare_run_folder(out_dir, current)
         started = time.perf_counter()
-        transcript = run_federation(grid, context, current, on_round_end,
-                                    checkpoint=checkpoint or out_dir / "transcript", resume=resume)
+        try:
+            transcript = run_federation(grid, context, current, on_round_end,
+                                        checkpoint=checkpoint or out_dir / "transcript", resume=resume)
+        except ClientsMissing as error:
+            if result is None:
+                raise
+            result["error"] = error  # in-process: the runner raises it, not Flower's thread log
+            return
         simulation_s = time.perf_counter() - started
         if result is not None:
             result.update(transcript=transcript, simulation_s=simulation_s)

@@ -121,3 +121,24 @@ def test_kvasir_folder_scenario_runs_end_to_end_on_a_small_folder(tmp_path, stop
     # keep_transcript: final — the replies went after the attacks read them
     transcript = Transcript.load(tmp_path / "run" / "transcript")
     assert all(r.weights is not None for r in transcript.rounds[-1].replies)
+
+
+def test_too_few_supernodes_fail_within_the_timeout_naming_the_numbers(write_scenario, tmp_path, stops_its_processes):
+    import time
+
+    from fedmia.server_app import ClientsMissing
+
+    scenario = load_scenario(write_scenario({"runtime": {"connect_timeout_s": 2}}))
+    started = time.monotonic()
+    with pytest.raises(ClientsMissing, match=r"needs 2 clients .* but 1 SuperNode\(s\) connected within 2 s"):
+        run_scenario(scenario, tmp_path / "run", supernodes=1)
+    assert time.monotonic() - started < 60  # Flower's client manager alone would wait a day
+
+
+def test_run_simulation_is_called_by_one_adapter_only():
+    """Flower deprecates `run_simulation`; fedmia/runner.py holds the one call (README says why)."""
+    callers = [path.relative_to(REPO).as_posix()
+               for folder in ("fedmia", "strategies", "bench", "tests")
+               for path in (REPO / folder).rglob("*.py")
+               if "run_simulation(" in path.read_text() and path.name != "test_simulation.py"]
+    assert callers == ["fedmia/runner.py"]
