@@ -41,6 +41,8 @@ class OwnMemory:
 
     def __init__(self):
         self.peak = {"RssAnon": 0, "RssShmem": 0}
+        self.peak_at = 0.0  # seconds from the start of polling to the largest anonymous resident set
+        self._started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -56,8 +58,10 @@ class OwnMemory:
         while not self._stop.wait(0.25):
             for line in Path("/proc/self/status").read_text().splitlines():
                 key = line.split(":")[0]
-                if key in self.peak:
-                    self.peak[key] = max(self.peak[key], int(line.split()[1]))
+                if key in self.peak and int(line.split()[1]) > self.peak[key]:
+                    self.peak[key] = int(line.split()[1])
+                    if key == "RssAnon":
+                        self.peak_at = time.perf_counter() - self._started
 
 
 def main() -> None:
@@ -92,7 +96,9 @@ def main() -> None:
           f"| {evaluation_s:.1f} | {timing['wall_s']:.1f} | {own_peak_mib():.0f} | {memory.peak_mib('worker'):.0f} "
           f"| {memory.peak_mib('system'):.0f} |")
     print(f"server process: largest anonymous {own.peak['RssAnon'] / 1024:.0f} MiB, largest shared "
-          f"(Ray object store pages) {own.peak['RssShmem'] / 1024:.0f} MiB")
+          f"(Ray object store pages) {own.peak['RssShmem'] / 1024:.0f} MiB; the anonymous peak came "
+          f"{own.peak_at:.0f} s in (start-up + rounds ended at {timing['startup_s'] + timing['simulation_s']:.0f} s, "
+          f"attacks at {timing['startup_s'] + timing['simulation_s'] + timing['attacks_s']:.0f} s)")
     print("utility:", json.dumps({k: round(metrics["utility"][k], 3) for k in ("dice", "miou")}),
           "median round:", f"{statistics.median(rounds):.1f} s")
 
