@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,35 +32,6 @@ from fedmia.scenario import Scenario  # noqa: E402
 from fedmia.transcript import Transcript  # noqa: E402
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "kvasir-folder.yaml"
-
-
-class OwnMemory:
-    """Polls this process's resident set split by kind: anonymous (its own heap) and shared
-    memory (Ray's object store pages it maps), each at its largest."""
-
-    def __init__(self):
-        self.peak = {"RssAnon": 0, "RssShmem": 0}
-        self.peak_at = 0.0  # seconds from the start of polling to the largest anonymous resident set
-        self._started = time.perf_counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _poll(self):
-        while not self._stop.wait(0.25):
-            for line in Path("/proc/self/status").read_text().splitlines():
-                key = line.split(":")[0]
-                if key in self.peak and int(line.split()[1]) > self.peak[key]:
-                    self.peak[key] = int(line.split()[1])
-                    if key == "RssAnon":
-                        self.peak_at = time.perf_counter() - self._started
 
 
 def main() -> None:
@@ -81,7 +51,7 @@ def main() -> None:
             raw["data"]["options"]["path"] = str(Path(tmp) / "folder")
         scenario = Scenario.model_validate(raw)
         started = time.perf_counter()
-        with PeakMemory() as memory, OwnMemory() as own:
+        with PeakMemory() as memory:
             metrics = run_scenario(scenario, Path(tmp) / "run", started=started)
         rounds = [v.round_s for v in Transcript.load(Path(tmp) / "run" / "transcript").rounds]
     timing = metrics["timing"]
@@ -95,9 +65,9 @@ def main() -> None:
     print(f"| {timing['startup_s']:.1f} | {' / '.join(f'{r:.1f}' for r in rounds)} | {timing['attacks_s']:.1f} "
           f"| {evaluation_s:.1f} | {timing['wall_s']:.1f} | {own_peak_mib():.0f} | {memory.peak_mib('worker'):.0f} "
           f"| {memory.peak_mib('system'):.0f} |")
-    print(f"server process: largest anonymous {own.peak['RssAnon'] / 1024:.0f} MiB, largest shared "
-          f"(Ray object store pages) {own.peak['RssShmem'] / 1024:.0f} MiB; the anonymous peak came "
-          f"{own.peak_at:.0f} s in (start-up + rounds ended at {timing['startup_s'] + timing['simulation_s']:.0f} s, "
+    print(f"server process: largest anonymous {memory.own['RssAnon'] / 1024:.0f} MiB, largest shared "
+          f"(Ray object store pages) {memory.own['RssShmem'] / 1024:.0f} MiB; the anonymous peak came "
+          f"{memory.own_peak_at:.0f} s in (start-up + rounds ended at {timing['startup_s'] + timing['simulation_s']:.0f} s, "
           f"attacks at {timing['startup_s'] + timing['simulation_s'] + timing['attacks_s']:.0f} s)")
     print("utility:", json.dumps({k: round(metrics["utility"][k], 3) for k in ("dice", "miou")}),
           "median round:", f"{statistics.median(rounds):.1f} s")

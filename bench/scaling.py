@@ -51,10 +51,15 @@ def scenario_for(clients: int, sampled: int | None = None) -> Scenario:
 
 
 class PeakMemory:
-    """Polls this process's descendants; VmHWM is each process's own peak resident set."""
+    """Polls this process's descendants; VmHWM is each process's own peak resident set. For this
+    process it also keeps the largest resident set by kind — anonymous (its own heap) and shared
+    (Ray's object-store pages it maps) — and when the anonymous one peaked."""
 
     def __init__(self):
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.own = {"RssAnon": 0, "RssShmem": 0}  # KiB
+        self.own_peak_at = 0.0  # seconds after polling started
+        self._started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -68,6 +73,12 @@ class PeakMemory:
 
     def _poll(self):
         while not self._stop.wait(0.25):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in self.own and int(value.split()[0]) > self.own[key]:
+                    self.own[key] = int(value.split()[0])
+                    if key == "RssAnon":
+                        self.own_peak_at = time.perf_counter() - self._started
             for pid in descendants(os.getpid()):
                 try:
                     status = Path(f"/proc/{pid}/status").read_text()

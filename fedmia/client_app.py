@@ -30,11 +30,11 @@ from fedmia.validation import load_scenario, scenario_from_canonical
 from fedmia.training import evaluate_utility, pick_device
 
 
-_LAYOUTS: dict[str, ClientLayout | None] = {}  # scenario (canonical) → its layout, in this process
+_LAYOUTS: dict[str, ClientLayout] = {}  # scenario (canonical) → its layout, in this process
 
 
 def _layout(canonical: str) -> ClientLayout:
-    if _LAYOUTS.get(canonical) is None:  # no layout handed over: rebuild the plan (once)
+    if canonical not in _LAYOUTS:  # no layout handed over: rebuild the plan (once)
         _LAYOUTS[canonical] = build_plan(scenario_from_canonical(canonical)).layout
     return _LAYOUTS[canonical]
 
