@@ -47,6 +47,17 @@ def _check_data_or_exit(path: Path, parsed) -> None:
         raise typer.Exit(USAGE_ERROR)
 
 
+def _sites_placed_or_exit(path: Path, parsed) -> None:
+    """Every site's folder is on this machine (a simulated or loopback multi-site audit)."""
+    from fedmia.data.sites import check_site_folders
+
+    try:
+        check_site_folders(parsed)
+    except ValueError as error:
+        typer.echo(f"{path}: data.sites: {error}", err=True)
+        raise typer.Exit(USAGE_ERROR)
+
+
 @app.command()
 def validate(scenario: Path = typer.Argument(..., help="scenario YAML file")) -> None:
     """Check a scenario file without running it."""
@@ -74,6 +85,7 @@ def run(
     from fedmia.runner import run_scenario
 
     _check_data_or_exit(scenario, parsed)  # before Ray starts and before any file is written
+    _sites_placed_or_exit(scenario, parsed)
     folder = resume or out_dir or Path("runs") / parsed.name
     # the clock starts with the process: imports and start-up are part of what the user waits
     launched = time.perf_counter() - (process_age() or 0.0)
@@ -180,24 +192,100 @@ def deploy_local(
 ) -> None:
     """Run a scenario on Flower's deployment engine on this machine: a SuperLink and one
     SuperNode per client as separate processes (127.0.0.1 only), then `flwr run`."""
-    from fedmia.deploy import local_deployment, self_signed_certificates
+    from fedmia.deploy import local_deployment, self_signed_certificates, site_node_configs
 
     parsed = _load_or_exit(scenario)
     _check_data_or_exit(scenario, parsed)
+    _sites_placed_or_exit(scenario, parsed)
     folder = out_dir or Path("runs") / parsed.name
     certs = self_signed_certificates(workdir / "certs") if tls or auth else None
-    with local_deployment(parsed.federation.clients, workdir, certs, auth) as deployment:
+    # a multi-site scenario: each SuperNode gets its site's name and folder, as a hospital's would
+    configs = site_node_configs(parsed.with_absolute_paths()) if parsed.data.multi_site else None
+    with local_deployment(parsed.federation.clients, workdir, certs, auth, configs) as deployment:
         out.print(f"SuperLink on 127.0.0.1:{deployment.superlink_port}, {parsed.federation.clients} SuperNodes; "
                   f"logs in {workdir}")
-        result = deployment.run(scenario, folder)
-    if result.returncode != 0:
+        result = deployment.run(parsed.with_absolute_paths(keep_site_paths=False), folder)
+    _finished_or_exit(result, folder, parsed)
+
+
+def _finished_or_exit(result, folder: Path, parsed) -> None:
+    """`flwr run` exits 0 even when the ServerApp failed: the run folder says whether it finished."""
+    if result.returncode != 0 or not (folder / "metrics.json").is_file():
         typer.echo(result.stdout[-4000:] + result.stderr[-4000:], err=True)
+        typer.echo(f"the run did not finish: no {folder / 'metrics.json'} (Flower's output above)", err=True)
         raise typer.Exit(1)
     from fedmia.evaluation.compare import load_run
     from fedmia.evaluation import summary_table
 
     out.print(summary_table(load_run(folder)["metrics"]))
-    out.print(f"run folder: {folder}")
+    out.print(f"run folder: {folder}" + ("  (membership: `fedmia evaluate` it with the sites' manifests)"
+                                         if parsed.data.multi_site else ""))
+
+
+@app.command()
+def manifest(
+    folder: Path = typer.Argument(..., help="the site's own data folder (images/ and masks/)"),
+    site: str = typer.Option(..., "--site", help="the site's name, as in the scenario's data.sites"),
+    out_file: Path = typer.Option(..., "--out", help="manifest file to write (JSON)"),
+    images: str = typer.Option("images", "--images", help="images subfolder"),
+    masks: str = typer.Option("masks", "--masks", help="masks subfolder"),
+) -> None:
+    """Run at a site: the SHA-256 digest of every record its client trains on (no image, no
+    file name) — the ground truth an auditor joins with a run by `fedmia evaluate`."""
+    from fedmia.data.sites import write_manifest
+
+    try:
+        written = write_manifest(folder, site, out_file, images, masks)
+    except ValueError as error:
+        typer.echo(f"{folder}: {error}", err=True)
+        raise typer.Exit(USAGE_ERROR)
+    out.print(f"{out_file}: {len(written['records'])} records of site {site}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a multi-site run folder"),
+    manifests: Path = typer.Option(..., "--manifests", help="folder holding one manifest per site"),
+) -> None:
+    """Membership figures of a multi-site run: join its saved scores with the sites' manifests."""
+    from fedmia.data.sites import ManifestError
+    from fedmia.evaluation import summary_table
+    from fedmia.evaluation.compare import RunFolderError
+    from fedmia.evaluation.manifests import evaluate_with_manifests
+
+    saved = run_dir / "scenario.yaml"
+    if not saved.is_file():
+        typer.echo(f"{run_dir}: not a fedmia run folder (no scenario.yaml in it)", err=True)
+        raise typer.Exit(USAGE_ERROR)
+    try:
+        metrics = evaluate_with_manifests(_load_or_exit(saved), run_dir, manifests)
+    except (RunFolderError, ManifestError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(USAGE_ERROR)
+    out.print(summary_table(metrics))
+    out.print(f"written: {run_dir / 'metrics.json'}, {run_dir / 'ledger.json'}, {run_dir / 'report.md'}")
+
+
+@app.command()
+def deploy(
+    scenario: Path = typer.Argument(..., help="scenario YAML file (a multi-site one: data.sites)"),
+    superlink: str = typer.Option(..., "--superlink", help="the SuperLink's Control API, HOST:PORT (9093 by default)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder, on the SuperLink's machine (default: runs/<name>)"),
+    root_certificates: Optional[Path] = typer.Option(None, "--root-certificates", help="CA certificate of a TLS SuperLink"),
+    insecure: bool = typer.Option(False, "--insecure", help="plain-text connection (testing only)"),
+) -> None:
+    """The auditor's side of a multi-site audit: submit the scenario to a running SuperLink
+    (`flwr run`) whose SuperNodes are the sites, and wait for the run folder."""
+    from fedmia.deploy import submit
+
+    parsed = _load_or_exit(scenario)
+    if (root_certificates is None) == (not insecure):
+        typer.echo("fedmia deploy: give --root-certificates CA_FILE (TLS) or --insecure", err=True)
+        raise typer.Exit(USAGE_ERROR)
+    _check_data_or_exit(scenario, parsed)  # the auditor's own folders, before anything is sent
+    folder = out_dir or Path("runs") / parsed.name
+    result = submit(parsed.with_absolute_paths(keep_site_paths=False), folder, superlink, root_certificates)
+    _finished_or_exit(result, folder, parsed)
 
 
 @app.command("list")

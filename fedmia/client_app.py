@@ -5,6 +5,7 @@ runs only on that path, and one code path for plain and secure runs keeps them c
 In simulation the runner hands the apps the plan's `ClientLayout`, so a Ray worker loads only
 the records of the clients it plays (memory set by the sampled clients, not the federation);
 without one (`flwr run` of a scenario) a client rebuilds the deterministic plan and keeps its part.
+In a multi-site audit (data.sites) a SuperNode reads only its own folder, named in its node config.
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from fedmia.data.plan import ClientLayout, build_plan
 from fedmia.data.records import Records
+from fedmia.data.sites import SiteLayout
 from fedmia.io import process_age
 from fedmia.local import client_recipe, client_seed, local_training
 from fedmia.models import get_weights, scenario_model, set_weights
 from fedmia.scenario import Scenario
-from fedmia.validation import load_scenario, scenario_from_canonical
+from fedmia.validation import scenario_from_canonical, scenario_from_run_config
 from fedmia.training import evaluate_utility, pick_device
 
 
 _LAYOUTS: dict[str, ClientLayout] = {}  # scenario (canonical) → its layout, in this process
 
 
-def _layout(canonical: str) -> ClientLayout:
+def _layout(canonical: str) -> ClientLayout | SiteLayout:
     if canonical not in _LAYOUTS:  # no layout handed over: rebuild the plan (once)
-        _LAYOUTS[canonical] = build_plan(scenario_from_canonical(canonical)).layout
+        scenario = scenario_from_canonical(canonical)
+        # a site never builds the server's plan: it has no other party's folder
+        _LAYOUTS[canonical] = (SiteLayout.from_data(scenario.data) if scenario.data.multi_site
+                               else build_plan(scenario).layout)
     return _LAYOUTS[canonical]
 
 
@@ -46,13 +51,32 @@ def _model_skeleton(canonical: str):
 
 
 @functools.lru_cache(maxsize=8)
-def _client_data(canonical: str, partition_id: int) -> tuple[Records, Records | None]:
+def _client_data(canonical: str, partition_id: int, data_path: str | None = None) -> tuple[Records, Records | None]:
     """A client's own records (and the public ones), kept for the few clients this worker
-    played last: a sampled client is loaded once per visit, not once per message."""
+    played last: a sampled client is loaded once per visit, not once per message. `data_path`:
+    a multi-site SuperNode's own folder."""
     layout = _layout(canonical)
     if not 0 <= partition_id < layout.clients:
         raise ValueError(f"partition-id {partition_id} outside 0..{layout.clients - 1}")
+    if isinstance(layout, SiteLayout):
+        return layout.load_client(partition_id, data_path)
     return layout.load_client(partition_id)
+
+
+def partition_of(scenario: Scenario, node_config) -> tuple[int, str | None]:
+    """(partition-id, own data folder) from a SuperNode's node config. A multi-site SuperNode
+    names its site (`site='hospital-a'`, its index in data.sites) and its folder (`data-path`);
+    a simulated one gets Flower's `partition-id`."""
+    data_path = node_config.get("data-path")
+    if "site" in node_config:
+        names = [site.name for site in scenario.data.sites]
+        if str(node_config["site"]) not in names:
+            raise ValueError(f"--node-config site={node_config['site']!r} is not one of the scenario's "
+                             f"data.sites {names}")
+        return names.index(str(node_config["site"])), None if data_path is None else str(data_path)
+    if data_path is not None and not scenario.data.multi_site:
+        raise ValueError("--node-config data-path is for a multi-site scenario (data.sites)")
+    return int(node_config["partition-id"]), None if data_path is None else str(data_path)
 
 
 _WARM = set()  # pids of this process's first fit (a Ray worker plays many clients)
@@ -92,11 +116,11 @@ def optional_secaggplus_mod(msg, ctxt, call_next):
 
 
 class SegmentationClient(NumPyClient):
-    def __init__(self, scenario: Scenario, partition_id: int):
+    def __init__(self, scenario: Scenario, partition_id: int, data_path: str | None = None):
         self.scenario = scenario
         self.partition_id = partition_id
         canonical = scenario.canonical()
-        self.records, self.public = _client_data(canonical, partition_id)
+        self.records, self.public = _client_data(canonical, partition_id, data_path)
         self.num_classes = _layout(canonical).info.num_classes
         self.model = _model_skeleton(canonical)
         self.device = pick_device(scenario.runtime.device)
@@ -125,17 +149,24 @@ class SegmentationClient(NumPyClient):
         return utility["loss"], len(self.records), metrics
 
 
+@functools.lru_cache(maxsize=2)
+def _run_scenario(encoded: str, path: str) -> Scenario:
+    """A `flwr run`'s scenario, read and validated once per process, not once per message."""
+    return scenario_from_run_config({"scenario-b64": encoded, "scenario": path})
+
+
 def make_client_app(scenario: Scenario | None = None, layout: ClientLayout | None = None) -> ClientApp:
     """A ClientApp for `scenario`, or — under `flwr run` — for the run config's `scenario` path.
     `layout`: where each client's records sit (the runner passes the plan's)."""
 
     def client_fn(context: Context):
-        current = scenario or load_scenario(str(context.run_config["scenario"]))
+        current = scenario or _run_scenario(str(context.run_config.get("scenario-b64", "")),
+                                            str(context.run_config.get("scenario", "")))
         if layout is not None:
             _LAYOUTS[current.canonical()] = layout
         torch.set_num_threads(max(1, int(current.runtime.client_cpus)))
-        partition_id = int(context.node_config["partition-id"])
-        return SegmentationClient(current, partition_id).to_client()
+        partition_id, data_path = partition_of(current, context.node_config)
+        return SegmentationClient(current, partition_id, data_path).to_client()
 
     return ClientApp(client_fn=client_fn, mods=[optional_secaggplus_mod])
 

@@ -40,6 +40,9 @@ class LocalDeployment:
     auth: bool = False  # SuperNode authentication: only registered public keys may join (needs TLS)
     superlink_port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen] = field(default_factory=list)
+    # one `--node-config` per SuperNode; default: Flower's partition-id/num-partitions (a
+    # multi-site audit gives each its site and its own folder: `site_node_configs`)
+    node_configs: list[str] | None = None
 
     def __post_init__(self):
         if self.auth and self.tls_dir is None:
@@ -82,11 +85,16 @@ class LocalDeployment:
                 self.register(key.with_suffix(".pub"))
             self.spawn_supernode(k, key)
 
+    def node_config(self, partition: int) -> str:
+        if self.node_configs is not None:
+            return self.node_configs[partition]
+        return f"partition-id={partition} num-partitions={self.clients}"
+
     def spawn_supernode(self, partition: int, private_key: Path | None = None, log: str | None = None) -> subprocess.Popen:
         auth = ["--auth-supernode-private-key", str(private_key)] if private_key else []
         return self._spawn([_bin("flower-supernode"), *self._security("supernode"), *auth,
                             "--superlink", f"127.0.0.1:{self.superlink_port}",
-                            "--node-config", f"partition-id={partition} num-partitions={self.clients}",
+                            "--node-config", self.node_config(partition),
                             "--host", "127.0.0.1", "--port", str(free_port())], log or f"supernode-{partition}.log")
 
     def register(self, public_key: Path) -> None:
@@ -98,10 +106,9 @@ class LocalDeployment:
 
     def write_connection(self) -> None:
         """`flwr run . local-deploy` finds the SuperLink through $FLWR_HOME/config.toml."""
-        lines = ["[superlink]", 'default = "local-deploy"', "", "[superlink.local-deploy]",
-                 f'address = "127.0.0.1:{self.superlink_port}"']
-        lines.append("insecure = true" if self.tls_dir is None else f'root-certificates = "{self.tls_dir / "ca.crt"}"')
-        (self.workdir / "flwr-home" / "config.toml").write_text("\n".join(lines) + "\n")
+        (self.workdir / "flwr-home" / "config.toml").write_text(connection_config(
+            f"127.0.0.1:{self.superlink_port}", None if self.tls_dir is None else self.tls_dir / "ca.crt",
+            "local-deploy"))
 
     def _wait_for_port(self, port: int, timeout: float = 60.0) -> None:
         deadline = time.time() + timeout
@@ -114,10 +121,8 @@ class LocalDeployment:
             time.sleep(0.3)
         raise TimeoutError(f"SuperLink did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
-    def run(self, scenario: Path, out_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-        config = f"scenario='{Path(scenario).resolve()}' out='{Path(out_dir).resolve()}'"
-        return subprocess.run([_bin("flwr"), "run", str(REPO), "local-deploy", "--stream", "--run-config", config],
-                              cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=timeout)
+    def run(self, scenario, out_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+        return flwr_run(scenario, out_dir, "local-deploy", self.env, self.workdir, timeout)
 
     def stop(self) -> None:
         """Stop every process started here and everything they started (SuperExec, ServerApp and
@@ -128,6 +133,49 @@ class LocalDeployment:
         terminate(pids)
         for proc in self.processes:
             proc.wait()
+
+
+def flwr_run(scenario, out_dir: Path, federation: str, env: dict, cwd: Path,
+             timeout: float | None = None) -> subprocess.CompletedProcess:
+    """`flwr run` of this app. `scenario`: a file (its absolute path is sent: the ServerApp and
+    ClientApps open it, whatever directory they were started in) or a `Scenario`, sent whole
+    (for SuperNodes on other machines, which have no copy of the file). `out` is made absolute:
+    the ServerApp writes it on the SuperLink's machine."""
+    if isinstance(scenario, (str, Path)):
+        config = f"scenario='{Path(scenario).resolve()}'"
+    else:
+        from fedmia.validation import encode_for_run_config
+
+        config = f"scenario-b64='{encode_for_run_config(scenario)}'"
+    config += f" out='{Path(out_dir).resolve()}'"
+    return subprocess.run([_bin("flwr"), "run", str(REPO), federation, "--stream", "--run-config", config],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def connection_config(address: str, root_certificates: Path | None, name: str = "audit") -> str:
+    """The `$FLWR_HOME/config.toml` through which `flwr run . NAME` reaches a SuperLink."""
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    lines.append("insecure = true" if root_certificates is None
+                 else f'root-certificates = "{Path(root_certificates).resolve()}"')
+    return "\n".join(lines) + "\n"
+
+
+def site_node_configs(scenario) -> list[str]:
+    """Each simulated site's `--node-config` on a loopback deployment: its name and its folder,
+    as a hospital's own SuperNode would be started."""
+    return [f"site='{site.name}' data-path='{Path(site.path).resolve()}'" for site in scenario.data.sites]
+
+
+def submit(scenario, out_dir: Path, superlink: str, root_certificates: Path | None,
+           timeout: float | None = None) -> subprocess.CompletedProcess:
+    """`fedmia deploy`: the auditor submits the run to a running SuperLink (its Control API)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fedmia-flwr-home-") as home:
+        (Path(home) / "config.toml").write_text(connection_config(superlink, root_certificates))
+        env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0",
+               "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+        return flwr_run(scenario, out_dir, "audit", env, Path(home), timeout)
 
 
 def descendants(pid: int) -> set[int]:
@@ -173,8 +221,9 @@ def terminate(pids: set[int], timeout: float = 15.0) -> None:
 
 
 @contextmanager
-def local_deployment(clients: int, workdir: Path, tls_dir: Path | None = None, auth: bool = False):
-    deployment = LocalDeployment(clients, Path(workdir), tls_dir, auth)
+def local_deployment(clients: int, workdir: Path, tls_dir: Path | None = None, auth: bool = False,
+                     node_configs: list[str] | None = None):
+    deployment = LocalDeployment(clients, Path(workdir), tls_dir, auth, node_configs=node_configs)
     try:
         deployment.start()
         yield deployment

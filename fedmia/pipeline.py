@@ -23,7 +23,8 @@ from fedmia.attacks import ATTACKS, AdversaryView, AttackResult, QueryAPI
 from fedmia.attacks.updates import NeedsClientUpdates
 from fedmia.data.plan import build_plan
 from fedmia.defenses import active
-from fedmia.evaluation.ood import ood_metrics
+from fedmia.evaluation.manifests import ADVERSARY_OUTPUT
+from fedmia.evaluation.ood import ood_rates, ood_scores
 from fedmia.evaluation.run_metrics import evaluate_run
 from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
@@ -145,16 +146,23 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     results = run_attacks(scenario, view, console)
     timing = {**timing, "attacks_s": time.perf_counter() - attacks_started}
 
-    # ---- evaluation: the only place that reads the ground truth ----
-    write_json_atomic(out_dir / "ledger.json", plan.ledger.to_json())
-    metrics, curves = evaluate_run(scenario, plan, transcript, results)
+    scored, sizes = {}, {}
     if scenario.evaluation.ood:
         with progress_bar(console) as progress:  # optimised fakes take a while: show the sets
             task = progress.add_task("OOD sets", total=len(scenario.evaluation.ood))
-            metrics.update(ood_metrics(served, plan, results, scenario.evaluation.ood,
+            scored, sizes = ood_scores(served, plan, results, scenario.evaluation.ood,
                                        scenario.evaluation.ood_count, scenario.seed, device=view.device,
                                        report=lambda name: progress.update(task, advance=1, description=f"OOD sets: {name}"),
-                                       steps=scenario.evaluation.ood_steps))
+                                       steps=scenario.evaluation.ood_steps)
+
+    # ---- evaluation: the only place that reads the ground truth ----
+    metrics, curves = evaluate_run(scenario, plan, transcript, results)
+    if plan.ledger is not None:
+        write_json_atomic(out_dir / "ledger.json", plan.ledger.to_json())
+        if scenario.evaluation.ood:
+            metrics.update(ood_rates(scored, results, plan.ledger.is_member(plan.targets.ids), sizes))
+    else:  # a multi-site audit: what `fedmia evaluate --manifests` joins with the sites' ground truth
+        write_json_atomic(out_dir / ADVERSARY_OUTPUT, adversary_output(scenario, results, scored, sizes))
     if release is not None:  # the defense's utility cost is on what is served
         utility = metrics["utility"]
         utility["global_model"] = {"dice": utility["dice"], "miou": utility["miou"]}
@@ -172,6 +180,22 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))
     return metrics
+
+
+def adversary_output(scenario: Scenario, results: dict[str, AttackResult], scored: dict, sizes: dict) -> dict:
+    """What the attacks decided beyond their scores (thresholds, owners, skips), their scores on
+    the OOD sets, and each target's file digest: with scores.csv, all the evaluator needs once
+    the sites' manifests arrive. No ground truth is in it."""
+    from fedmia.data.sites import target_digests
+
+    return {
+        "attacks": {name: {"threshold": r.threshold, "scope_client": r.scope_client, "skipped": r.skipped,
+                           "owners": None if r.owners is None else np.asarray(r.owners).tolist()}
+                    for name, r in results.items()},
+        "ood_scores": {a: {k: v.tolist() for k, v in by_set.items()} for a, by_set in scored.items()},
+        "ood_sets": sizes,
+        "target_digests": target_digests(scenario),
+    }
 
 
 def write_scores(path: Path, ids, scores: dict[str, np.ndarray]) -> None:

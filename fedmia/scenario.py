@@ -41,6 +41,24 @@ class PartitionSpec(Strict):
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = skewed")
 
 
+class SiteSpec(Strict):
+    """One hospital of a multi-site audit. Its records never leave it: deployed, its SuperNode
+    reads its own folder (`--node-config "data-path='...' site='NAME'"`); `path` is only for
+    simulating the same federation on one machine."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the site's --node-config `site`")
+    path: str | None = Field(None, description="this site's folder, for `fedmia run` (simulation) only")
+
+
+class AuditorSpec(Strict):
+    """What the auditor (the server side) holds of a multi-site audit, each a folder laid out
+    like the sites' (`images/`, `masks/`). Which targets are members it does not know."""
+
+    targets: str = Field(description="candidates it scores: records the sites shared for the audit, and others")
+    population: str = Field(description="its prior data (thresholds, shadow and reference models)")
+    test: str = Field(description="its own test set for utility (Dice/mIoU), never trained on")
+
+
 class DataSpec(Strict):
     dataset: str = "shapes"
     image_size: int = Field(32, ge=16, le=1024)
@@ -52,6 +70,13 @@ class DataSpec(Strict):
                         "distillation transfer set), disjoint from all the above; never targets")
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     domain_shift: float = Field(0.0, ge=0, le=1, description="per-client acquisition shift (0 = none)")
+    sites: list[SiteSpec] = Field(default_factory=list, description="a multi-site audit: one site per client, "
+                                  "each with its own folder; members stay at the sites (empty: one pool)")
+    auditor: AuditorSpec | None = Field(None, description="the server side's folders (with `sites`)")
+
+    @property
+    def multi_site(self) -> bool:
+        return bool(self.sites)
 
 
 class ModelSpec(Strict):
@@ -226,6 +251,26 @@ class Scenario(Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.resolved(), sort_keys=False)
+
+    def with_absolute_paths(self, base: str | Path | None = None, *, keep_site_paths: bool = True) -> "Scenario":
+        """A copy whose data folders are absolute (relative ones taken from `base`, default the
+        current directory): a scenario submitted with `flwr run` is opened by a ServerApp in
+        another directory, maybe on another machine. Without `keep_site_paths`, the sites'
+        simulation folders are dropped: deployed, each SuperNode names its own."""
+        base = Path(base or Path.cwd())
+
+        def absolute(path: str | None) -> str | None:
+            return None if path is None else str((base / Path(path).expanduser()).resolve())
+
+        raw = self.resolved()
+        data = raw["data"]
+        if self.data.dataset == "folder" and isinstance(data["options"].get("path"), str):
+            data["options"]["path"] = absolute(data["options"]["path"])
+        for site in data["sites"]:
+            site["path"] = absolute(site["path"]) if keep_site_paths else None
+        if data["auditor"] is not None:
+            data["auditor"] = {key: absolute(value) for key, value in data["auditor"].items()}
+        return Scenario.model_validate(raw)
 
     def canonical(self) -> str:
         """A stable text form, used as a cache key and to ship the scenario to clients."""

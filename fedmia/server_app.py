@@ -21,7 +21,7 @@ from fedmia.defenses import active
 from fedmia.models import get_weights, scenario_model, weight_names
 from fedmia.pipeline import finish_run, prepare_run_folder
 from fedmia.scenario import Scenario
-from fedmia.validation import load_scenario
+from fedmia.validation import scenario_from_run_config
 from fedmia.transcript import RoundView, Transcript
 
 
@@ -101,7 +101,7 @@ def make_server_app(scenario: Scenario | None = None, *, result: dict | None = N
 
     @app.main()
     def main(grid, context: Context) -> None:
-        current = scenario or load_scenario(str(context.run_config["scenario"]))
+        current = scenario or scenario_from_run_config(context.run_config)
         out_dir = Path(str(context.run_config.get("out", f"runs/{current.name}")))
         if result is None:  # under `flwr run` this app owns the run folder
             prepare_run_folder(out_dir, current)

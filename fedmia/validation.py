@@ -21,15 +21,20 @@ from fedmia.scenario import Scenario, ScenarioError, describe_pydantic_error, pa
 def plan_problems(scenario: Scenario) -> list[tuple[str, str]]:
     """Cross-checks of the schema's own fields (no plug-in needed)."""
     data, fed = scenario.data, scenario.federation
-    problems: list[tuple[str, str]] = []
-    if fed.clients > data.members:
-        problems.append(("federation.clients", f"{fed.clients} clients cannot share {data.members} member records "
-                         "(data.members); expected at most one client per record"))
+    if data.multi_site:
+        problems = _site_problems(scenario)
+    elif fed.clients > data.members:
+        problems = [("federation.clients", f"{fed.clients} clients cannot share {data.members} member records "
+                     "(data.members); expected at most one client per record")]
+    else:
+        problems = []
     if scenario.clients_per_round > fed.clients:
         problems.append(("federation.clients_per_round",
                          f"expected at most federation.clients ({fed.clients}), found {scenario.clients_per_round}"))
     targets = scenario.evaluation.targets
-    if targets.members is not None and targets.members > data.members:
+    if data.multi_site:
+        pass  # the auditor's target folder is the target list; its members are the sites' secret
+    elif targets.members is not None and targets.members > data.members:
         problems.append(("evaluation.targets.members",
                          f"expected at most data.members ({data.members}), found {targets.members}"))
     nonmembers = targets.nonmembers or targets.members
@@ -43,7 +48,7 @@ def plan_problems(scenario: Scenario) -> list[tuple[str, str]]:
     if data.image_size % (2 ** model.encoder_depth) != 0:
         problems.append(("data.image_size", f"expected a multiple of 2**encoder_depth = {2 ** model.encoder_depth}, "
                          f"found {data.image_size}"))
-    memory = _memory_problem(scenario)
+    memory = None if data.multi_site else _memory_problem(scenario)  # folders are sized when read
     if memory:
         problems.append(memory)
     names = scenario.attack_names
@@ -56,6 +61,45 @@ def plan_problems(scenario: Scenario) -> list[tuple[str, str]]:
         if crash.round > fed.rounds:
             problems.append((f"faults.crash.{i}.round", f"expected a round in 1..federation.rounds ({fed.rounds}), "
                              f"found {crash.round}"))
+    return problems
+
+
+# one pool's counts and its synthetic split mean nothing when the records are the sites' own
+_POOL_ONLY = ("members", "heldout", "population", "public", "partition", "domain_shift")
+
+
+def _site_problems(scenario: Scenario) -> list[tuple[str, str]]:
+    """A multi-site audit: one `folder` per site, the auditor's folders, one client per site."""
+    data, fed = scenario.data, scenario.federation
+    problems: list[tuple[str, str]] = []
+    if data.dataset != "folder":
+        problems.append(("data.dataset", f"data.sites reads each site's own folder: expected 'folder', "
+                         f"found {data.dataset!r}"))
+    if data.auditor is None:
+        problems.append(("data.auditor", "required with data.sites: the folders the auditor holds "
+                         "(targets, population, test)"))
+    if "path" in data.options:
+        problems.append(("data.options.path", "with data.sites each site has its own folder "
+                         "(data.sites.N.path, or its SuperNode's data-path) and the auditor its own (data.auditor)"))
+    defaults = type(data)()
+    for key in _POOL_ONLY:
+        if getattr(data, key) != getattr(defaults, key):  # a saved run's scenario.yaml spells out defaults
+            problems.append((f"data.{key}", f"has no meaning with data.sites (the sites' folders are the "
+                             f"members; the auditor's folders the rest): leave it out, found {getattr(data, key)!r}"))
+    if data.options.get("mask_mode") == "index" and data.options.get("num_classes") is None:
+        problems.append(("data.options.num_classes", "required with data.sites and mask_mode 'index': "
+                         "every site and the auditor must agree on the classes"))
+    names = [site.name for site in data.sites]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append((f"data.sites.{i}.name", f"each site is named once, found {name!r} twice"))
+    if fed.clients != len(names):
+        problems.append(("federation.clients", f"expected one client per site in data.sites ({len(names)}), "
+                         f"found {fed.clients}"))
+    targets = scenario.evaluation.targets
+    if targets.members is not None or targets.nonmembers is not None:
+        problems.append(("evaluation.targets", "with data.sites the targets are the files in "
+                         "data.auditor.targets (their membership is the sites' to tell); remove it"))
     return problems
 
 
@@ -162,6 +206,23 @@ def parse_scenario(raw: Any, source: str = "<scenario>") -> Scenario:
 
 def load_scenario(path: str | Path) -> Scenario:
     return parse_scenario(read_yaml(path), str(path))
+
+
+def scenario_from_run_config(run_config) -> Scenario:
+    """The scenario of a `flwr run`: sent whole (`scenario-b64`, by `fedmia deploy`), else the
+    file at `scenario`, read where the app runs."""
+    import base64
+
+    encoded = str(run_config.get("scenario-b64", "") or "")
+    if encoded:
+        return scenario_from_canonical(base64.b64decode(encoded).decode("utf-8"))
+    return load_scenario(str(run_config["scenario"]))
+
+
+def encode_for_run_config(scenario: Scenario) -> str:
+    import base64
+
+    return base64.b64encode(scenario.canonical().encode("utf-8")).decode("ascii")
 
 
 def scenario_from_canonical(canonical: str) -> Scenario:

@@ -30,11 +30,6 @@ def load_folder(*, records: int, image_size: int, seed: int, options: dict,
                 rows: np.ndarray | None = None) -> tuple[Records, DatasetInfo]:
     del seed  # files on disk are already fixed; nothing to draw
     opts = read_options(NAME, options, DEFAULTS)
-    if opts["path"] is None:
-        raise ValueError(f"{NAME}: option 'path' is required")
-    root = Path(opts["path"]).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"{NAME}: path '{root}' does not exist")
     channels = opts["channels"]
     if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels not in (1, 3):
         raise ValueError(f"{NAME}: channels must be 1 or 3, found {channels!r}")
@@ -47,7 +42,8 @@ def load_folder(*, records: int, image_size: int, seed: int, options: dict,
         if mask_mode == "binary" and num_classes != 2:
             raise ValueError(f"{NAME}: mask_mode 'binary' has 2 classes, found num_classes={num_classes}")
 
-    pairs = _pair_files(root, opts["images"], opts["masks"])
+    pairs = folder_pairs(opts)
+    root = Path(opts["path"]).expanduser()
     if len(pairs) < records:
         raise ValueError(
             f"{NAME}: '{root}' has {len(pairs)} image/mask pairs, but {records} records were asked for"
@@ -57,7 +53,7 @@ def load_folder(*, records: int, image_size: int, seed: int, options: dict,
         pairs = [pairs[row] for row in rows]
 
     for _, image_path, mask_path in pairs:  # every file's problem, named, before any training
-        _check_pair(image_path, mask_path)
+        check_pair(image_path, mask_path)
     images = np.zeros((len(pairs), channels, image_size, image_size), dtype=np.float32)
     # index masks may be 16-bit PNGs; Records narrows to the smallest type that holds them
     masks = np.zeros((len(pairs), image_size, image_size), dtype=np.uint8 if mask_mode == "binary" else np.int32)
@@ -83,6 +79,18 @@ def load_folder(*, records: int, image_size: int, seed: int, options: dict,
     ids = np.array([f"{NAME}:{stem}" for stem, _, _ in pairs], dtype=object)
     info = DatasetInfo(name=NAME, in_channels=channels, num_classes=num_classes, class_names=class_names)
     return Records(images, masks, ids), info
+
+
+def folder_pairs(options: dict) -> list[tuple[str, Path, Path]]:
+    """(stem, image path, mask path) of every record in the folder `options` name, in the
+    order the loader reads them (sorted by stem)."""
+    opts = read_options(NAME, options, DEFAULTS)
+    if opts["path"] is None:
+        raise ValueError(f"{NAME}: option 'path' is required")
+    root = Path(opts["path"]).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"{NAME}: path '{root}' does not exist")
+    return _pair_files(root, opts["images"], opts["masks"])
 
 
 def _pair_files(root: Path, images_name: str, masks_name: str) -> list[tuple[str, Path, Path]]:
@@ -118,7 +126,7 @@ def _files_by_stem(folder: Path, role: str) -> dict[str, Path]:
     return found
 
 
-def _check_pair(image_path: Path, mask_path: Path) -> None:
+def check_pair(image_path: Path, mask_path: Path) -> None:
     """Both files open as images, and the mask covers its image pixel for pixel."""
     sizes = []
     for role, path in (("image", image_path), ("mask", mask_path)):

@@ -15,6 +15,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from fedmia.data.datasets import load_dataset
 from fedmia.data.partition import partition
 from fedmia.data.records import DatasetInfo, Records
 from fedmia.data.shapes import apply_domain_shift
+
+if TYPE_CHECKING:
+    from fedmia.data.sites import SiteLayout
 
 NON_MEMBER = "non-member"
 POPULATION = "population"
@@ -55,9 +59,9 @@ class FederationPlan:
     heldout: Records
     population: Records
     targets: Records  # what the adversary scores; membership unknown to it
-    ledger: MembershipLedger
+    ledger: MembershipLedger | None  # None in a multi-site audit: the sites' manifests tell it later
     public: Records | None = None  # shared public records (training-time defenses), never targets
-    layout: "ClientLayout | None" = None  # where each client's records sit in the pool
+    layout: "ClientLayout | SiteLayout | None" = None  # where each client's records are
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,10 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
     from fedmia.scenario import Scenario
 
     scenario = Scenario.model_validate_json(canonical)
+    if scenario.data.multi_site:  # each site's records stay with it: fedmia/data/sites.py
+        from fedmia.data.sites import build_site_plan
+
+        return build_site_plan(scenario)
     data, fed = scenario.data, scenario.federation
     rng = np.random.default_rng(scenario.seed)
     total = data.members + data.heldout + data.population + data.public

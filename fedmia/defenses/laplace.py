@@ -49,6 +49,9 @@ class LastLayerLaplace(Defense):
         return f"last-layer Laplace release (fit on {self.params.fit_on})"
 
     def problems(self, scenario) -> list[tuple[str, str]]:
+        if self.params.fit_on == "members" and scenario.data.multi_site:
+            return [("defenses.laplace.fit_on", "members are the sites' own records, which the server "
+                     "never holds in a multi-site audit (data.sites); expected 'public'")]
         if self.params.fit_on == "public" and scenario.data.public < 2:
             return [("defenses.laplace.fit_on", "public needs public records: expected data.public >= 2, "
                      f"found {scenario.data.public}")]

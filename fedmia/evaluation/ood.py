@@ -70,20 +70,27 @@ def ood_sets(served, plan, names, count: int, seed: int, device, report=None, st
     return sets
 
 
-def ood_metrics(served, plan, results: dict, names, count: int, seed: int, device, report=None,
-                steps: int = 40) -> dict:
-    """`report(name)` is called as each OOD set is ready (progress); `steps`: per batch of
-    optimised fakes."""
+def ood_scores(served, plan, results: dict, names, count: int, seed: int, device, report=None,
+               steps: int = 40) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, int]]:
+    """Every attack's scores on every OOD set ({attack: {set: scores}}) and the sets' sizes: the
+    attack side of the figure, no ground truth. `report(name)` is called as each OOD set is
+    ready (progress); `steps`: per batch of optimised fakes."""
     sets = ood_sets(served, plan, names, count, seed, device, report, steps=steps)
-    is_member = plan.ledger.is_member(plan.targets.ids)
+    scored = {attack_name: {name: np.asarray(result.attack.score(result.view, records), dtype=float)
+                            for name, records in sets.items()}
+              for attack_name, result in results.items() if result.scores is not None}
+    return scored, {k: len(v) for k, v in sets.items()}
+
+
+def ood_rates(scored: dict[str, dict[str, np.ndarray]], results: dict, is_member: np.ndarray,
+              sizes: dict[str, int]) -> dict:
+    """The evaluator's side: the share of each OOD set an attack calls member, at its own
+    threshold and at the threshold that catches half the member targets."""
     at_threshold, at_tpr50 = {}, {}
-    for attack_name, result in results.items():
-        if result.scores is None:
-            continue
+    for attack_name, by_set in scored.items():
+        result = results[attack_name]
         half = threshold_at_tpr(result.scores, is_member, 0.5)
-        scored = {name: np.asarray(result.attack.score(result.view, records), dtype=float)
-                  for name, records in sets.items()}
-        at_tpr50[attack_name] = {name: false_positive_rate(s, half) for name, s in scored.items()}
+        at_tpr50[attack_name] = {name: false_positive_rate(s, half) for name, s in by_set.items()}
         if result.threshold is not None:
-            at_threshold[attack_name] = {name: false_positive_rate(s, result.threshold) for name, s in scored.items()}
-    return {"ood": at_threshold, "ood_at_tpr50": at_tpr50, "ood_sets": {k: len(v) for k, v in sets.items()}}
+            at_threshold[attack_name] = {name: false_positive_rate(s, result.threshold) for name, s in by_set.items()}
+    return {"ood": at_threshold, "ood_at_tpr50": at_tpr50, "ood_sets": dict(sizes)}

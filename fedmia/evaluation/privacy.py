@@ -143,15 +143,17 @@ def _accounted(scenario, plan, transcript) -> dict | None:
                              "is smaller than σ·C assumes and these ε are optimistic")
         return out
     history: dict[int, list] = {}
+    sizes: dict[int, int] = {}  # records per client: what it trained on, as its replies say
     for view in transcript.rounds:
         for reply in view.replies:
             m = reply.metrics
             if "dp-steps" in m:
+                sizes[int(m["partition-id"])] = int(reply.num_examples)
                 history.setdefault(int(m["partition-id"]), []).append(
                     (float(m["dp-noise-multiplier"]), float(m["dp-sample-rate"]), int(m["dp-steps"])))
     per_client = {}
     for k, entries in sorted(history.items()):
-        delta = local_dp_delta(scenario, len(plan.clients[k]))
+        delta = local_dp_delta(scenario, len(plan.clients[k]) if plan.clients else sizes[k])
         accountants = local_epsilons(entries, delta)
         epsilon, best = _headline(accountants)
         per_client[str(k)] = {"epsilon": epsilon, "accountant": best, "accountants": accountants,

@@ -33,13 +33,16 @@ def utility_per_round(scenario, plan, transcript) -> list[dict]:
     return rounds
 
 
-def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]:
-    """Returns (metrics without timing, ROC curves per attack). Every attack row carries 95%
-    intervals (stratified bootstrap over targets, seeded by the scenario)."""
-    is_member = plan.ledger.is_member(plan.targets.ids)
-    owners = plan.ledger.client_of(plan.targets.ids)
+def membership_section(scenario, ledger, target_ids, results: dict, num_clients: int,
+                       plan=None) -> tuple[dict, dict]:
+    """The figures that need ground truth: ({"attacks", "skipped_attacks", "source_inference",
+    "isolation", "targets"} as present, ROC curves per attack). Every attack row carries 95%
+    intervals (stratified bootstrap over targets, seeded by the scenario). `plan` (with its
+    clients' records) is needed only for the isolation figures."""
+    is_member = ledger.is_member(target_ids)
+    owners = ledger.client_of(target_ids)
     levels = tuple(scenario.evaluation.tpr_at_fpr)
-    attacks, curves, source, isolation = {}, {}, None, None
+    attacks, curves, out = {}, {}, {}
     skipped = {name: r.skipped for name, r in results.items() if r.skipped is not None}
     for name, result in results.items():
         if result.skipped is not None:
@@ -54,10 +57,21 @@ def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]
             row["scope"] = f"client {result.scope_client}'s members vs all non-members"
         attacks[name] = row
         curves[name] = (scores, labels)
-        if "recovered_update" in result.extras:
-            isolation = isolation_metrics(scenario, plan, result, scores, labels)
+        if "recovered_update" in result.extras and plan is not None and plan.clients:
+            out["isolation"] = isolation_metrics(scenario, plan, result, scores, labels)
         if result.owners is not None:
-            source = {**source_inference_metrics(result.owners, plan, len(plan.clients)), "attack": name}
+            out["source_inference"] = {**source_inference_metrics(result.owners, owners, num_clients),
+                                       "attack": name}
+    out["attacks"] = attacks
+    if skipped:
+        out["skipped_attacks"] = skipped
+    out["targets"] = {"members": int(is_member.sum()), "nonmembers": int((~is_member).sum())}
+    return out, curves
+
+
+def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]:
+    """Returns (metrics without timing, ROC curves per attack). Without a ledger (a multi-site
+    audit) the membership figures wait for `fedmia evaluate --manifests` (fedmia/evaluation/manifests.py)."""
     rounds = utility_per_round(scenario, plan, transcript)
     final = rounds[-1] if rounds else {"dice": float("nan"), "miou": float("nan")}
     model = scenario.model
@@ -67,34 +81,39 @@ def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]
         "setup": {
             "dataset": scenario.data.dataset,
             "clients": scenario.federation.clients,
-            "members": int(sum(len(c) for c in plan.clients)),
+            "members": int(sum(len(c) for c in plan.clients)) if plan.ledger is not None else None,
             "rounds": scenario.federation.rounds,
             "local_epochs": scenario.federation.local_epochs,
             "model": f"{model.arch}/{model.encoder} (depth {model.encoder_depth})",
             "server": scenario.server.strategy,
             "defenses": describe_defenses(scenario),
             "fpr_convention": "TPR at FPR strictly below each level (the LiRA paper's)",
-            "targets": {"members": int(is_member.sum()), "nonmembers": int((~is_member).sum())},
         },
         "utility": {"dice": final["dice"], "miou": final["miou"], "rounds": rounds},
-        "attacks": attacks,
+        "attacks": {},
     }
-    if skipped:
-        metrics["skipped_attacks"] = skipped
+    curves = {}
+    if plan.ledger is not None:
+        membership, curves = membership_section(scenario, plan.ledger, plan.targets.ids, results,
+                                                len(plan.clients), plan)
+        metrics["setup"]["targets"] = membership.pop("targets")
+        metrics.update(membership)
+    else:
+        metrics["setup"]["sites"] = [site.name for site in scenario.data.sites]
+        metrics["membership"] = ("pending: the sites' manifests give the ground truth; run "
+                                 "`fedmia evaluate RUN --manifests DIR`")
+        skipped = {name: r.skipped for name, r in results.items() if r.skipped is not None}
+        if skipped:
+            metrics["skipped_attacks"] = skipped
     privacy = privacy_metrics(scenario, plan, transcript)
     if privacy is not None:
         metrics["privacy"] = privacy
-    if source is not None:
-        metrics["source_inference"] = source
-    if isolation is not None:
-        metrics["isolation"] = isolation
     return metrics, curves
 
 
-def source_inference_metrics(predicted: np.ndarray, plan, num_clients: int) -> dict:
+def source_inference_metrics(predicted: np.ndarray, owners: np.ndarray, num_clients: int) -> dict:
     """Accuracy over member targets against the 1/K chance level, and the confusion matrix
-    (rows: true client, columns: predicted client)."""
-    owners = plan.ledger.client_of(plan.targets.ids)
+    (rows: true client, columns: predicted client). `owners`: each target's client, -1 if none."""
     members = owners >= 0
     truth, guess = owners[members], np.asarray(predicted)[members]
     confusion = np.zeros((num_clients, num_clients), dtype=int)
