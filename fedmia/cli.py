@@ -288,6 +288,22 @@ def deploy(
     _finished_or_exit(result, folder, parsed)
 
 
+@app.command()
+def credentials(
+    folder: Path = typer.Argument(..., help="where to write them"),
+    site: list[str] = typer.Option(..., "--site", help="a site's name (repeat per site): one key pair each"),
+    host: list[str] = typer.Option(["127.0.0.1", "localhost"], "--host", help="the SuperLink's address(es) "
+                                   "its certificate is valid for (repeatable)"),
+    days: int = typer.Option(30, "--days", min=1, help="validity"),
+) -> None:
+    """A throw-away CA, the SuperLink's TLS certificate and each site's SuperNode key pair (for
+    demos and docker/compose.yml; a real federation's operators bring their own)."""
+    from fedmia.deploy import write_credentials
+
+    write_credentials(folder, site, tuple(host), days)
+    out.print(f"{folder}: ca.crt, server.pem, server.key; keys/ for {', '.join(site)}")
+
+
 @app.command("list")
 def list_components() -> None:
     """List registered datasets, architectures, strategies, attacks and defenses."""

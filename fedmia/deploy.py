@@ -72,10 +72,7 @@ class LocalDeployment:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "flwr-home").mkdir(exist_ok=True)
-        self._spawn([_bin("flower-superlink"), *self._security("superlink"), "--host", "127.0.0.1",
-                     "--port", str(self.superlink_port), "--database", str(self.workdir / "superlink.db"),
-                     "--disable-runtime-dependency-installation",
-                     *(["--enable-supernode-auth"] if self.auth else [])], "superlink.log")
+        self._spawn(self.superlink_command(), "superlink.log")
         self._wait_for_port(self.superlink_port)
         self.write_connection()
         for k in range(self.clients):
@@ -90,12 +87,20 @@ class LocalDeployment:
             return self.node_configs[partition]
         return f"partition-id={partition} num-partitions={self.clients}"
 
-    def spawn_supernode(self, partition: int, private_key: Path | None = None, log: str | None = None) -> subprocess.Popen:
+    def superlink_command(self) -> list[str]:
+        """The SuperLink's command line (docker/compose.yml must use the same flags: tested)."""
+        return [_bin("flower-superlink"), *self._security("superlink"), "--host", "127.0.0.1",
+                "--port", str(self.superlink_port), "--database", str(self.workdir / "superlink.db"),
+                "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if self.auth else [])]
+
+    def supernode_command(self, partition: int, private_key: Path | None = None) -> list[str]:
         auth = ["--auth-supernode-private-key", str(private_key)] if private_key else []
-        return self._spawn([_bin("flower-supernode"), *self._security("supernode"), *auth,
-                            "--superlink", f"127.0.0.1:{self.superlink_port}",
-                            "--node-config", self.node_config(partition),
-                            "--host", "127.0.0.1", "--port", str(free_port())], log or f"supernode-{partition}.log")
+        return [_bin("flower-supernode"), *self._security("supernode"), *auth,
+                "--superlink", f"127.0.0.1:{self.superlink_port}", "--node-config", self.node_config(partition),
+                "--host", "127.0.0.1", "--port", str(free_port())]
+
+    def spawn_supernode(self, partition: int, private_key: Path | None = None, log: str | None = None) -> subprocess.Popen:
+        return self._spawn(self.supernode_command(partition, private_key), log or f"supernode-{partition}.log")
 
     def register(self, public_key: Path) -> None:
         """`flwr supernode register`: the SuperLink's Control API learns one SuperNode's key."""
@@ -231,9 +236,11 @@ def local_deployment(clients: int, workdir: Path, tls_dir: Path | None = None, a
         deployment.stop()
 
 
-def self_signed_certificates(folder: Path) -> Path:
-    """A throw-away CA and a server certificate for 127.0.0.1/localhost (for the TLS demo and
-    test; real deployments bring their own). Returns `folder` holding ca.crt, server.pem/.key."""
+def self_signed_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+                             days: int = 2) -> Path:
+    """A throw-away CA and a server certificate for `hosts` (IP addresses or DNS names; for the
+    TLS demo, the tests and the compose file — real deployments bring their own). Returns
+    `folder` holding ca.crt, server.pem/.key."""
     import datetime
     import ipaddress
 
@@ -249,7 +256,7 @@ def self_signed_certificates(folder: Path) -> Path:
     def build(subject, issuer, public_key, signing_key, *, ca: bool, san=None):
         builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
                    .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=2))
+                   .not_valid_after(now + datetime.timedelta(days=days))
                    .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
         if san:
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
@@ -259,9 +266,15 @@ def self_signed_certificates(folder: Path) -> Path:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedmia test CA")])
     ca_cert = build(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    def name(host: str):
+        try:
+            return x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            return x509.DNSName(host)
+
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     server_cert = build(server_name, ca_name, server_key.public_key(), ca_key, ca=False,
-                        san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+                        san=[name(host) for host in hosts])
     pem = serialization.Encoding.PEM
     (folder / "ca.crt").write_bytes(ca_cert.public_bytes(pem))
     (folder / "server.pem").write_bytes(server_cert.public_bytes(pem))
@@ -286,3 +299,15 @@ def supernode_keys(folder: Path, name: str) -> Path:
     (folder / f"{name}.pub").write_bytes(key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
     return private
+
+
+def write_credentials(folder: Path, sites: list[str], hosts: tuple[str, ...], days: int = 30) -> Path:
+    """Everything a TLS + SuperNode-authenticated federation needs, in one folder: the CA and the
+    SuperLink's certificate (`ca.crt`, `server.pem`, `server.key`, valid for `hosts`) and one
+    key pair per site (`keys/<site>`, `keys/<site>.pub`, registered with the SuperLink before
+    the site joins). `fedmia credentials` and docker/credentials.sh call this."""
+    folder = Path(folder)
+    self_signed_certificates(folder, hosts, days)
+    for site in sites:
+        supernode_keys(folder / "keys", site)
+    return folder

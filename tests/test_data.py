@@ -386,3 +386,51 @@ def test_a_folder_client_opens_only_its_own_files(write_scenario, tmp_path, monk
     own, _ = plan.layout.load_client(1)
     assert sorted(opened) == sorted(i.split(":")[1] for i in plan.clients[1].ids)
     np.testing.assert_array_equal(own.images, plan.clients[1].images)
+
+
+def test_site_manifests_give_the_ground_truth_of_the_auditors_targets(tmp_path):
+    """Each site's manifest holds digests of its own files; the auditor's copies of shared files
+    match them byte for byte, its other targets match none. Bad manifest folders are refused
+    with the file named."""
+    import json
+
+    from fedmia.data.plan import NON_MEMBER
+    from fedmia.data.sites import (ManifestError, ledger_from_manifests, read_manifests, record_digests,
+                                   write_example_audit, write_manifest)
+    from fedmia.scenario import DataSpec
+
+    root = write_example_audit(tmp_path / "d", sites=("a", "b"), per_site=4, shared=2, others=3,
+                               population=2, test=2, size=(20, 20))
+    manifests = tmp_path / "manifests"
+    for site in ("a", "b"):
+        written = write_manifest(root / site, site, manifests / f"{site}.json")
+        assert len(written["records"]) == 4 and "frame" not in json.dumps(written)  # digests, no names
+    owner, counts = read_manifests(manifests, ["a", "b"])
+    assert counts == {"a": 4, "b": 4}
+    digests = record_digests(DataSpec(dataset="folder"), root / "auditor" / "targets")
+    ledger = ledger_from_manifests(digests, owner, list(digests))
+    assert sorted(v for v in ledger.values() if v != NON_MEMBER) == [0, 0, 1, 1]
+    assert sum(v == NON_MEMBER for v in ledger.values()) == 3
+
+    with pytest.raises(ManifestError, match=r"no manifest for site\(s\) \['c'\]"):
+        read_manifests(manifests, ["a", "b", "c"])
+    with pytest.raises(ManifestError, match=r"b.json: site: expected one of"):
+        read_manifests(manifests, ["a", "x"])
+    (manifests / "copy.json").write_text((manifests / "a.json").read_text().replace('"site": "a"', '"site": "b"'))
+    with pytest.raises(ManifestError, match=r"also in the manifest of site 'a'|already has a manifest"):
+        read_manifests(manifests, ["a", "b"])
+    (manifests / "copy.json").write_text("{not json")
+    with pytest.raises(ManifestError, match=r"copy.json: not a JSON site manifest"):
+        read_manifests(manifests, ["a", "b"])
+
+
+def test_a_supernode_is_placed_by_its_node_config(tmp_path):
+    from fedmia.client_app import partition_of
+    from fedmia.scenario import Scenario
+
+    sites = Scenario.model_validate({"name": "s", "data": {"dataset": "folder", "sites": [{"name": "a"}, {"name": "b"}]}})
+    assert partition_of(sites, {"site": "b", "data-path": "/scans"}) == (1, "/scans")
+    with pytest.raises(ValueError, match=r"site='c' is not one of the scenario's data.sites \['a', 'b'\]"):
+        partition_of(sites, {"site": "c", "data-path": "/scans"})
+    with pytest.raises(ValueError, match="data-path is for a multi-site scenario"):
+        partition_of(Scenario.model_validate({"name": "p"}), {"partition-id": 0, "data-path": "/scans"})

@@ -5,6 +5,7 @@ PID."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +13,11 @@ from fedmia.deploy import alive, local_deployment, self_signed_certificates, sup
 
 
 # TLS alone is a subset of "tls+auth" (same certificates, same transport); one run covers both.
-# The insecure transport differs only in flags (checked against compose.yml below); it is left
-# out of the default run to keep `pytest` within its 10 minutes (`-m slow` runs it).
-@pytest.mark.parametrize("security", [pytest.param("insecure", marks=pytest.mark.slow), "tls+auth"])
+# The insecure transport differs only in flags (checked against compose.yml below).
+# Both are slow: the multi-site test below runs the same deployment with TLS + authentication
+# (and the stranger), three SuperNodes each on its own folder.
+@pytest.mark.slow
+@pytest.mark.parametrize("security", ["insecure", "tls+auth"])
 def test_loopback_deployment_runs_a_scenario(write_scenario, tmp_path, stops_its_processes, security):
     scenario = write_scenario()
     out = tmp_path / "run"
@@ -36,25 +39,132 @@ def test_loopback_deployment_runs_a_scenario(write_scenario, tmp_path, stops_its
     assert partitions == {0, 1}  # each SuperNode trained its own --node-config partition
 
 
-def test_compose_file_matches_the_tested_loopback_setup():
-    """No Docker engine here: check the compose file parses and uses the flags tested above."""
+def multi_site_scenario(tmp_path: Path):
+    """scenarios/multi-site.yaml as shipped, on a synthetic audit in `tmp_path`, shrunk in
+    counts, image size and rounds only."""
     import yaml
 
     from conftest import REPO
+    from fedmia.data.sites import write_example_audit
+    from fedmia.scenario import Scenario
+
+    data = write_example_audit(tmp_path / "data", per_site=8, shared=3, others=6, population=8, test=6,
+                               size=(40, 36))
+    raw = yaml.safe_load((REPO / "scenarios" / "multi-site.yaml").read_text())
+    raw["data"]["image_size"] = 32
+    for site in raw["data"]["sites"]:
+        site["path"] = str(data / site["name"])
+    raw["data"]["auditor"] = {k: str(data / "auditor" / k) for k in ("targets", "population", "test")}
+    raw["federation"].update(rounds=1, local_epochs=1, batch_size=4)
+    raw["evaluation"].update(ood_count=3)
+    return Scenario.model_validate(raw), data
+
+
+def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its_processes):
+    """Three SuperNodes, each reading only its own folder (its node config names it), TLS and
+    SuperNode authentication on; the sites' manifests give the ground truth to `fedmia evaluate`,
+    and the figures equal those of the same federation simulated with the same data and seed."""
+    from typer.testing import CliRunner
+
+    from fedmia.cli import app
+    from fedmia.deploy import site_node_configs
+    from fedmia.runner import run_scenario
+
+    scenario, data = multi_site_scenario(tmp_path)
+    runner = CliRunner()
+    for site in scenario.data.sites:  # each site writes its manifest on its own machine
+        result = runner.invoke(app, ["manifest", site.path, "--site", site.name,
+                                     "--out", str(tmp_path / "manifests" / f"{site.name}.json")])
+        assert result.exit_code == 0, result.output
+
+    simulated = run_scenario(scenario, tmp_path / "sim")
+    assert simulated["attacks"] == {} and "pending" in simulated["membership"]  # no ground truth yet
+    assert not (tmp_path / "sim" / "ledger.json").exists()
+
+    tls_dir = self_signed_certificates(tmp_path / "certs")
+    deployed_scenario = scenario.with_absolute_paths(keep_site_paths=False)  # the server never sees them
+    with local_deployment(3, tmp_path / "deploy", tls_dir, auth=True,
+                          node_configs=site_node_configs(scenario)) as deployment:
+        stranger = deployment.spawn_supernode(0, supernode_keys(tmp_path / "stranger", "key"), "stranger.log")
+        assert stranger.wait(timeout=120) != 0  # an unregistered key is turned away
+        result = deployment.run(deployed_scenario, tmp_path / "deployed", timeout=400)
+        started = [p.pid for p in deployment.processes]
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not [pid for pid in started if alive(pid)]
+    assert (tmp_path / "deployed" / "metrics.json").exists(), result.stdout[-3000:]
+    assert "path: null" in (tmp_path / "deployed" / "scenario.yaml").read_text()
+
+    evaluated = {}
+    for run in ("sim", "deployed"):
+        result = runner.invoke(app, ["evaluate", str(tmp_path / run), "--manifests", str(tmp_path / "manifests")])
+        assert result.exit_code == 0, result.output
+        evaluated[run] = json.loads((tmp_path / run / "metrics.json").read_text())
+    sim, dep = evaluated["sim"], evaluated["deployed"]
+    assert sim["setup"]["targets"] == {"members": 9, "nonmembers": 6}  # 3 shared by each site, 6 from nowhere
+    assert sim["ground_truth"]["records_per_site"] == {"hospital-a": 8, "hospital-b": 8, "hospital-c": 8}
+    assert set(sim["attacks"]) == {"loss", "entropy", "modified-entropy"}
+    for key in ("attacks", "utility", "setup", "ood", "ood_at_tpr50", "ground_truth"):
+        assert dep[key] == sim[key], key
+    replies = json.loads((tmp_path / "deployed" / "transcript" / "index.json").read_text())["rounds"][0]["replies"]
+    assert sorted((r["metrics"]["partition-id"], r["num_examples"]) for r in replies) == [(0, 8), (1, 8), (2, 8)]
+
+
+def test_compose_file_matches_the_tested_loopback_setup(tmp_path):
+    """No Docker engine here: the compose file uses Flower's images of the installed version and
+    the flags of the loopback deployment tested above (TLS, SuperNode authentication, one node
+    config per site), each site's folder mounted into its own ClientApp container only, and the
+    credentials script's files are the ones it mounts."""
+    from importlib.metadata import version
+
+    import yaml
+    from cryptography import x509
+
+    from conftest import REPO
+    from fedmia.deploy import LocalDeployment, write_credentials
     from fedmia.validation import load_scenario
 
-    compose = yaml.safe_load((REPO / "docker" / "compose.yml").read_text())
-    services = compose["services"]
-    link = services["superlink"]["command"]
-    assert link[0] == "flower-superlink" and {"--host", "--port", "--database"} <= set(link)
-    nodes = sorted(name for name in services if name.startswith("supernode-"))
-    for k, name in enumerate(nodes):
-        command = services[name]["command"]
-        assert command[0] == "flower-supernode"
-        assert command[command.index("--node-config") + 1] == f"partition-id={k} num-partitions={len(nodes)}"
-        assert command[command.index("--superlink") + 1] == "superlink:9091"
-    run = services["adversary"]["command"]
-    assert run[:2] == ["flwr", "run"] and "--run-config" in run
-    scenario = run[run.index("--run-config") + 1].split("'")[1].replace("/app/", "")
-    assert load_scenario(REPO / scenario).federation.clients == len(nodes)
-    assert (REPO / "docker" / "Dockerfile").read_text().count("pip install") >= 1
+    services = yaml.safe_load((REPO / "docker" / "compose.yml").read_text())["services"]
+    flwr = version("flwr")
+    sites = [site.name for site in load_scenario(REPO / "scenarios" / "multi-site.yaml").data.sites]
+    tested = LocalDeployment(len(sites), tmp_path, tmp_path / "certs", auth=True)
+
+    def flags(command: list[str]) -> set[str]:
+        return {arg for arg in command if arg.startswith("--")}
+
+    # compose runs each app in its own container (--isolation process); otherwise the same flags
+    link = services["superlink"]
+    assert link["image"] == f"flwr/superlink:{flwr}"
+    assert flags(link["command"]) == flags(tested.superlink_command()) | {"--isolation"}
+    assert link["command"][link["command"].index("--isolation") + 1] == "process"
+    serverapp = services["superexec-serverapp"]["command"]
+    assert serverapp[serverapp.index("--runtime-api-address") + 1] == f"superlink:{link['command'][link['command'].index('--port') + 1]}"
+    for k, site in enumerate(sites):
+        node = services[f"supernode-{site}"]
+        command = node["command"]
+        assert node["image"] == f"flwr/supernode:{flwr}"
+        assert flags(command) == flags(tested.supernode_command(k, Path("key"))) | {"--isolation"}
+        assert command[command.index("--node-config") + 1] == f"site='{site}' data-path='/data/scans'"
+        assert command[command.index("--auth-supernode-private-key") + 1] == f"/credentials/keys/{site}"
+        app = services[f"clientapp-{site}"]
+        assert app["command"][app["command"].index("--runtime-api-address") + 1] == f"supernode-{site}:9094"
+        assert f"../data/multi-site/{site}:/data/scans:ro" in app["volumes"]
+        assert site in services["register"]["command"][0]  # its key is registered before it joins
+    scans = [v for svc in services.values() for v in svc.get("volumes", []) if ":/data/scans" in v]
+    assert len(scans) == len(set(scans)) == len(sites)  # one folder per site, mounted once
+    assert not any("hospital" in v for v in services["superexec-serverapp"]["volumes"])
+    auditor = services["auditor"]["command"]
+    assert auditor[0] == "deploy" and load_scenario(REPO / auditor[1]).data.multi_site
+
+    dockerfile = (REPO / "docker" / "app.Dockerfile").read_text()
+    assert f"ARG FLWR_VERSION={flwr}" in dockerfile and "FROM flwr/superexec:${FLWR_VERSION}" in dockerfile
+    assert dockerfile.index("pip install .") < dockerfile.index("COPY --chown=app:app fedmia")  # deps cached
+    assert {".git", ".venv", "runs", "data", "docker/credentials"} <= set((REPO / ".dockerignore").read_text().split())
+
+    script = (REPO / "docker" / "credentials.sh").read_text()
+    assert "fedmia credentials credentials --host superlink" in script
+    folder = write_credentials(tmp_path / "credentials", sites, ("superlink", "localhost", "127.0.0.1"))
+    mounted = {"ca.crt", "server.pem", "server.key", *(f"keys/{s}" for s in sites), *(f"keys/{s}.pub" for s in sites)}
+    assert all((folder / name).is_file() for name in mounted)
+    certificate = x509.load_pem_x509_certificate((folder / "server.pem").read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "superlink" in names.get_values_for_type(x509.DNSName)

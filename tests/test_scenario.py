@@ -133,3 +133,51 @@ def test_process_age_counts_from_the_process_start():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     age = float(out.stdout.strip())
     assert 1.0 <= age < 60, age
+
+
+MULTI_SITE = {
+    "name": "sites", "seed": 0,
+    "data": {"dataset": "folder", "image_size": 16, "options": {"channels": 3},
+             "sites": [{"name": "a"}, {"name": "b"}], "auditor": {"targets": "t", "population": "p", "test": "x"}},
+    "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 2},
+    "federation": {"clients": 2, "rounds": 1},
+}
+
+
+@pytest.mark.parametrize("changes, where, expected", [
+    ({"data": {"members": 40}}, "data.members", "has no meaning with data.sites"),
+    ({"data": {"partition": {"kind": "dirichlet"}}}, "data.partition", "has no meaning with data.sites"),
+    ({"federation": {"clients": 3}}, "federation.clients", "one client per site in data.sites (2), found 3"),
+    ({"data": {"dataset": "shapes"}}, "data.dataset", "expected 'folder'"),
+    ({"data": {"auditor": None}}, "data.auditor", "required with data.sites"),
+    ({"data": {"sites": [{"name": "a"}, {"name": "a"}]}}, "data.sites.1.name", "named once"),
+    ({"data": {"sites": [{"name": "a b"}, {"name": "b"}]}}, "data.sites.0.name", "pattern"),
+    ({"data": {"options": {"mask_mode": "index"}}}, "data.options.num_classes", "agree on the classes"),
+    ({"data": {"options": {"path": "/scans"}}}, "data.options.path", "each site has its own folder"),
+    ({"evaluation": {"targets": {"members": 5}}}, "evaluation.targets", "the sites' to tell"),
+    ({"defenses": {"laplace": {"fit_on": "members"}}}, "defenses.laplace.fit_on", "never holds"),
+])
+def test_multi_site_scenario_problems_name_the_key(write_scenario, changes, where, expected):
+    from conftest import deep_update
+
+    path = write_scenario(raw=yaml.safe_dump(deep_update(MULTI_SITE, changes)))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert f"{path}: {where}" in str(caught.value) and expected in str(caught.value), str(caught.value)
+
+
+def test_a_multi_site_run_folder_scenario_reloads(tmp_path, write_scenario):
+    """A run folder's scenario.yaml spells out every default; it must load again (resume, evaluate)."""
+    scenario = load_scenario(write_scenario(raw=yaml.safe_dump(MULTI_SITE)))
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(scenario.to_yaml())
+    assert load_scenario(saved).resolved() == scenario.resolved()
+    absolute = scenario.with_absolute_paths(tmp_path, keep_site_paths=False)
+    assert absolute.data.auditor.targets == str(tmp_path / "t") and absolute.data.sites[0].path is None
+
+
+def test_simulating_sites_without_their_folders_is_a_usage_error(write_scenario):
+    path = write_scenario(raw=yaml.safe_dump(MULTI_SITE))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert f"{path}: data" in result.stderr

@@ -327,7 +327,10 @@ def summary_table(metrics: dict) -> Table:
     """Compact terminal summary: one row per attack with 95% intervals, utility in the caption."""
     table = Table(title=f"Membership inference: {metrics.get('scenario', 'unnamed run')}")
     table.add_column("Attack")
-    for header in ("AUC", "TPR@1%", "TPR@0.1%", "Bal. acc"):
+    # the run's own FPR levels (the scenario's evaluation.tpr_at_fpr), lowest last
+    levels = next((sorted(m["tpr_at_fpr"], key=float, reverse=True) for m in _attacks(metrics).values()
+                   if isinstance(m.get("tpr_at_fpr"), dict) and m["tpr_at_fpr"]), ["0.01", "0.001"])
+    for header in ("AUC", *(f"TPR@{_fpr_label(lv)}" for lv in levels), "Bal. acc"):
         table.add_column(header, justify="right")
     flagged_any = False
     for name, m in _attacks(metrics).items():
@@ -335,7 +338,7 @@ def summary_table(metrics: dict) -> Table:
         # Text(...) so attack names are never parsed as rich markup.
         table.add_row(Text(str(name)), Text(with_interval(m.get("auc"), _interval(m, "auc"))),
                       *(Text(with_interval(_tpr(m, lv), _interval(m, "tpr_at_fpr", lv), _flagged(m, lv)))
-                        for lv in ("0.01", "0.001")),
+                        for lv in levels),
                       Text(with_interval(m.get("balanced_accuracy"), _interval(m, "balanced_accuracy"))))
 
     utility = metrics.get("utility")
@@ -345,6 +348,8 @@ def summary_table(metrics: dict) -> Table:
     else:
         caption.append("no utility recorded")
     caption.append("[95% intervals]")
+    if metrics.get("membership"):  # a multi-site run before the sites' manifests are joined
+        caption.append(f"membership {metrics['membership']}")
     allowed = next((m.get("false_positives_allowed") for m in _attacks(metrics).values()
                     if m.get("false_positives_allowed")), None)
     if allowed:
