@@ -98,6 +98,9 @@ def test_flwr_run_runs_the_same_app(write_scenario, tmp_path):
         assert not [p for p in ours if alive(p)]
 
 
+# slow: the multi-site loopback test runs folder data (RGB, simulated and deployed) by default;
+# bench/kvasir.py runs this file full size
+@pytest.mark.slow
 def test_kvasir_folder_scenario_runs_end_to_end_on_a_small_folder(tmp_path, stops_its_processes):
     """The hospital-sized scenario file as shipped (folder data, RGB, Unet/ResNet-34 depth 5,
     bounded OOD sets), shrunk only in counts and image size; bench/kvasir.py runs it full size."""
