@@ -68,7 +68,7 @@ def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its
     from typer.testing import CliRunner
 
     from fedmia.cli import app
-    from fedmia.deploy import site_node_configs
+    from fedmia.deploy import site_node_configs, submit
     from fedmia.runner import run_scenario
 
     scenario, data = multi_site_scenario(tmp_path)
@@ -87,11 +87,12 @@ def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its
         # the deployed run (in Flower's processes) and the simulated one (here) at the same time:
         # most of each is process start-up, which overlaps well on two cores
         box: dict = {}
-        submit = threading.Thread(target=lambda: box.update(
-            result=deployment.run(deployed_scenario, tmp_path / "deployed", timeout=400)))
-        submit.start()
+        auditor = threading.Thread(target=lambda: box.update(  # what `fedmia deploy` does
+            result=submit(deployed_scenario, tmp_path / "deployed", f"127.0.0.1:{deployment.superlink_port}",
+                          tls_dir / "ca.crt", timeout=400)))
+        auditor.start()
         simulated = run_scenario(scenario, tmp_path / "sim")
-        submit.join()
+        auditor.join()
         result = box["result"]
         started = [p.pid for p in deployment.processes]
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -175,3 +176,16 @@ def test_compose_file_matches_the_tested_loopback_setup(tmp_path):
     certificate = x509.load_pem_x509_certificate((folder / "server.pem").read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "superlink" in names.get_values_for_type(x509.DNSName)
+
+
+def test_deploy_needs_a_transport_and_evaluate_a_multi_site_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import REPO
+    from fedmia.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["deploy", str(REPO / "scenarios" / "multi-site.yaml"), "--superlink", "a:9093"])
+    assert result.exit_code == 2 and "--root-certificates CA_FILE (TLS) or --insecure" in result.stderr
+    result = runner.invoke(app, ["evaluate", str(tmp_path), "--manifests", str(tmp_path)])
+    assert result.exit_code == 2 and "not a fedmia run folder" in result.stderr
