@@ -135,16 +135,22 @@ def replicate(
     scenario: Path = typer.Argument(..., help="scenario YAML file"),
     seeds: int = typer.Option(3, "--seeds", min=2, help="independent federations (seed, seed+1, ...)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="replication folder (default: runs/<name>-x<seeds>)"),
+    manifests: Optional[Path] = typer.Option(None, "--manifests", help="a multi-site scenario: the sites' manifests"),
 ) -> None:
     """Run a scenario over N seeds; mean and 95% interval across seeds for every figure."""
     parsed = _load_or_exit(scenario)
     _check_data_or_exit(scenario, parsed)
+    _sites_placed_or_exit(scenario, parsed)
+    if parsed.data.multi_site and manifests is None:
+        typer.echo(f"{scenario}: data.sites: a multi-site scenario's membership comes from its sites' "
+                   "manifests: give --manifests DIR", err=True)
+        raise typer.Exit(USAGE_ERROR)
     from rich.table import Table
 
     from fedmia.replicate import run_replicate
 
     folder = out_dir or Path("runs") / f"{parsed.name}-x{seeds}"
-    result = run_replicate(parsed, seeds, folder, console=out)
+    result = run_replicate(parsed, seeds, folder, console=out, manifests=manifests)
     table = Table(title=f"{parsed.name}: {seeds} seeds (mean [95% t-interval])")
     table.add_column("figure", overflow="fold")
     table.add_column("mean [95%]", justify="right")
@@ -163,10 +169,14 @@ def sweep(
     from fedmia.sweep import load_sweep, run_sweep
 
     try:
-        spec, _ = load_sweep(file)
+        spec, points = load_sweep(file)
     except ScenarioError as error:
         for line in error.lines():
             typer.echo(line, err=True)
+        raise typer.Exit(USAGE_ERROR)
+    if any(point.data.multi_site for _, point in points):
+        typer.echo(f"{file}: data.sites: a sweep tabulates membership figures, which a multi-site run has only "
+                   "after `fedmia evaluate --manifests`; run each point with `fedmia replicate --manifests`", err=True)
         raise typer.Exit(USAGE_ERROR)
     folder = out_dir or Path("runs") / spec.name
     rows = run_sweep(file, folder, console=out)

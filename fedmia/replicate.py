@@ -71,10 +71,16 @@ def summarise(per_seed: list[dict], level: float = 0.95) -> dict[str, dict]:
     return out
 
 
-def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None) -> dict:
+def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None,
+                  manifests: Path | None = None) -> dict:
+    """`manifests`: the sites' manifests of a multi-site scenario (its seeds change the
+    initialisation and the clients' seeds, not the sites' records), joined with each seed's run."""
+    from fedmia.evaluation.manifests import evaluate_with_manifests
     from fedmia.runner import run_scenario
     from fedmia.sweep import _finished
 
+    if scenario.data.multi_site and manifests is None:
+        raise ValueError("a multi-site scenario's membership comes from its sites: give --manifests DIR")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_seed, folders = [], []
@@ -86,6 +92,8 @@ def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None) -
             console.print(f"[bold]seed {point.seed}[/]" + (" — reused" if metrics is not None else ""))
         if metrics is None:
             metrics = run_scenario(point, folder, console=console)
+        if scenario.data.multi_site:
+            metrics = evaluate_with_manifests(point, folder, manifests)
         per_seed.append(metrics)
         folders.append(folder)
     summary = summarise(per_seed)

@@ -95,3 +95,14 @@ def test_replicate_runs_independent_seeds_and_summarises_them(tmp_path, write_sc
     stamp = (tmp_path / "rep" / "seed-01" / "metrics.json").stat().st_mtime_ns
     run_replicate(scenario, 2, tmp_path / "rep")
     assert (tmp_path / "rep" / "seed-01" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_a_sweep_of_a_multi_site_scenario_is_refused(tmp_path):
+    """A multi-site run has membership figures only once the sites' manifests are joined."""
+    from conftest import REPO
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "base": str(REPO / "scenarios" / "multi-site.yaml"),
+                                     "parameters": {"federation.lr": [0.001, 0.003]}}))
+    result = CliRunner().invoke(app, ["sweep", str(sweep)])
+    assert result.exit_code == 2 and "fedmia evaluate --manifests" in result.stderr
