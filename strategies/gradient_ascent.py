@@ -97,7 +97,10 @@ class GradientAscentFedAvg(ObservingFedAvg):
         """Try each candidate strength on population data the server owns; keep the best."""
         population = plan.population
         third = len(population) // 3
-        size = min(third, max(2, self.scenario.data.members // self.scenario.federation.clients))
+        # a pseudo-client as large as a real one; in a multi-site audit the server does not know
+        # the sites' sizes: as if its population were shared among the clients
+        members = len(population) if self.scenario.data.multi_site else self.scenario.data.members
+        size = min(third, max(2, members // self.scenario.federation.clients))
         pseudo_members = population.subset(list(range(size)))
         replay_set = population.subset(list(range(2 * third, 2 * third + size)))
         stand_in = population.subset(list(range(size)) + list(range(third, third + size)))
