@@ -36,25 +36,21 @@ def _load_or_exit(path: Path):
         raise typer.Exit(USAGE_ERROR)
 
 
-def _check_data_or_exit(path: Path, parsed) -> None:
-    """Build the federation plan (reads a folder dataset, generates embedded ones)."""
+def _check_data_or_exit(path: Path, parsed, *, sites_here: bool = False) -> None:
+    """Build the federation plan (reads a folder dataset, generates embedded ones); with
+    `sites_here`, also every multi-site site's folder, which must be on this machine (a
+    simulated or loopback audit)."""
     from fedmia.data.plan import build_plan
-
-    try:
-        build_plan(parsed)
-    except ValueError as error:
-        typer.echo(f"{path}: data: {error}", err=True)
-        raise typer.Exit(USAGE_ERROR)
-
-
-def _sites_placed_or_exit(path: Path, parsed) -> None:
-    """Every site's folder is on this machine (a simulated or loopback multi-site audit)."""
     from fedmia.data.sites import check_site_folders
 
+    where = "data"
     try:
-        check_site_folders(parsed)
+        build_plan(parsed)
+        if sites_here:
+            where = "data.sites"
+            check_site_folders(parsed)
     except ValueError as error:
-        typer.echo(f"{path}: data.sites: {error}", err=True)
+        typer.echo(f"{path}: {where}: {error}", err=True)
         raise typer.Exit(USAGE_ERROR)
 
 
@@ -84,8 +80,7 @@ def run(
     from fedmia.evaluation import summary_table
     from fedmia.runner import run_scenario
 
-    _check_data_or_exit(scenario, parsed)  # before Ray starts and before any file is written
-    _sites_placed_or_exit(scenario, parsed)
+    _check_data_or_exit(scenario, parsed, sites_here=True)  # before Ray starts and before any file is written
     folder = resume or out_dir or Path("runs") / parsed.name
     # the clock starts with the process: imports and start-up are part of what the user waits
     launched = time.perf_counter() - (process_age() or 0.0)
@@ -139,8 +134,7 @@ def replicate(
 ) -> None:
     """Run a scenario over N seeds; mean and 95% interval across seeds for every figure."""
     parsed = _load_or_exit(scenario)
-    _check_data_or_exit(scenario, parsed)
-    _sites_placed_or_exit(scenario, parsed)
+    _check_data_or_exit(scenario, parsed, sites_here=True)
     if parsed.data.multi_site and manifests is None:
         typer.echo(f"{scenario}: data.sites: a multi-site scenario's membership comes from its sites' "
                    "manifests: give --manifests DIR", err=True)
@@ -205,12 +199,11 @@ def deploy_local(
     from fedmia.deploy import local_deployment, self_signed_certificates, site_node_configs
 
     parsed = _load_or_exit(scenario)
-    _check_data_or_exit(scenario, parsed)
-    _sites_placed_or_exit(scenario, parsed)
+    _check_data_or_exit(scenario, parsed, sites_here=True)
     folder = out_dir or Path("runs") / parsed.name
     certs = self_signed_certificates(workdir / "certs") if tls or auth else None
     # a multi-site scenario: each SuperNode gets its site's name and folder, as a hospital's would
-    configs = site_node_configs(parsed.with_absolute_paths()) if parsed.data.multi_site else None
+    configs = site_node_configs(parsed) if parsed.data.multi_site else None
     with local_deployment(parsed.federation.clients, workdir, certs, auth, configs) as deployment:
         out.print(f"SuperLink on 127.0.0.1:{deployment.superlink_port}, {parsed.federation.clients} SuperNodes; "
                   f"logs in {workdir}")

@@ -62,8 +62,11 @@ def file_digest(path: Path) -> str:
 
 def record_digests(data, path: str | Path) -> dict[str, str]:
     """Record id (as the loader names it) → SHA-256 of its image file, for the folder at `path`."""
-    pairs = folder_pairs({**data.options, "path": str(path)})
-    return {f"folder:{stem}": file_digest(image) for stem, image, _ in pairs}
+    return _digests({**data.options, "path": str(path)})
+
+
+def _digests(options: dict) -> dict[str, str]:
+    return {f"folder:{stem}": file_digest(image) for stem, image, _ in folder_pairs(options)}
 
 
 def write_manifest(folder: Path, site: str, out: Path, images: str = "images", masks: str = "masks") -> dict:
@@ -71,9 +74,9 @@ def write_manifest(folder: Path, site: str, out: Path, images: str = "images", m
     on: the same pairing rules as the loader), no image and no file name."""
     from fedmia.io import write_json_atomic
 
-    pairs = folder_pairs({"path": str(folder), "images": images, "masks": masks})
+    digests = _digests({"path": str(folder), "images": images, "masks": masks})
     manifest = {"format": MANIFEST_FORMAT, "site": site, "digest": "sha256 of the image file",
-                "records": sorted(file_digest(image) for _, image, _ in pairs)}
+                "records": sorted(digests.values())}
     write_json_atomic(Path(out), manifest)
     return manifest
 

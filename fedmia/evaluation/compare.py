@@ -39,12 +39,17 @@ def load_run(folder: Path) -> dict:
 def run_scores(folder: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
     """(target ids, is_member, scores per attack), rebuilt from the run's scores and its ledger."""
     ledger = MembershipLedger.load(folder / "ledger.json")
-    with open(folder / "scores.csv", newline="") as handle:
+    ids, scores = read_scores(folder / "scores.csv")
+    return ids, ledger.is_member(ids), scores
+
+
+def read_scores(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(target ids, scores per attack) from a run's scores.csv."""
+    with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     header, body = rows[0], rows[1:]
     ids = [row[0] for row in body]
-    scores = {name: np.array([float(row[column]) for row in body]) for column, name in enumerate(header[1:], start=1)}
-    return ids, ledger.is_member(ids), scores
+    return ids, {name: np.array([float(row[column]) for row in body]) for column, name in enumerate(header[1:], start=1)}
 
 
 def _difference(a_run, b_run, attack: str, a: dict, b: dict, seed: int = 0) -> dict:

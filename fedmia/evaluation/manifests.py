@@ -10,7 +10,6 @@ run folder gets ledger.json and the same figures a single-pool run computes in o
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from fedmia.attacks.base import AttackResult
 from fedmia.data.plan import MembershipLedger
 from fedmia.data.sites import ledger_from_manifests, read_manifests
-from fedmia.evaluation.compare import RunFolderError
+from fedmia.evaluation.compare import RunFolderError, read_scores
 from fedmia.evaluation.ood import ood_rates
 from fedmia.evaluation.plots import plot_roc
 from fedmia.evaluation.report import render_report
@@ -38,17 +37,6 @@ def _read_json(path: Path) -> dict:
         raise RunFolderError(f"{path}: not valid JSON ({error})") from None
 
 
-def read_scores(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except FileNotFoundError:
-        raise RunFolderError(f"{path}: missing (not a finished run folder)") from None
-    header, body = rows[0], rows[1:]
-    ids = [row[0] for row in body]
-    return ids, {name: np.array([float(row[c]) for row in body]) for c, name in enumerate(header[1:], start=1)}
-
-
 def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
     """Join the run's saved scores with the sites' manifests; rewrite metrics.json, report.md,
     roc.png and write ledger.json. `scenario`: the run folder's own scenario.yaml, loaded.
@@ -59,6 +47,8 @@ def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
                              "its metrics.json already holds the membership figures")
     output = _read_json(run_dir / ADVERSARY_OUTPUT)
     metrics = _read_json(run_dir / "metrics.json")
+    if not (run_dir / "scores.csv").is_file():
+        raise RunFolderError(f"{run_dir / 'scores.csv'}: missing (not a finished run folder)")
     ids, scores = read_scores(run_dir / "scores.csv")
     names = [site.name for site in scenario.data.sites]
     owner, counts = read_manifests(manifests, names)
