@@ -1,8 +1,9 @@
 """DP-SGD cost: local training with DP-SGD vs plain training of the same model, same data.
 
-Prints the DP/plain wall-time ratio per encoder, both measured in this process (machines are
-noisy: only the ratio means something). Also times Opacus's own PrivacyEngine in its two
-per-sample modes — per-layer hooks and expanded weights (`grad_sample_mode="ew"`) — for
+Prints the DP/plain wall-time ratio per encoder for fedmia's two DP-SGD engines (book-keeping
+clipping, the default; per-sample gradients from torch.func), all measured in this process
+(machines are noisy: only the ratio means something). Also times Opacus's own PrivacyEngine in
+its two per-sample modes — per-layer hooks and expanded weights (`grad_sample_mode="ew"`) — for
 comparison, or says why it cannot run the model.
 
     python bench/dp_cost.py [--records 64] [--epochs 2] [--batch 8]
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--no-opacus", action="store_true", help="skip Opacus's own engines (slow at depth 5)")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     records, _ = load_dataset("shapes", records=args.records, image_size=args.size, seed=0, options={"binary": True})
@@ -66,14 +68,16 @@ def main() -> None:
     for encoder, depth in [("resnet18", 3), ("mobilenet_v2", 3), ("mobilenet_v2", 5)]:
         spec = ModelSpec(encoder=encoder, encoder_depth=depth)
         plain_model = to_dp_compatible(build_model(spec, 1, 2, seed=0))
-        dp_model = to_dp_compatible(build_model(spec, 1, 2, seed=0))
         plain = timed(lambda: train_local(plain_model, records, TrainRecipe(args.epochs, args.batch, 0.003),
                                           seed=0, device=device))
-        dp = timed(lambda: train_local_dp(dp_model, records, epochs=args.epochs, batch_size=args.batch, lr=0.003,
-                                          optimizer_name="adam", noise_multiplier=1.0, max_grad_norm=1.0,
-                                          seed=0, device=device))
-        line = f"{encoder:>13} depth {depth}: plain {plain:6.2f} s  DP-SGD (torch.func) {dp:6.2f} s  ratio {dp / plain:5.2f}x"
-        for mode in ("hooks", "ew"):  # Opacus's own engines: per-layer hooks, expanded weights
+        line = f"{encoder:>13} depth {depth}: plain {plain:6.2f} s"
+        for engine in ("bookkeeping", "torch.func"):
+            dp_model = to_dp_compatible(build_model(spec, 1, 2, seed=0))
+            dp = timed(lambda: train_local_dp(dp_model, records, epochs=args.epochs, batch_size=args.batch, lr=0.003,
+                                              optimizer_name="adam", noise_multiplier=1.0, max_grad_norm=1.0,
+                                              seed=0, device=device, engine=engine))
+            line += f"  | {engine} {dp:6.2f} s  ratio {dp / plain:5.2f}x"
+        for mode in () if args.no_opacus else ("hooks", "ew"):  # Opacus's own engines: per-layer hooks, expanded weights
             try:
                 took = timed(lambda: opacus_hooks(to_dp_compatible(build_model(spec, 1, 2, seed=0)), records,
                                                   args.epochs, args.batch, mode))

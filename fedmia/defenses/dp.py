@@ -1,11 +1,17 @@
-"""Local DP-SGD on the clients, with Opacus doing the privacy-critical parts.
+"""Local DP-SGD on the clients, with Opacus noising, stepping and accounting.
 
-Per-sample gradients and losses come from `torch.func` in one pass (vmap over grad_and_value
-of a functional call; the logged loss is the per-sample loss, label smoothing included) and are
-handed to Opacus's `DPOptimizer`, which clips them, adds Gaussian noise and steps; Opacus's RDP
-accountant turns the steps into ε. Why not `PrivacyEngine.make_private`: its hooks reject the
-in-place ops of smp/torchvision encoders (ResNet's `out += identity`), and one vmapped pass is
-several times faster than per-layer hooks on these models (bench/dp_cost.py).
+Each step needs Σ_b min(1, C/‖g_b‖) g_b over a Poisson batch. Two engines compute it, with the
+per-record losses for the log from the same pass (no second forward):
+- `bookkeeping` (default where the model is only Conv2d / Linear / GroupNorm layers, i.e. every
+  smp model made DP-compatible): one ordinary forward and backward pass, per-sample norms from
+  each layer's input and output gradient, the clipped sum as one weighted weight gradient
+  (fedmia/defenses/clipping.py); Opacus's `DPOptimizerFastGradientClipping` noises it and steps.
+- `torch.func`: per-sample gradients from vmap over grad_and_value of a functional call, handed
+  to Opacus's `DPOptimizer`, which clips, noises and steps.
+bench/dp_cost.py times both against plain training and against Opacus's own engines. Why not
+`PrivacyEngine.make_private`: its hooks reject the in-place ops of smp/torchvision encoders
+(ResNet's `out += identity`), and both engines here are faster on these models. Opacus's RDP
+accountant turns the steps into ε.
 
 Batches are Poisson-sampled (each record joins a step with probability q = batch/N), the
 sampling the RDP analysis of subsampled Gaussian mechanisms assumes. BatchNorm mixes records of
@@ -21,7 +27,7 @@ import numpy as np
 import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.validators import ModuleValidator
 from pydantic import Field
 from torch import nn
@@ -29,6 +35,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from fedmia.data.records import Records
+from fedmia.defenses import clipping
 from fedmia.defenses.audit import dirac_rows
 from fedmia.defenses.base import Defense, Params, register_defense
 
@@ -200,12 +207,13 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
                    optimizer_name: str, noise_multiplier: float, max_grad_norm: float, seed: int,
                    device: torch.device, momentum: float = 0.9, weight_decay: float = 0.0,
                    label_smoothing: float = 0.0, transform=None, canaries: np.ndarray | None = None,
-                   canary_norm: float = 0.0) -> dict:
+                   canary_norm: float = 0.0, engine: Literal["auto", "bookkeeping", "torch.func"] = "auto") -> dict:
     """DP-SGD epochs; returns the last epoch's mean loss and what the accountant needs.
     `canaries`: coordinates of gradient canaries this client holds (fedmia/defenses/audit.py);
     each joins a Poisson batch with the records' rate and is clipped and noised like them.
     `transform`: a per-record batch transform (crop); label smoothing and weight decay apply as
-    in plain training (the per-sample loss includes the smoothing)."""
+    in plain training (the per-sample loss includes the smoothing). `engine`: how the clipped sum
+    is computed (module docstring); `auto` takes book-keeping wherever the model allows it."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.to(device).train()
@@ -214,8 +222,15 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
         base = torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         base = torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay)
-    optimizer = DPOptimizer(base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                            expected_batch_size=batch_size, generator=generator)
+    # Book-keeping clipping (fedmia/defenses/clipping.py) where the model is made of layers it
+    # knows: no per-sample gradient is materialised, so Opacus's fast-clipping optimizer only
+    # noises the clipped sum. Otherwise per-sample gradients from torch.func, clipped by Opacus.
+    bookkeeping = engine == "bookkeeping" or (engine == "auto" and clipping.supports(model))
+    if bookkeeping and not clipping.supports(model):
+        raise ValueError("book-keeping clipping needs a model of Conv2d, Linear and GroupNorm layers only")
+    dp_optimizer = DPOptimizerFastGradientClipping if bookkeeping else DPOptimizer
+    optimizer = dp_optimizer(base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                             expected_batch_size=batch_size, generator=generator)
     buffers = {name: b for name, b in model.named_buffers()}
 
     def loss_of_one(p, x, y):
@@ -235,21 +250,36 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
             drawn = canaries[(torch.rand(len(canaries), generator=generator) < q).numpy()] \
                 if canaries is not None and len(canaries) else np.zeros(0, dtype=np.int64)
             optimizer.zero_grad(set_to_none=True)
-            if len(chosen) == 0 and len(drawn) == 0:  # an empty Poisson batch still costs a (noise-only) step
+            batch = None
+            if len(chosen):
+                x, y = images[chosen], masks[chosen].long()
+                if transform is not None:
+                    x, y = transform(x, y)
+                batch = x.to(device), y.to(device)
+                seen += len(chosen)
+            rows = dirac_rows(params, drawn, canary_norm) if len(drawn) else None
+            if bookkeeping:
+                sums = {name: torch.zeros_like(p) for name, p in params.items()}  # an empty batch: noise only
+                if batch is not None:
+                    x, y = batch
+                    sums, losses, _ = clipping.clipped_gradient_sum(
+                        model, x, lambda out: F.cross_entropy(out, y, reduction="none", label_smoothing=label_smoothing)
+                        .flatten(1).mean(1), max_grad_norm)
+                    total += float(losses.sum())
+                if rows is not None:  # each canary row is clipped like a record's gradient
+                    factor = min(1.0, max_grad_norm / (canary_norm + 1e-6))
+                    sums = {name: s + factor * rows[name].sum(0) for name, s in sums.items()}
+                for name, p in params.items():
+                    p.grad = sums[name]
+            elif batch is None and rows is None:  # an empty Poisson batch still costs a (noise-only) step
                 for p in params.values():
                     p.grad_sample = torch.zeros((1, *p.shape), device=device)
             else:
                 grads = {name: torch.zeros((0, *p.shape), device=device) for name, p in params.items()}
-                if len(chosen):
-                    x, y = images[chosen], masks[chosen].long()
-                    if transform is not None:
-                        x, y = transform(x, y)
-                    x, y = x.to(device), y.to(device)
+                if batch is not None:
                     detached = {k: v.detach() for k, v in params.items()}
-                    grads, losses = per_sample_grads(detached, x, y)
+                    grads, losses = per_sample_grads(detached, *batch)
                     total += float(losses.sum())
-                    seen += len(chosen)
-                rows = dirac_rows(params, drawn, canary_norm) if len(drawn) else None
                 for name, p in params.items():
                     p.grad_sample = grads[name] if rows is None else torch.cat([grads[name], rows[name]])
             optimizer.step()
