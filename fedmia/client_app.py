@@ -83,8 +83,8 @@ _WARM = set()  # pids of this process's first fit (a Ray worker plays many clien
 
 
 def first_fit_warmup() -> dict:
-    """On a worker's first fit: seconds from its process start to now (Ray worker boot, imports,
-    model construction) as the `worker-warmup-s` metric, so the run reports start-up apart from
+    """On a worker's first fit, before it trains: seconds from its process start to now (Ray
+    worker boot, imports, data and model construction) as the `worker-warmup-s` metric, so the run reports start-up apart from
     the rounds; later fits report nothing."""
     if os.getpid() in _WARM:
         return {}
@@ -126,6 +126,7 @@ class SegmentationClient(NumPyClient):
         self.device = pick_device(scenario.runtime.device)
 
     def fit(self, parameters, config):
+        warmup = first_fit_warmup()  # before training: the warm-up is what precedes the work
         inject_faults(self.scenario, int(config.get("server-round", 0)), self.partition_id)
         set_weights(self.model, parameters)
         received = get_weights(self.model)
@@ -133,7 +134,7 @@ class SegmentationClient(NumPyClient):
         seed = client_seed(self.scenario, int(config.get("server-round", 0)), self.partition_id)
         stats = local_training(self.scenario, self.model, self.records, recipe, seed=seed, device=self.device,
                                public=self.public, partition=self.partition_id)
-        metrics = {"partition-id": self.partition_id, **stats, **first_fit_warmup()}
+        metrics = {"partition-id": self.partition_id, **stats, **warmup}
         weights = get_weights(self.model)
         if config.get("send-update"):
             # Under SecAgg+: updates are small, so they quantise finely; float64 because the

@@ -63,6 +63,8 @@ def test_defaults_are_filled_in(write_scenario):
         ({"data": {"members": 4_000_000, "image_size": 512}}, None, "data", "more than this machine's"),
         ({"defenses": {"dp": {"mode": "local", "noise_multiplier": 1.0, "sigma": 2}}}, None,
          "defenses.dp.sigma", "unknown key"),
+        ({"defenses": {"dp": {"mode": "central", "noise_multiplier": 1.0, "engine": "torch.func"}}}, None,
+         "defenses.dp.engine", "expected auto in central mode"),
     ],
 )
 def test_validate_errors_name_file_key_and_exit_2(write_scenario, changes, raw, where, expected):

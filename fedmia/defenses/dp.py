@@ -25,10 +25,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-from opacus.validators import ModuleValidator
 from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
@@ -55,6 +51,9 @@ class DPParams(Params):
     audit_canaries: int = Field(100, ge=0, description="gradient canaries in one client's training, each "
                                 "inserted by a coin flip, for an empirical lower bound on ε (0: no audit)")
     audit_client: int = Field(0, ge=0, description="partition-id of the client that carries the canaries")
+    engine: Literal["auto", "bookkeeping", "torch.func"] = Field(
+        "auto", description="local: how the clipped gradient sum is computed (same mechanism, different speed; "
+        "auto: book-keeping where the model allows it)")
 
 
 @register_defense("dp", acts_on="local gradients")
@@ -84,6 +83,9 @@ class DifferentialPrivacy(Defense):
         if p.mode == "central" and scenario.defenses.secagg is not None:
             out.append(("defenses.dp.mode", "central DP does not compose with defenses.secagg: it clips on the "
                         "server, which under SecAgg+ sees no single update; expected secagg off or mode: local"))
+        if p.mode == "central" and p.engine != "auto":
+            out.append(("defenses.dp.engine", f"an engine computes local DP-SGD's clipped sums; expected auto in "
+                        f"central mode, found {p.engine}"))
         if p.mode == "local" and scenario.model.norm == "batch":
             out.append(("model.norm", "local DP-SGD needs per-sample gradients; expected group or auto, found batch"))
         if p.audit_canaries and p.audit_client >= scenario.federation.clients:
@@ -99,7 +101,8 @@ class DifferentialPrivacy(Defense):
             optimizer_name=recipe.optimizer, noise_multiplier=local_noise_multiplier(run.scenario, len(run.records)),
             max_grad_norm=self.params.max_grad_norm, seed=run.seed, device=run.device, momentum=recipe.momentum,
             weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
-            transform=run.transform_batch, canaries=run.canaries, canary_norm=run.canary_norm)
+            transform=run.transform_batch, canaries=run.canaries, canary_norm=run.canary_norm,
+            engine=self.params.engine)
 
     # ---- central mode: the server's aggregation --------------------------------------------
     def wrap_strategy(self, strategy, scenario):
@@ -156,6 +159,8 @@ def _released(wrapper: type) -> type:
 
 def to_dp_compatible(model: nn.Module) -> nn.Module:
     """BatchNorm → GroupNorm (Opacus's own fix), and nothing in place on hooked outputs."""
+    from opacus.validators import ModuleValidator  # opacus is imported where used: it pulls in
+    # scipy.stats (~1 s per process), which every Ray worker would pay in runs without DP
     model = ModuleValidator.fix(model)
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
@@ -188,6 +193,8 @@ def sample_rate(n_records: int, batch_size: int) -> float:
 
 
 def noise_for_budget(target_epsilon: float, delta: float, q: float, total_steps: int) -> float:
+    from opacus.accountants.utils import get_noise_multiplier
+
     return get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=q,
                                 steps=total_steps, accountant="rdp")
 
@@ -198,6 +205,8 @@ def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> floa
         return 0.0
     if any(noise == 0 for noise, _, _ in history):
         return math.inf  # clipping without noise: no DP guarantee at all
+    from opacus.accountants import RDPAccountant
+
     accountant = RDPAccountant()
     accountant.history = list(history)
     return float(accountant.get_epsilon(delta=delta))
@@ -214,6 +223,8 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
     `transform`: a per-record batch transform (crop); label smoothing and weight decay apply as
     in plain training (the per-sample loss includes the smoothing). `engine`: how the clipped sum
     is computed (module docstring); `auto` takes book-keeping wherever the model allows it."""
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.to(device).train()
