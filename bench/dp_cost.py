@@ -12,22 +12,30 @@ comparison, or says why it cannot run the model.
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from pathlib import Path
+import time
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from attack_cost import best_of  # noqa: E402  (fastest of a few runs, as there)
+from fedmia.data.datasets import load_dataset
+from fedmia.defenses.dp import to_dp_compatible, train_local_dp
+from fedmia.models import build_model
+from fedmia.scenario import ModelSpec
+from fedmia.training import TrainRecipe, train_local
 
-from fedmia.data.datasets import load_dataset  # noqa: E402
-from fedmia.defenses.dp import to_dp_compatible, train_local_dp  # noqa: E402
-from fedmia.models import build_model  # noqa: E402
-from fedmia.scenario import ModelSpec  # noqa: E402
-from fedmia.training import TrainRecipe, train_local  # noqa: E402
 
-timed = functools.partial(best_of, repeats=3)
+def interleaved_best(works: dict, repeats: int) -> dict[str, float]:
+    """Fastest of `repeats` timings of each work, the works taking turns, so that a slow spell
+    of this machine hits plain and DP training alike instead of skewing their ratio."""
+    best = {name: float("inf") for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            start = time.perf_counter()
+            work()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+ENGINES = ("bookkeeping", "torch.func")
 
 
 def opacus_hooks(model, records, epochs, batch, mode: str = "hooks"):
@@ -58,6 +66,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5, help="timings of each, fastest kept")
     parser.add_argument("--no-opacus", action="store_true", help="skip Opacus's own engines (slow at depth 5)")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -67,20 +76,23 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     for encoder, depth in [("resnet18", 3), ("mobilenet_v2", 3), ("mobilenet_v2", 5)]:
         spec = ModelSpec(encoder=encoder, encoder_depth=depth)
-        plain_model = to_dp_compatible(build_model(spec, 1, 2, seed=0))
-        plain = timed(lambda: train_local(plain_model, records, TrainRecipe(args.epochs, args.batch, 0.003),
-                                          seed=0, device=device))
+        models = {name: to_dp_compatible(build_model(spec, 1, 2, seed=0)) for name in ("plain", *ENGINES)}
+        works = {"plain": lambda: train_local(models["plain"], records, TrainRecipe(args.epochs, args.batch, 0.003),
+                                              seed=0, device=device)}
+        for engine in ENGINES:
+            works[engine] = (lambda engine=engine: train_local_dp(
+                models[engine], records, epochs=args.epochs, batch_size=args.batch, lr=0.003, optimizer_name="adam",
+                noise_multiplier=1.0, max_grad_norm=1.0, seed=0, device=device, engine=engine))
+        best = interleaved_best(works, args.repeats)
+        plain = best["plain"]
         line = f"{encoder:>13} depth {depth}: plain {plain:6.2f} s"
-        for engine in ("bookkeeping", "torch.func"):
-            dp_model = to_dp_compatible(build_model(spec, 1, 2, seed=0))
-            dp = timed(lambda: train_local_dp(dp_model, records, epochs=args.epochs, batch_size=args.batch, lr=0.003,
-                                              optimizer_name="adam", noise_multiplier=1.0, max_grad_norm=1.0,
-                                              seed=0, device=device, engine=engine))
-            line += f"  | {engine} {dp:6.2f} s  ratio {dp / plain:5.2f}x"
+        for engine in ENGINES:
+            line += f"  | {engine} {best[engine]:6.2f} s  ratio {best[engine] / plain:5.2f}x"
         for mode in () if args.no_opacus else ("hooks", "ew"):  # Opacus's own engines: per-layer hooks, expanded weights
             try:
-                took = timed(lambda: opacus_hooks(to_dp_compatible(build_model(spec, 1, 2, seed=0)), records,
-                                                  args.epochs, args.batch, mode))
+                def opacus(mode=mode):  # model building included, as PrivacyEngine wraps a fresh one
+                    opacus_hooks(to_dp_compatible(build_model(spec, 1, 2, seed=0)), records, args.epochs, args.batch, mode)
+                took = interleaved_best({mode: opacus}, 3)[mode]
                 line += f"  | Opacus {mode} {took:6.2f} s  ratio {took / plain:5.2f}x"
             except Exception as error:  # e.g. ResNet's in-place add
                 line += f"  | Opacus {mode}: fails ({type(error).__name__}: {str(error)[:60]})"

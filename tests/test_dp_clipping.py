@@ -18,19 +18,21 @@ from fedmia.scenario import ModelSpec
 
 
 class SmallNet(nn.Module):
-    """Every layer kind: a strided conv with bias and a dilated depthwise conv (per-record
-    gradients), GroupNorm, a conv and a Linear on few positions (ghost norms)."""
+    """Every layer kind: a strided conv with bias, a dilated depthwise conv and a pointwise conv
+    with bias (per-record gradients), GroupNorm, a conv and a Linear on few positions (ghost
+    norms)."""
 
     def __init__(self):
         super().__init__()
         self.stem = nn.Conv2d(2, 8, 3, stride=2, padding=1)
         self.depthwise = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False)
         self.norm = nn.GroupNorm(4, 8)
+        self.pointwise = nn.Conv2d(8, 8, 1)
         self.deep = nn.Conv2d(8, 64, 3, stride=2, padding=1)
         self.mix = nn.Linear(64, 16)
 
     def forward(self, x):
-        h = F.relu(self.norm(self.depthwise(self.stem(x))), inplace=True)
+        h = self.pointwise(F.relu(self.norm(self.depthwise(self.stem(x))), inplace=True))
         h = self.deep(h)  # (B, 64, 2, 2): 4 positions, ghost norm
         return self.mix(h.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(len(x), 16, 2, 2)
 

@@ -69,6 +69,18 @@ def _ghost_sq_norms(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return ((a.transpose(1, 2) @ a) * (d.transpose(1, 2) @ d)).sum((1, 2))
 
 
+def _as_matmul(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A Linear layer, or a pointwise (1×1, stride 1, unpadded, ungrouped) convolution — most
+    of a MobileNet — as a product over positions: a (B, K, T), d (B, O, T); else None."""
+    b = a.shape[0]
+    if isinstance(module, nn.Linear):
+        return a.reshape(b, -1, a.shape[-1]).transpose(1, 2), d.reshape(b, -1, d.shape[-1]).transpose(1, 2)
+    if (module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding == (0, 0)
+            and module.groups == 1):
+        return a.flatten(2), d.flatten(2)
+    return None
+
+
 def _per_sample(tap: _Tap) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(‖g_b‖² of the layer's parameters, the per-record gradients kept for the sum by name)."""
     module, a, d = tap.module, tap.input, tap.grad
@@ -79,9 +91,21 @@ def _per_sample(tap: _Tap) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         dims = tuple(range(2, a.dim()))
         rows = {"weight": (normalised * d).sum(dims), "bias": d.sum(dims)}
         return rows["weight"].pow(2).sum(1) + rows["bias"].pow(2).sum(1), rows
-    if isinstance(module, nn.Conv2d):
+    product = _as_matmul(module, a, d)
+    if product is not None:
+        a2, d2 = product
+        (_, k, t), out = a2.shape, d2.shape[1]
+        if t * (k + out) < k * out:  # few positions: ghost norm
+            sq = _ghost_sq_norms(a2, d2)
+        else:
+            per_record = d2 @ a2.transpose(1, 2)
+            sq = per_record.flatten(1).pow(2).sum(1)
+            if per_record.numel() <= KEEP:
+                rows["weight"] = per_record.view(b, *module.weight.shape)
+        bias = d2.sum(2)
+    else:  # a Conv2d with a kernel
         t, k, out = d.shape[2] * d.shape[3], module.weight[0].numel(), module.out_channels
-        if module.groups == 1 and t * (k + out) < k * out:  # few positions: ghost norm
+        if module.groups == 1 and t * (k + out) < k * out:
             columns = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
             sq = _ghost_sq_norms(columns, d.reshape(b, out, t))
         else:  # each record's weight gradient at once, the batch folded into the groups
@@ -91,21 +115,10 @@ def _per_sample(tap: _Tap) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             sq = per_record.flatten(1).pow(2).sum(1)
             if per_record.numel() <= KEEP:
                 rows["weight"] = per_record
-        bias_dims = (2, 3)
-    else:  # nn.Linear, over any positions between the batch and the features
-        a, d = a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1])
-        t, k, out = a.shape[1], a.shape[2], d.shape[2]
-        if t * (k + out) < k * out:
-            sq = _ghost_sq_norms(a.transpose(1, 2), d.transpose(1, 2))
-        else:
-            per_record = torch.einsum("bto,bti->boi", d, a)
-            sq = per_record.flatten(1).pow(2).sum(1)
-            if per_record.numel() <= KEEP:
-                rows["weight"] = per_record
-        bias_dims = (1,)
+        bias = d.sum((2, 3))
     if module.bias is not None:
-        rows["bias"] = d.sum(bias_dims)
-        sq = sq + rows["bias"].pow(2).sum(1)
+        rows["bias"] = bias
+        sq = sq + bias.pow(2).sum(1)
     return sq, rows
 
 
@@ -113,10 +126,12 @@ def _weight_sum(tap: _Tap, factors: torch.Tensor) -> torch.Tensor:
     """Σ_b factors_b g_b for a Conv2d or Linear weight whose per-record gradients were not kept."""
     module, a, d = tap.module, tap.input, tap.grad
     scaled = d * factors.view((-1,) + (1,) * (d.dim() - 1))
-    if isinstance(module, nn.Conv2d):
-        return torch.nn.grad.conv2d_weight(a, module.weight.shape, scaled, module.stride, module.padding,
-                                           module.dilation, module.groups)
-    return scaled.reshape(-1, scaled.shape[-1]).t() @ a.reshape(-1, a.shape[-1])
+    product = _as_matmul(module, a, scaled)
+    if product is not None:
+        a2, d2 = product  # Σ over records and positions of d aᵀ: one matrix product
+        return (d2.transpose(0, 1).flatten(1) @ a2.transpose(1, 2).flatten(0, 1)).view_as(module.weight)
+    return torch.nn.grad.conv2d_weight(a, module.weight.shape, scaled, module.stride, module.padding,
+                                       module.dilation, module.groups)
 
 
 def clipped_gradient_sum(model: nn.Module, x: torch.Tensor, per_sample_loss: Callable[[torch.Tensor], torch.Tensor],
