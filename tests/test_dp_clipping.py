@@ -78,6 +78,50 @@ def test_clipped_sum_equals_the_per_sample_reference(make):
     assert all(p.requires_grad for p in model.parameters())  # handed back trainable
 
 
+def test_dropout_models_clip_per_record():
+    """FPN carries Dropout2d, which torch.func's vmap refuses in training; book-keeping runs it,
+    and (dropout off, to compare) its sums equal per-record autograd's one record at a time."""
+    torch.manual_seed(0)
+    model = to_dp_compatible(build_model(ModelSpec(arch="FPN", encoder="resnet18", encoder_depth=5), 1, 2, seed=0))
+    assert any(isinstance(m, nn.Dropout2d) for m in model.modules()) and clipping.supports(model)
+    x, y = torch.randn(4, 1, 32, 32), torch.randint(0, 2, (4, 32, 32))
+
+    def loss(out):
+        return F.cross_entropy(out, y, reduction="none").flatten(1).mean(1)
+
+    clipping.clipped_gradient_sum(model.train(), x, loss, max_grad_norm=0.5)  # dropout on: runs
+    for module in model.modules():
+        if isinstance(module, nn.Dropout2d):
+            module.p = 0.0
+    sums, _, norms = clipping.clipped_gradient_sum(model, x, loss, max_grad_norm=0.5)
+    grads = []
+    for i in range(4):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    expected_norms = torch.stack([torch.sqrt(sum((g**2).sum() for g in one.values())) for one in grads])
+    torch.testing.assert_close(norms, expected_norms, rtol=1e-4, atol=1e-6)
+    factors = (0.5 / (expected_norms + 1e-6)).clamp(max=1.0)
+    scale = max(float(g.abs().max()) for g in grads[0].values())
+    for name in grads[0]:
+        expected = sum(f * one[name] for f, one in zip(factors, grads))
+        torch.testing.assert_close(sums[name], expected, rtol=1e-3, atol=1e-5 * scale, msg=name)
+
+
+def test_a_layer_used_twice_is_refused():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            return torch.cat([self.conv(self.conv(x)), -x], 1)
+
+    x, y = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    with pytest.raises(RuntimeError, match="ran 2 times"):
+        clipping.clipped_gradient_sum(Twice(), x, lambda out: F.cross_entropy(out, y, reduction="none").mean((1, 2)), 1.0)
+
+
 def test_dp_sgd_engines_agree_step_for_step():
     """Same seed, same Poisson batches, same noise, canaries included: the two engines train the
     same model (up to float error), so book-keeping changes the speed and not the mechanism."""

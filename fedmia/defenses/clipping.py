@@ -46,9 +46,10 @@ class _Tap:
     """One layer's input (saved in the forward pass) and output gradient (saved in the backward)."""
 
     def __init__(self, module: nn.Module):
-        self.module, self.input, self.version, self.grad = module, None, None, None
+        self.module, self.input, self.version, self.grad, self.calls = module, None, None, None, 0
 
     def forward_hook(self, module, inputs, output) -> None:
+        self.calls += 1
         self.input, self.version = inputs[0].detach(), inputs[0]._version
         # A tensor hook sees the gradient of the value the layer produced, even when a later
         # op (ReLU(inplace), ResNet's `out += identity`) overwrites that tensor in place.
@@ -153,9 +154,11 @@ def clipped_gradient_sum(model: nn.Module, x: torch.Tensor, per_sample_loss: Cal
             p.requires_grad_(True)
         for handle in handles:
             handle.remove()
-    for name, tap in taps.items():
-        if tap.grad is None or tap.input._version != tap.version:
-            raise RuntimeError(f"layer {name}: its input changed in place or it took no part in the loss")
+    for name, tap in taps.items():  # what the (a, δ) bookkeeping cannot represent: refuse, never guess
+        if tap.calls != 1 or tap.grad is None or tap.input._version != tap.version:
+            raise RuntimeError(f"book-keeping clipping: layer {name} ran {tap.calls} times in one forward pass, "
+                               "took no part in the loss, or had its input changed in place; expected each layer "
+                               "used once (defenses.dp.engine: torch.func handles shared layers)")
     per_layer = {name: _per_sample(tap) for name, tap in taps.items()}
     norms = torch.stack([sq for sq, _ in per_layer.values()]).sum(0).sqrt()
     factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
