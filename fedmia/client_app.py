@@ -35,6 +35,13 @@ from fedmia.training import evaluate_utility, pick_device
 _LAYOUTS: dict[str, ClientLayout] = {}  # scenario (canonical) → its layout, in this process
 
 
+def remember_layout(canonical: str, layout: ClientLayout) -> None:
+    """Keep the layout the runner handed over. A module-level function on purpose: Ray ships
+    `client_fn` by value (cloudpickle), module globals it names included, so a `_LAYOUTS[...] =`
+    written inside it would fill a copy and every worker would rebuild the whole plan."""
+    _LAYOUTS[canonical] = layout
+
+
 def _layout(canonical: str) -> ClientLayout | SiteLayout:
     if canonical not in _LAYOUTS:  # no layout handed over: rebuild the plan (once)
         scenario = scenario_from_canonical(canonical)
@@ -156,20 +163,25 @@ def _run_scenario(encoded: str, path: str) -> Scenario:
     return scenario_from_run_config({"scenario-b64": encoded, "scenario": path})
 
 
-def make_client_app(scenario: Scenario | None = None, layout: ClientLayout | None = None) -> ClientApp:
-    """A ClientApp for `scenario`, or — under `flwr run` — for the run config's `scenario` path.
-    `layout`: where each client's records sit (the runner passes the plan's)."""
+def make_client_fn(scenario: Scenario | None = None, layout: ClientLayout | None = None):
+    """Flower's `client_fn` for `scenario` (or the run config's), as Ray ships it: by value."""
 
     def client_fn(context: Context):
         current = scenario or _run_scenario(str(context.run_config.get("scenario-b64", "")),
                                             str(context.run_config.get("scenario", "")))
         if layout is not None:
-            _LAYOUTS[current.canonical()] = layout
+            remember_layout(current.canonical(), layout)
         torch.set_num_threads(max(1, int(current.runtime.client_cpus)))
         partition_id, data_path = partition_of(current, context.node_config)
         return SegmentationClient(current, partition_id, data_path).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[optional_secaggplus_mod])
+    return client_fn
+
+
+def make_client_app(scenario: Scenario | None = None, layout: ClientLayout | None = None) -> ClientApp:
+    """A ClientApp for `scenario`, or — under `flwr run` — for the run config's `scenario` path.
+    `layout`: where each client's records sit (the runner passes the plan's)."""
+    return ClientApp(client_fn=make_client_fn(scenario, layout), mods=[optional_secaggplus_mod])
 
 
 app = make_client_app()

@@ -367,6 +367,36 @@ def test_a_client_loads_exactly_its_partition_from_the_layout(write_scenario, ch
             np.testing.assert_array_equal(public.images, plan.public.images)
 
 
+def test_a_ray_worker_takes_the_handed_over_layout_and_builds_no_plan(write_scenario):
+    """Ray ships `client_fn` by value (cloudpickle), module globals it names included: the
+    layout it carries must land in the worker's own cache, or every worker rebuilds the whole
+    federation plan (it did: ~2 s of each worker's warm-up in the quickstart). A fresh process
+    stands in for the worker."""
+    import subprocess
+    import sys
+
+    from ray import cloudpickle
+
+    from fedmia.client_app import make_client_fn
+    from fedmia.data.plan import build_plan
+    from fedmia.validation import load_scenario
+
+    scenario = load_scenario(write_scenario({}))
+    shipped = cloudpickle.dumps(make_client_fn(scenario, build_plan(scenario).layout))
+    worker = (
+        "import pickle, sys\n"
+        "client_fn = pickle.loads(sys.stdin.buffer.read())\n"
+        "from flwr.common import Context, RecordDict\n"
+        "import fedmia.data.plan as plan\n"
+        "client_fn(Context(run_id=1, node_id=1, node_config={'partition-id': 1, 'num-partitions': 2},\n"
+        "                  state=RecordDict(), run_config={}))\n"
+        "print(plan._build_plan_cached.cache_info().misses)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", worker], input=shipped, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().strip().splitlines()[-1] == "0"
+
+
 def test_a_folder_client_opens_only_its_own_files(write_scenario, tmp_path, monkeypatch):
     from fedmia.data import folder
     from fedmia.data.plan import build_plan
