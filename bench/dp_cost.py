@@ -12,20 +12,25 @@ comparison, or says why it cannot run the model.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from fedmia.data.datasets import load_dataset
-from fedmia.defenses.dp import to_dp_compatible, train_local_dp
-from fedmia.models import build_model
-from fedmia.scenario import ModelSpec
-from fedmia.training import TrainRecipe, train_local
+sys.path.insert(0, str(Path(__file__).parent))
+from attack_cost import best_of  # noqa: E402  (fastest of a few runs of one work)
+
+from fedmia.data.datasets import load_dataset  # noqa: E402
+from fedmia.defenses.dp import to_dp_compatible, train_local_dp  # noqa: E402
+from fedmia.models import build_model  # noqa: E402
+from fedmia.scenario import ModelSpec  # noqa: E402
+from fedmia.training import TrainRecipe, train_local  # noqa: E402
 
 
 def interleaved_best(works: dict, repeats: int) -> dict[str, float]:
-    """Fastest of `repeats` timings of each work, the works taking turns, so that a slow spell
-    of this machine hits plain and DP training alike instead of skewing their ratio."""
+    """`best_of` for several works taking turns, so that a slow spell of this machine hits plain
+    and DP training alike instead of skewing their ratio."""
     best = {name: float("inf") for name in works}
     for _ in range(repeats):
         for name, work in works.items():
@@ -92,7 +97,7 @@ def main() -> None:
             try:
                 def opacus(mode=mode):  # model building included, as PrivacyEngine wraps a fresh one
                     opacus_hooks(to_dp_compatible(build_model(spec, 1, 2, seed=0)), records, args.epochs, args.batch, mode)
-                took = interleaved_best({mode: opacus}, 3)[mode]
+                took = best_of(opacus, repeats=3)
                 line += f"  | Opacus {mode} {took:6.2f} s  ratio {took / plain:5.2f}x"
             except Exception as error:  # e.g. ResNet's in-place add
                 line += f"  | Opacus {mode}: fails ({type(error).__name__}: {str(error)[:60]})"

@@ -91,8 +91,8 @@ _WARM = set()  # pids of this process's first fit (a Ray worker plays many clien
 
 def first_fit_warmup() -> dict:
     """On a worker's first fit, before it trains: seconds from its process start to now (Ray
-    worker boot, imports, data and model construction) as the `worker-warmup-s` metric, so the run reports start-up apart from
-    the rounds; later fits report nothing."""
+    worker boot, imports, data and model construction) as the `worker-warmup-s` metric, so the
+    run reports start-up apart from the rounds; later fits report nothing."""
     if os.getpid() in _WARM:
         return {}
     _WARM.add(os.getpid())

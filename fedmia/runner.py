@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -59,7 +60,6 @@ def plan_while_ray_starts(scenario: Scenario):
     initialised Ray as it is and stops it at the end; we start it with the arguments it would
     use (ours, plus this process's `sys.path` for the workers). A plan that fails stops Ray
     before the error propagates."""
-    import sys
     import threading
 
     import ray
@@ -98,6 +98,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
     the run's clock starts from (the CLI passes its process's start, so `wall_s` is what the
     user waits); by default, now. `supernodes`: how many simulated SuperNodes connect (default:
     the scenario's clients; fewer makes the server fail after `runtime.connect_timeout_s`)."""
+    import ray
     from flwr.simulation import run_simulation
 
     from fedmia.client_app import make_client_app
@@ -124,8 +125,6 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
                            backend_name="ray", backend_config=backend_config(scenario),
                            verbose_logging=verbose)
         finally:
-            import ray
-
             if ray.is_initialized():  # Flower stops Ray at the end; this covers a simulation that raised first
                 ray.shutdown()
     if "error" in result:

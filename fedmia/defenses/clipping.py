@@ -5,9 +5,9 @@ DP-SGD needs Σ_b min(1, C/‖g_b‖) g_b over the records b of a batch. Materia
 layer. For a layer with input a_b and output gradient δ_b, g_b = δ_bᵀ a_b, so one ordinary
 backward pass that keeps each layer's (a, δ) gives (Bu et al., "Differentially private
 optimization on large model at small cost", ICML 2023):
-  1. ‖g_b‖² per layer — directly (a per-sample product that is dropped at once) or, when the
-     layer has few output positions T, from Gram matrices: ‖δ_bᵀ a_b‖² = Σ (a_b a_bᵀ)∘(δ_b δ_bᵀ)
-     ("ghost norm"), whichever needs fewer multiplications;
+  1. ‖g_b‖² per layer — directly (a per-sample product, kept for step 3 only when small) or,
+     when the layer has few output positions T, from Gram matrices: ‖δ_bᵀ a_b‖² =
+     Σ (a_b a_bᵀ)∘(δ_b δ_bᵀ) ("ghost norm"), whichever needs fewer multiplications;
   2. the clip factors c_b from the summed norms, as Opacus computes them;
   3. Σ_b c_b g_b per layer as one ordinary weight gradient of (a, c·δ).
 The backward pass computes no weight gradient at all, so the cost is about plain training's.
@@ -135,6 +135,11 @@ def _weight_sum(tap: _Tap, factors: torch.Tensor) -> torch.Tensor:
                                        module.dilation, module.groups)
 
 
+def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """min(1, C / (‖g‖ + 1e-6)) per record, as Opacus's DPOptimizer clips."""
+    return (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
 def clipped_gradient_sum(model: nn.Module, x: torch.Tensor, per_sample_loss: Callable[[torch.Tensor], torch.Tensor],
                          max_grad_norm: float) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """(Σ_b c_b g_b by parameter name, each record's loss, each record's gradient norm) for one
@@ -161,7 +166,7 @@ def clipped_gradient_sum(model: nn.Module, x: torch.Tensor, per_sample_loss: Cal
                                "used once (defenses.dp.engine: torch.func handles shared layers)")
     per_layer = {name: _per_sample(tap) for name, tap in taps.items()}
     norms = torch.stack([sq for sq, _ in per_layer.values()]).sum(0).sqrt()
-    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    factors = clip_factors(norms, max_grad_norm)
     sums = {}
     for name, tap in taps.items():
         rows = per_layer[name][1]

@@ -2,8 +2,8 @@
 
 Each step needs Σ_b min(1, C/‖g_b‖) g_b over a Poisson batch. Two engines compute it, with the
 per-record losses for the log from the same pass (no second forward):
-- `bookkeeping` (default where the model is only Conv2d / Linear / GroupNorm layers, i.e. every
-  smp model made DP-compatible): one ordinary forward and backward pass, per-sample norms from
+- `bookkeeping` (default where the model is only Conv2d / Linear / GroupNorm layers, as the
+  smp models made DP-compatible mostly are): one ordinary forward and backward pass, per-sample norms from
   each layer's input and output gradient, the clipped sum as one weighted weight gradient
   (fedmia/defenses/clipping.py); Opacus's `DPOptimizerFastGradientClipping` noises it and steps.
 - `torch.func`: per-sample gradients from vmap over grad_and_value of a functional call, handed
@@ -236,9 +236,10 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
     # Book-keeping clipping (fedmia/defenses/clipping.py) where the model is made of layers it
     # knows: no per-sample gradient is materialised, so Opacus's fast-clipping optimizer only
     # noises the clipped sum. Otherwise per-sample gradients from torch.func, clipped by Opacus.
-    bookkeeping = engine == "bookkeeping" or (engine == "auto" and clipping.supports(model))
-    if bookkeeping and not clipping.supports(model):
+    supported = clipping.supports(model)
+    if engine == "bookkeeping" and not supported:
         raise ValueError("book-keeping clipping needs a model of Conv2d, Linear and GroupNorm layers only")
+    bookkeeping = engine == "bookkeeping" or (engine == "auto" and supported)
     dp_optimizer = DPOptimizerFastGradientClipping if bookkeeping else DPOptimizer
     optimizer = dp_optimizer(base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                              expected_batch_size=batch_size, generator=generator)
@@ -270,15 +271,16 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
                 seen += len(chosen)
             rows = dirac_rows(params, drawn, canary_norm) if len(drawn) else None
             if bookkeeping:
-                sums = {name: torch.zeros_like(p) for name, p in params.items()}  # an empty batch: noise only
-                if batch is not None:
+                if batch is None:  # an empty Poisson batch: noise only
+                    sums = {name: torch.zeros_like(p) for name, p in params.items()}
+                else:
                     x, y = batch
                     sums, losses, _ = clipping.clipped_gradient_sum(
                         model, x, lambda out: F.cross_entropy(out, y, reduction="none", label_smoothing=label_smoothing)
                         .flatten(1).mean(1), max_grad_norm)
                     total += float(losses.sum())
                 if rows is not None:  # each canary row is clipped like a record's gradient
-                    factor = min(1.0, max_grad_norm / (canary_norm + 1e-6))
+                    factor = float(clipping.clip_factors(torch.tensor(canary_norm), max_grad_norm))
                     sums = {name: s + factor * rows[name].sum(0) for name, s in sums.items()}
                 for name, p in params.items():
                     p.grad = sums[name]

@@ -25,15 +25,19 @@ class RunFolderError(ValueError):
     pass
 
 
+def read_run_json(path: Path) -> dict:
+    """A run folder's JSON file; RunFolderError naming the file when it is missing or broken."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: missing (not a finished run folder)") from None
+    except json.JSONDecodeError as error:
+        raise RunFolderError(f"{path}: not valid JSON ({error})") from None
+
+
 def load_run(folder: Path) -> dict:
     folder = Path(folder)
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except FileNotFoundError:
-        raise RunFolderError(f"{folder}: no metrics.json (not a finished run folder)") from None
-    except json.JSONDecodeError as error:
-        raise RunFolderError(f"{folder}/metrics.json: not valid JSON ({error})") from None
-    return {"folder": folder, "metrics": metrics}
+    return {"folder": folder, "metrics": read_run_json(folder / "metrics.json")}
 
 
 def run_scores(folder: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:

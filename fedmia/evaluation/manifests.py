@@ -10,7 +10,6 @@ run folder gets ledger.json and the same figures a single-pool run computes in o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import numpy as np
 from fedmia.attacks.base import AttackResult
 from fedmia.data.plan import MembershipLedger
 from fedmia.data.sites import ledger_from_manifests, read_manifests
-from fedmia.evaluation.compare import RunFolderError, read_scores
+from fedmia.evaluation.compare import RunFolderError, read_run_json, read_scores
 from fedmia.evaluation.ood import ood_rates
 from fedmia.evaluation.plots import plot_roc
 from fedmia.evaluation.report import render_report
@@ -26,15 +25,6 @@ from fedmia.evaluation.run_metrics import membership_section
 from fedmia.io import write_json_atomic, write_text_atomic
 
 ADVERSARY_OUTPUT = "adversary_output.json"  # written by fedmia.pipeline.finish_run
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunFolderError(f"{path}: missing (not a finished multi-site run folder)") from None
-    except json.JSONDecodeError as error:
-        raise RunFolderError(f"{path}: not valid JSON ({error})") from None
 
 
 def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
@@ -45,8 +35,8 @@ def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
     if not scenario.data.multi_site:
         raise RunFolderError(f"{run_dir}: not a multi-site run (its scenario has no data.sites); "
                              "its metrics.json already holds the membership figures")
-    output = _read_json(run_dir / ADVERSARY_OUTPUT)
-    metrics = _read_json(run_dir / "metrics.json")
+    output = read_run_json(run_dir / ADVERSARY_OUTPUT)
+    metrics = read_run_json(run_dir / "metrics.json")
     if not (run_dir / "scores.csv").is_file():
         raise RunFolderError(f"{run_dir / 'scores.csv'}: missing (not a finished run folder)")
     ids, scores = read_scores(run_dir / "scores.csv")
