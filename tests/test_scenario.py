@@ -65,6 +65,9 @@ def test_defaults_are_filled_in(write_scenario):
          "defenses.dp.sigma", "unknown key"),
         ({"defenses": {"dp": {"mode": "central", "noise_multiplier": 1.0, "engine": "torch.func"}}}, None,
          "defenses.dp.engine", "expected auto in central mode"),
+        ({"model": {"arch": "Linknet", "encoder_depth": 5}, "data": {"image_size": 32},
+          "defenses": {"dp": {"mode": "local", "noise_multiplier": 1.0, "engine": "bookkeeping"}}}, None,
+         "defenses.dp.engine", "ConvTranspose2d"),
     ],
 )
 def test_validate_errors_name_file_key_and_exit_2(write_scenario, changes, raw, where, expected):

@@ -31,15 +31,21 @@ from torch.nn import functional as F
 LAYERS = (nn.Conv2d, nn.Linear, nn.GroupNorm)
 
 
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Modules holding trainable parameters that this file cannot clip for (name: kind)."""
+    out = []
+    for name, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            known = isinstance(module, LAYERS) and not (
+                isinstance(module, nn.Conv2d) and (isinstance(module.padding, str) or module.padding_mode != "zeros"))
+            if not known:
+                out.append(f"{name}: {type(module).__name__}")
+    return out
+
+
 def supports(model: nn.Module) -> bool:
     """Every module that holds trainable parameters is a layer this file knows."""
-    for module in model.modules():
-        if any(p.requires_grad for p in module.parameters(recurse=False)):
-            if not isinstance(module, LAYERS):
-                return False
-            if isinstance(module, nn.Conv2d) and (isinstance(module.padding, str) or module.padding_mode != "zeros"):
-                return False
-    return True
+    return not unsupported_layers(model)
 
 
 class _Tap:
