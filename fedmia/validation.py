@@ -152,8 +152,9 @@ def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
     check("data.dataset", lambda: datasets.DATASETS.get(scenario.data.dataset))
     ok = check("model.arch", lambda: models.check_architecture(scenario.model.arch))
     ok &= check("model.encoder", lambda: models.check_encoder(scenario.model.encoder))
+    probe: list = []  # the probe model, for the defenses' model checks below
     if ok:  # a probe build catches depth/architecture combinations smp cannot shape
-        check("model", lambda: models.build_model(scenario.model, in_channels=1, num_classes=2))
+        check("model", lambda: probe.append(models.build_model(scenario.model, in_channels=1, num_classes=2)))
     if check("server.strategy", lambda: strategies.STRATEGIES.get(scenario.server.strategy)):
         entry = strategies.STRATEGIES.get(scenario.server.strategy)
         params, found = _params_problems(entry.params_model, scenario.server.params(), "server")
@@ -182,6 +183,8 @@ def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
     active = {key: DEFENSES.get(key)(params) for key, params in validated.items()}
     for key, defense in active.items():
         problems += defense.problems(scenario)
+        if probe:
+            problems += defense.model_problems(probe[0])
         for other, why in defense.conflicts.items():
             if other in active and not (other == "dp" and active[other].params.mode == "central"):
                 problems.append((f"defenses.{key}", f"does not compose with defenses.{other}: {why}"))

@@ -60,6 +60,10 @@ class Defense:
     def problems(self, scenario) -> list[tuple[str, str]]:
         return []
 
+    def model_problems(self, model) -> list[tuple[str, str]]:
+        """Checks that need the model: validation passes its probe build of the scenario's model."""
+        return []
+
     # ---- local-training hooks (fedmia.local.LocalRun); defaults change nothing -----------------
     def inspect(self, run) -> None:
         """Before local training, on the model as received: raise `ModelRefused` to refuse it."""

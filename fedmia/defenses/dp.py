@@ -86,8 +86,6 @@ class DifferentialPrivacy(Defense):
         if p.mode == "central" and p.engine != "auto":
             out.append(("defenses.dp.engine", f"an engine computes local DP-SGD's clipped sums; expected auto in "
                         f"central mode, found {p.engine}"))
-        if p.mode == "local" and p.engine == "bookkeeping":
-            out += _bookkeeping_problems(scenario)
         if p.mode == "local" and scenario.model.norm == "batch":
             out.append(("model.norm", "local DP-SGD needs per-sample gradients; expected group or auto, found batch"))
         if p.audit_canaries and p.audit_client >= scenario.federation.clients:
@@ -96,6 +94,21 @@ class DifferentialPrivacy(Defense):
         return out
 
     # ---- local mode: the gradient step -----------------------------------------------------
+    def model_problems(self, model) -> list[tuple[str, str]]:
+        """`engine: bookkeeping` on a model with layers it does not cover: said at validation,
+        not in the first client's training."""
+        if self.params.mode != "local" or self.params.engine != "bookkeeping":
+            return []
+        try:
+            others = clipping.unsupported_layers(to_dp_compatible(model))
+        except ValueError:
+            return []  # cannot be made DP-compatible at all: local training says so
+        if not others:
+            return []
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        return [("defenses.dp.engine", f"book-keeping clipping covers Conv2d, Linear and GroupNorm layers; this "
+                 f"model also has {others[0]}{more}; expected auto or torch.func")]
+
     def train(self, run) -> dict:
         recipe = run.recipe
         return train_local_dp(
@@ -157,23 +170,6 @@ def _released(wrapper: type) -> type:
     return Released
 
 
-
-
-def _bookkeeping_problems(scenario) -> list[tuple[str, str]]:
-    """`engine: bookkeeping` on a model with layers it does not cover: said at validation, not
-    in the first client's training (a probe build, as validation does for the model itself)."""
-    from fedmia.models import build_model
-
-    try:
-        model = to_dp_compatible(build_model(scenario.model, in_channels=1, num_classes=2))
-    except ValueError:
-        return []  # the model's own problem, reported under `model`
-    others = clipping.unsupported_layers(model)
-    if not others:
-        return []
-    return [("defenses.dp.engine", f"book-keeping clipping covers Conv2d, Linear and GroupNorm layers; this model "
-             f"also has {others[0]}{f' (and {len(others) - 1} more)' if len(others) > 1 else ''}; "
-             "expected auto or torch.func")]
 
 
 def to_dp_compatible(model: nn.Module) -> nn.Module:
