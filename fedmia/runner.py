@@ -3,90 +3,48 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
+import threading
 import time
-import warnings
 from pathlib import Path
 
 from rich.console import Console
 
 from fedmia.data.plan import build_plan
 from fedmia.pipeline import finish_run, prepare_run_folder, progress_bar
+from fedmia.ray_start import backend_config, beside_ray_start, quiet_library_notices
 from fedmia.scenario import Scenario
 
 
-def backend_config(scenario: Scenario) -> dict:
-    runtime = scenario.runtime
-    cpus = runtime.total_cpus or os.cpu_count() or 1
-    if runtime.max_parallel is not None:  # Ray schedules by resources: cap them
-        cpus = min(cpus, max(1, int(runtime.max_parallel * runtime.client_cpus)))
-    init_args = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
-    if runtime.ray_address:  # an existing cluster brings its own resources
-        init_args["address"] = runtime.ray_address
-    else:
-        init_args["num_cpus"] = cpus
-    return {"client_resources": {"num_cpus": runtime.client_cpus, "num_gpus": runtime.client_gpus},
-            "init_args": init_args}
-
-
-class _DropNotice(logging.Filter):
-    def __init__(self, fragment: str):
-        super().__init__()
-        self.fragment = fragment
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.fragment not in record.getMessage()
-
-
-def quiet_library_notices() -> None:
-    """A run's terminal output is its progress, table and folder. Two library notices open every
-    run and say nothing about it: Flower's deprecation of `run_simulation` (we call it on
-    purpose: it is the simulation engine's in-process entry point; `flwr run` drives the same
-    apps, tests/test_simulation.py) and Ray's FutureWarning about accelerator variables (raised
-    in this process by `ray.init`). `--verbose` shows everything."""
-    flwr_logger = logging.getLogger("flwr")
-    if not any(isinstance(f, _DropNotice) for f in flwr_logger.filters):
-        flwr_logger.addFilter(_DropNotice("The `run_simulation` function is deprecated"))
-    # a warning filter, not RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0: that would let GPU-less actors
-    # see the GPUs (and `device: auto` pick one)
-    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
-
-
 def plan_while_ray_starts(scenario: Scenario):
-    """Build the federation's plan while Ray starts, on the other core: Flower's backend would
-    start Ray only once the simulation runs (~2.5 s), after the plan (~0.5–1 s for the
-    quickstart) — measured 4.4 s one after the other, 3.0 s together. Flower leaves an
-    initialised Ray as it is and stops it at the end; we start it with the arguments it would
-    use (ours, plus this process's `sys.path` for the workers). A plan that fails stops Ray
-    before the error propagates."""
-    import threading
+    """The federation's plan, built while Ray starts (unless the caller started it already, as
+    the CLI does): measured 4.4 s one after the other, 3.0 s together on the quickstart."""
+    return beside_ray_start(scenario, lambda: build_plan(scenario))
 
+
+def flower_in_background(result: dict, **simulation) -> threading.Thread:
+    """Flower's `run_simulation` on a thread. Once the server app has ended (`result["ended"]`),
+    the transcript is complete and the audit can start while Flower stops its actors and Ray
+    (~1.8 s from the last round to `ray.shutdown()` returning, measured on the quickstart), which
+    takes no core; the caller joins the thread before it returns, so no Ray outlives a run. An
+    error of the simulation lands in `result["flower-error"]`."""
     import ray
+    from flwr.simulation import run_simulation
 
-    built: dict = {}
-
-    def build() -> None:
+    def target() -> None:
         try:
-            built["plan"] = build_plan(scenario)
-        except BaseException as error:  # handed to the main thread below
-            built["error"] = error
+            run_simulation(**simulation)
+        except BaseException as error:  # raised in the caller's thread, after the join
+            result["flower-error"] = error
+        finally:
+            if ray.is_initialized():  # Flower stops Ray at the end; this covers a simulation that raised first
+                ray.shutdown()
+            result["ended"].set()  # also when the server app never ran
 
-    worker = threading.Thread(target=build, name="fedmia-plan")
-    worker.start()
-    started_ray = False
-    try:
-        if not ray.is_initialized():
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}},
-                     **backend_config(scenario)["init_args"])
-            started_ray = True
-    finally:
-        worker.join()
-        if "error" in built and started_ray:
-            ray.shutdown()
-    if "error" in built:
-        raise built["error"]
-    return built["plan"]
+    # daemon: an interrupted run (Ctrl-C in the caller's wait) does not hang on this thread;
+    # Ray's own exit hook stops Ray then
+    thread = threading.Thread(target=target, name="fedmia-flower", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None = None,
@@ -98,9 +56,6 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
     the run's clock starts from (the CLI passes its process's start, so `wall_s` is what the
     user waits); by default, now. `supernodes`: how many simulated SuperNodes connect (default:
     the scenario's clients; fewer makes the server fail after `runtime.connect_timeout_s`)."""
-    import ray
-    from flwr.simulation import run_simulation
-
     from fedmia.client_app import make_client_app
     from fedmia.server_app import make_server_app
 
@@ -110,34 +65,34 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
         quiet_library_notices()
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     layout = plan_while_ray_starts(scenario).layout  # data problems fail here, before any round
 
-    result: dict = {}
+    result: dict = {"ended": threading.Event()}
     with progress_bar(console) as progress:
         task = progress.add_task("federated rounds", total=scenario.federation.rounds, completed=done)
         server_app = make_server_app(scenario, result=result, checkpoint=out_dir / "transcript",
                                      on_round_end=lambda view: progress.advance(task), resume=resume)
-        try:
-            run_simulation(server_app=server_app, client_app=make_client_app(scenario, layout),
-                           num_supernodes=supernodes or scenario.federation.clients,
-                           backend_name="ray", backend_config=backend_config(scenario),
-                           verbose_logging=verbose)
-        finally:
-            if ray.is_initialized():  # Flower stops Ray at the end; this covers a simulation that raised first
-                ray.shutdown()
-    if "error" in result:
-        raise result["error"]
-    if "transcript" not in result:
-        raise RuntimeError("the simulation ended without a transcript (see the Flower log above)")
-    timing = {"simulation_s": result["simulation_s"],
-              "startup_s": time.perf_counter() - started - result["simulation_s"]}
-    warmups = [r.metrics["worker-warmup-s"] for v in result["transcript"].rounds for r in v.replies
-               if "worker-warmup-s" in r.metrics]
-    if warmups:  # inside the first round(s): Ray workers booting, importing torch/smp, building the model
-        timing["worker_warmup_s"] = round(max(warmups), 2)
-    return finish_run(scenario, result["transcript"], out_dir, timing=timing, console=console,
-                      started=started)
-
-
+        flower = flower_in_background(
+            result, server_app=server_app, client_app=make_client_app(scenario, layout),
+            num_supernodes=supernodes or scenario.federation.clients, backend_name="ray",
+            backend_config=backend_config(scenario), verbose_logging=verbose)
+        result["ended"].wait()  # the server app's end: the transcript is complete
+    try:
+        if "transcript" not in result:
+            flower.join()  # a failed simulation: its own error first
+            raise result.get("error") or result.get("flower-error") or RuntimeError(
+                "the simulation ended without a transcript (see the Flower log above)")
+        # start-up: up to the server app's first round (imports, Ray, plan, Flower's set-up); Ray's
+        # stop overlaps the audit, inside wall_s
+        timing = {"simulation_s": result["simulation_s"], "startup_s": result["federation_started"] - started}
+        warmups = [r.metrics["worker-warmup-s"] for v in result["transcript"].rounds for r in v.replies
+                   if "worker-warmup-s" in r.metrics]
+        if warmups:  # inside the first round(s): Ray workers booting, importing torch/smp, building the model
+            timing["worker_warmup_s"] = round(max(warmups), 2)
+        metrics = finish_run(scenario, result["transcript"], out_dir, timing=timing, console=console,
+                             started=started)
+    finally:
+        flower.join()  # Ray is stopped before we return
+    if "flower-error" in result:
+        raise result["flower-error"]
+    return metrics

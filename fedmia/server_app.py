@@ -106,18 +106,23 @@ def make_server_app(scenario: Scenario | None = None, *, result: dict | None = N
         if result is None:  # under `flwr run` this app owns the run folder
             prepare_run_folder(out_dir, current)
         started = time.perf_counter()
+        if result is not None:
+            result["federation_started"] = started
         try:
             transcript = run_federation(grid, context, current, on_round_end,
                                         checkpoint=checkpoint or out_dir / "transcript", resume=resume)
+            simulation_s = time.perf_counter() - started
+            if result is not None:
+                result.update(transcript=transcript, simulation_s=simulation_s)
+                return
         except ClientsMissing as error:
             if result is None:
                 raise
             result["error"] = error  # in-process: the runner raises it, not Flower's thread log
             return
-        simulation_s = time.perf_counter() - started
-        if result is not None:
-            result.update(transcript=transcript, simulation_s=simulation_s)
-            return
+        finally:
+            if result is not None and "ended" in result:  # the runner waits on it (fedmia.runner)
+                result["ended"].set()
         finish_run(current, transcript, out_dir, timing={"simulation_s": simulation_s})
 
     return app

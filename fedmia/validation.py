@@ -130,6 +130,31 @@ def _params_problems(model: type, raw: Any, where: str) -> tuple[Any, list[tuple
                       for w, what in (describe_pydantic_error(e) for e in error.errors())]
 
 
+def defense_block_problems(scenario: Scenario) -> list[tuple[str, str]]:
+    """Each defense block checked against its plug-in's parameters; the validated ones replace
+    the raw blocks in `scenario` (a defense is built from them)."""
+    from fedmia.defenses import DEFENSES
+    from fedmia.registry import UnknownNameError
+
+    problems: list[tuple[str, str]] = []
+    validated: dict[str, Any] = {}
+    for key, raw in scenario.defenses.root.items():
+        try:
+            cls = DEFENSES.get(key)
+        except UnknownNameError as error:
+            problems.append((f"defenses.{key}", str(error)))
+            continue
+        block = cls.block(raw)
+        if block is None:
+            continue
+        params, found = _params_problems(cls.Params, block, f"defenses.{key}")
+        problems += found
+        if params is not None:
+            validated[key] = params
+    scenario.defenses.root = validated
+    return problems
+
+
 def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
     """Registered names, each plug-in's parameters, the defenses' own checks and conflicts, and
     a probe build of the model. Validated defense blocks replace the raw ones in `scenario`."""
@@ -165,21 +190,10 @@ def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
         if check(f"attacks.{i}.name", lambda name=spec.name: attacks.ATTACKS.get(name)):
             problems += _params_problems(attacks.ATTACKS.get(spec.name).Params, spec.params(), f"attacks.{i}")[1]
 
-    validated: dict[str, Any] = {}
-    for key, raw in scenario.defenses.root.items():
-        if not check(f"defenses.{key}", lambda key=key: DEFENSES.get(key)):
-            continue
-        cls = DEFENSES.get(key)
-        block = cls.block(raw)
-        if block is None:
-            continue
-        params, found = _params_problems(cls.Params, block, f"defenses.{key}")
-        problems += found
-        if params is not None:
-            validated[key] = params
-    scenario.defenses.root = validated
+    problems += defense_block_problems(scenario)
     if any(w.startswith("defenses") for w, _ in problems):
         return problems
+    validated = scenario.defenses.root
     active = {key: DEFENSES.get(key)(params) for key, params in validated.items()}
     for key, defense in active.items():
         problems += defense.problems(scenario)
@@ -229,8 +243,10 @@ def encode_for_run_config(scenario: Scenario) -> str:
 
 
 def scenario_from_canonical(canonical: str) -> Scenario:
-    """A scenario shipped as `Scenario.canonical()` text (to clients, caches): defense blocks
-    come back as their validated models."""
+    """A scenario shipped as `Scenario.canonical()` text (to clients, caches): text a validated
+    scenario wrote, so only its defense blocks come back as their validated models. Not the
+    whole `plugin_problems`: that imports every attack and strategy (scipy, scikit-learn,
+    matplotlib) and builds a probe model — ~1.3 s in each Ray worker's start, before its first fit."""
     scenario = Scenario.model_validate_json(canonical)
-    plugin_problems(scenario)
+    defense_block_problems(scenario)
     return scenario

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +15,7 @@ from fedmia.scenario import ScenarioError
 from fedmia.validation import load_scenario
 from fedmia.sweep import load_sweep
 
-from conftest import REPO
+from conftest import REPO, alive, child_pids
 
 runner = CliRunner()
 
@@ -78,11 +79,29 @@ def test_validate_errors_name_file_key_and_exit_2(write_scenario, changes, raw, 
     assert text.startswith(f"{path}: {where}"), text
     assert expected in text
 
-    for command in ("validate", "run"):
-        result = runner.invoke(app, [command, str(path)])
-        assert result.exit_code == 2, result.output
-        assert f"{path}: {where}" in result.stderr
-        assert "Traceback" not in result.stderr + result.stdout
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}: {where}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"federation": {"roundz": 3}}, "federation.roundz"),  # the schema: Ray never starts
+    ({"attacks": ["loss", "telepathy"]}, "attacks.1.name"),  # a plug-in: found while Ray starts
+])
+def test_run_rejects_bad_input_with_exit_2_and_stops_the_ray_it_started(write_scenario, tmp_path, changes, where,
+                                                                         stops_its_processes):
+    """`fedmia run` starts Ray beside its validation (fedmia.ray_start); a file that fails there
+    exits 2 with the same message as `fedmia validate`, and leaves no Ray running."""
+    import ray
+
+    path = write_scenario(changes)
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert f"{path}: {where}" in result.stderr and "Traceback" not in result.stderr + result.stdout
+    assert not ray.is_initialized()
+    assert not [p for p in child_pids() if alive(p) and "ray" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_file_that_is_not_utf8_text_is_a_usage_error(tmp_path):
@@ -130,6 +149,23 @@ def test_data_problem_at_run_time_is_a_usage_error(write_scenario, tmp_path):
         assert f"{path}: data: folder: path" in result.stderr and "absent" in result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+    import ray
+
+    assert not ray.is_initialized()  # started beside the checks, stopped on the data problem
+
+
+def test_a_worker_rebuilds_the_shipped_scenario_without_importing_attacks(write_scenario):
+    """A Ray worker rebuilds the shipped scenario (`scenario_from_canonical`) before its first
+    fit: the defense blocks come back validated, and no attack, strategy, scipy or
+    scikit-learn is imported for it (that cost each worker ~1.3 s of warm-up)."""
+    scenario = load_scenario(write_scenario({"defenses": {"dp": {"mode": "local", "noise_multiplier": 1.5}}}))
+    code = ("import sys; import fedmia.client_app; from fedmia.validation import scenario_from_canonical; "
+            "s = scenario_from_canonical(sys.stdin.read()); "
+            "print(type(s.defenses.root['dp']).__name__, s.defenses.root['dp'].noise_multiplier, "
+            "*(m in sys.modules for m in ('fedmia.attacks', 'strategies', 'scipy', 'sklearn')))")
+    out = subprocess.run([sys.executable, "-c", code], input=scenario.canonical(), capture_output=True,
+                         text=True, cwd=REPO)
+    assert out.stdout.split() == ["DPParams", "1.5", "False", "False", "False", "False"], out.stdout + out.stderr
 
 
 def test_process_age_counts_from_the_process_start():
