@@ -20,6 +20,7 @@ a batch, which per-sample gradients cannot allow: DP models use GroupNorm (`Modu
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -227,6 +228,27 @@ def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> floa
     return float(accountant.get_epsilon(delta=delta))
 
 
+@functools.cache
+def _bookkeeping_optimizer() -> type:
+    """Opacus's `DPOptimizerFastGradientClipping`, taking each step's clipped sum as it is.
+    Opacus's `accumulate` deep-copies every `p.grad` into `p.summed_grad` (it may be called for
+    several micro-batches before a step): ~8 ms a step for MobileNet-v2's 3.1 M parameters, a
+    sixth of a plain training step. Here each step's sums are fresh tensors, set once and
+    never written again, so the first one is kept by reference; a second accumulation adds to
+    it as Opacus's does. Noise, scaling and the step are Opacus's own."""
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    class BookkeepingDPOptimizer(DPOptimizerFastGradientClipping):
+        def accumulate(self) -> None:
+            for p in self.params:
+                if p.summed_grad is None:
+                    p.summed_grad = p.grad.detach()
+                else:
+                    p.summed_grad = p.summed_grad + p.grad.detach()
+
+    return BookkeepingDPOptimizer
+
+
 def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_size: int, lr: float,
                    optimizer_name: str, noise_multiplier: float, max_grad_norm: float, seed: int,
                    device: torch.device, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -238,7 +260,7 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
     `transform`: a per-record batch transform (crop); label smoothing and weight decay apply as
     in plain training (the per-sample loss includes the smoothing). `engine`: how the clipped sum
     is computed (module docstring); `auto` takes book-keeping wherever the model allows it."""
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.optimizers import DPOptimizer
 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -255,7 +277,7 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
     if engine == "bookkeeping" and not supported:
         raise ValueError("book-keeping clipping needs a model of Conv2d, Linear and GroupNorm layers only")
     bookkeeping = engine == "bookkeeping" or (engine == "auto" and supported)
-    dp_optimizer = DPOptimizerFastGradientClipping if bookkeeping else DPOptimizer
+    dp_optimizer = _bookkeeping_optimizer() if bookkeeping else DPOptimizer
     optimizer = dp_optimizer(base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                              expected_batch_size=batch_size, generator=generator)
     buffers = {name: b for name, b in model.named_buffers()}
