@@ -85,7 +85,8 @@ def main() -> None:
     print(f"fedmia: wall {wall:.1f} s = start-up {timing['startup_s']:.1f} s + simulation "
           f"{timing['simulation_s']:.1f} s + attacks {timing['attacks_s']:.1f} s + evaluation "
           f"(Ray's stop overlaps the audit)")
-    print(f"Ray workers' warm-up (boot, imports, model; inside round 1): {timing.get('worker_warmup_s', float('nan')):.1f} s")
+    print(f"start-up until every worker trains (Ray, plan, workers' imports, data and model; imports of "
+          f"this process excluded): {timing.get('first_training_s', float('nan')):.1f} s")
     print(f"fedmia rounds (s): {', '.join(f'{t:.2f}' for t in rounds)}")
     print(f"plain  rounds (s), before: {', '.join(f'{t:.2f}' for t in plain)}; after: "
           f"{', '.join(f'{t:.2f}' for t in plain_again)}")

@@ -91,13 +91,14 @@ _WARM = set()  # pids of this process's first fit (a Ray worker plays many clien
 
 def first_fit_warmup() -> dict:
     """On a worker's first fit, before it trains: seconds from its process start to now (Ray
-    worker boot, imports, data and model construction) as the `worker-warmup-s` metric, so the
-    run reports start-up apart from the rounds; later fits report nothing."""
+    worker boot, imports, data and model construction) as the `worker-warmup-s` metric, and the
+    moment itself (`first-fit-at`, epoch seconds: the simulation runner, on the same machine,
+    reports the start-up up to it); later fits report nothing."""
     if os.getpid() in _WARM:
         return {}
     _WARM.add(os.getpid())
     age = process_age()
-    return {} if age is None else {"worker-warmup-s": round(age, 3)}
+    return {"first-fit-at": time.time(), **({} if age is None else {"worker-warmup-s": round(age, 3)})}
 
 
 class InjectedCrash(RuntimeError):

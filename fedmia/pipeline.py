@@ -175,7 +175,7 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
         transcript.save(out_dir / "transcript", keep=scenario.runtime.keep_transcript)
     # last, so that it covers everything but writing these two files
     timing["wall_s"] = (time.perf_counter() - started if started is not None
-                        else sum(v for k, v in timing.items() if k != "worker_warmup_s"))  # that one is inside the rounds
+                        else sum(v for k, v in timing.items() if k != "first_training_s"))  # it overlaps the rounds
     metrics["timing"] = timing
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))

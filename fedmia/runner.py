@@ -85,10 +85,13 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
         # start-up: up to the server app's first round (imports, Ray, plan, Flower's set-up); Ray's
         # stop overlaps the audit, inside wall_s
         timing = {"simulation_s": result["simulation_s"], "startup_s": result["federation_started"] - started}
-        warmups = [r.metrics["worker-warmup-s"] for v in result["transcript"].rounds for r in v.replies
-                   if "worker-warmup-s" in r.metrics]
-        if warmups:  # inside the first round(s): Ray workers booting, importing torch/smp, building the model
-            timing["worker_warmup_s"] = round(max(warmups), 2)
+        # the start-up the user waits before every worker trains: imports, Ray, plan, each
+        # worker's imports, data and model (inside round 1); only this process's rounds (resume)
+        process_started_at = time.time() - (time.perf_counter() - started)
+        stamps = [r.metrics["first-fit-at"] for v in result["transcript"].rounds for r in v.replies
+                  if r.metrics.get("first-fit-at", 0) >= process_started_at]
+        if stamps:
+            timing["first_training_s"] = round(max(stamps) - process_started_at, 2)
         metrics = finish_run(scenario, result["transcript"], out_dir, timing=timing, console=console,
                              started=started)
     finally:

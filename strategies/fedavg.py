@@ -31,9 +31,11 @@ def _weighted_sum(arrays_per_client, share) -> list:
 
 
 def weighted_mean(metrics: list[tuple[int, dict]]) -> dict:
-    """Example-weighted mean of every numeric metric the clients report."""
+    """Example-weighted mean of every numeric metric the clients report, but their identity
+    and a worker's start-up stamps (fedmia/client_app.py: a mean of those means nothing)."""
     total = sum(n for n, _ in metrics) or 1
-    keys = {k for _, m in metrics for k, v in m.items() if isinstance(v, (int, float)) and k != "partition-id"}
+    keys = {k for _, m in metrics for k, v in m.items()
+            if isinstance(v, (int, float)) and k not in ("partition-id", "first-fit-at", "worker-warmup-s")}
     return {k: sum(n * m.get(k, 0.0) for n, m in metrics) / total for k in sorted(keys)}
 
 
