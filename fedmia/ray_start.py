@@ -88,7 +88,10 @@ def beside_ray_start(scenario: Scenario, work: Callable[[], T]) -> T:
             # their boot (~0.8 s each) overlaps the work beside instead of round 1 (measured)
             inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
             os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in [*sys.path, *inherited] if p))
-            ray.init(**backend_config(scenario)["init_args"])
+            init_args = backend_config(scenario)["init_args"]
+            if "address" in init_args:  # a running cluster's workers do not inherit this environment
+                init_args["runtime_env"] = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}
+            ray.init(**init_args)
             started = True
     finally:
         thread.join()
