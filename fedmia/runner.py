@@ -56,6 +56,8 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
     the run's clock starts from (the CLI passes its process's start, so `wall_s` is what the
     user waits); by default, now. `supernodes`: how many simulated SuperNodes connect (default:
     the scenario's clients; fewer makes the server fail after `runtime.connect_timeout_s`)."""
+    import ray
+
     from fedmia.client_app import make_client_app
     from fedmia.server_app import make_server_app
 
@@ -76,7 +78,11 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
             result, server_app=server_app, client_app=make_client_app(scenario, layout),
             num_supernodes=supernodes or scenario.federation.clients, backend_name="ray",
             backend_config=backend_config(scenario), verbose_logging=verbose)
-        result["ended"].wait()  # the server app's end: the transcript is complete
+        try:
+            result["ended"].wait()  # the server app's end: the transcript is complete
+        except BaseException:  # Ctrl-C lands here, not in Flower's thread: stop Ray ourselves
+            ray.shutdown()  # (the rounds done so far are checkpointed: `fedmia run --resume`)
+            raise
     try:
         if "transcript" not in result:
             flower.join()  # a failed simulation: its own error first

@@ -95,3 +95,30 @@ def test_resume_refuses_what_it_cannot_continue(write_scenario, tmp_path):
     result = subprocess.run([*FEDMIA, "run", str(other), "--resume", str(empty)], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "differs from the scenario" in result.stderr
+
+
+def test_ctrl_c_stops_the_run_and_its_ray_and_keeps_the_checkpoint(write_scenario, tmp_path, stops_its_processes):
+    """Ctrl-C (SIGINT) while Flower runs its rounds on a thread: the console script exits at once
+    with 130, stops the Ray it started (the interrupt lands in the main thread's wait, not in
+    Flower's), and leaves the rounds done so far for `--resume`."""
+    folder = tmp_path / "run"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    process = subprocess.Popen(  # the console script's own entry point; SIGINT as a terminal sends it
+        [sys.executable, "-m", "fedmia.cli", "run", str(write_scenario(FAULTY)), "--out", str(folder)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 240
+    while checkpointed(folder) < 1:
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "round 1 never finished"
+        time.sleep(0.2)
+    family = child_pids(process.pid)
+    assert any("ray" in Path(f"/proc/{p}/cmdline").read_text() for p in family if alive(p))
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output[-3000:]
+    time.sleep(2)  # Ray's processes go once their parent asks; give them a moment
+    leftovers = {p for p in family if alive(p)}
+    stop_pids(leftovers)  # by PID, so that a failure here leaves nothing behind either
+    assert not leftovers, "Ray processes outlived the interrupted run"
+    assert 1 <= checkpointed(folder) < 3 and not (folder / "metrics.json").exists()
