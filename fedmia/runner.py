@@ -40,8 +40,8 @@ def flower_in_background(result: dict, **simulation) -> threading.Thread:
                 ray.shutdown()
             result["ended"].set()  # also when the server app never ran
 
-    # daemon: an interrupted run (Ctrl-C in the caller's wait) does not hang on this thread;
-    # Ray's own exit hook stops Ray then
+    # daemon: an interrupted run (Ctrl-C in the caller's wait, which stops Ray itself) does not
+    # hang on this thread at exit
     thread = threading.Thread(target=target, name="fedmia-flower", daemon=True)
     thread.start()
     return thread

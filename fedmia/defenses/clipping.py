@@ -115,21 +115,20 @@ def _per_sample(tap: _Tap) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if module.groups == 1 and t * (k + out) < k * out:
             columns = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
             sq = _ghost_sq_norms(columns, d.reshape(b, out, t))
-        elif module.groups > 1 and t <= 4:
-            # a depthwise conv deep in the encoder (≤ 2×2 outputs): a batched product over the
-            # few unfolded positions; the grouped kernel below costs per group (B × channels
-            # of them), 2–4× slower there (MobileNet-v2, measured)
-            g = module.groups
-            columns = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
-            per_record = (d.reshape(b, g, out // g, t) @ columns.view(b, g, k, t).transpose(2, 3)).view(
-                b, *module.weight.shape)
-            sq = per_record.flatten(1).pow(2).sum(1)
-            if per_record.numel() <= KEEP:
-                rows["weight"] = per_record
-        else:  # each record's weight gradient at once, the batch folded into the groups
-            per_record = torch.nn.grad.conv2d_weight(
-                a.reshape(1, -1, *a.shape[2:]), (b * out, *module.weight.shape[1:]), d.reshape(1, -1, *d.shape[2:]),
-                module.stride, module.padding, module.dilation, module.groups * b).view(b, *module.weight.shape)
+        else:
+            if module.groups > 1 and t <= 4:
+                # a depthwise conv deep in the encoder (≤ 2×2 outputs): a batched product over
+                # the few unfolded positions; the grouped kernel below costs per group (B ×
+                # channels of them), 2–4× slower there (MobileNet-v2, measured)
+                g = module.groups
+                columns = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
+                per_record = d.reshape(b, g, out // g, t) @ columns.view(b, g, k, t).transpose(2, 3)
+            else:  # each record's weight gradient at once, the batch folded into the groups
+                per_record = torch.nn.grad.conv2d_weight(
+                    a.reshape(1, -1, *a.shape[2:]), (b * out, *module.weight.shape[1:]),
+                    d.reshape(1, -1, *d.shape[2:]), module.stride, module.padding, module.dilation,
+                    module.groups * b)
+            per_record = per_record.reshape(b, *module.weight.shape)
             sq = per_record.flatten(1).pow(2).sum(1)
             if per_record.numel() <= KEEP:
                 rows["weight"] = per_record
