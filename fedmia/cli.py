@@ -36,6 +36,17 @@ def _load_or_exit(path: Path):
         raise typer.Exit(USAGE_ERROR)
 
 
+def _folder_or_exit(check, *args, **kwargs):
+    """A run-folder check (`fedmia.runfolder`) whose refusal is a usage error: its one line, exit 2."""
+    from fedmia.runfolder import RunFolderError
+
+    try:
+        return check(*args, **kwargs)
+    except RunFolderError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(USAGE_ERROR)
+
+
 def _check_data_or_exit(path: Path, parsed, *, sites_here: bool = False) -> None:
     """Build the federation plan (reads a folder dataset, generates embedded ones); with
     `sites_here`, also every multi-site site's folder, which must be on this machine (a
@@ -68,15 +79,21 @@ def run(
     scenario: Optional[Path] = typer.Argument(None, help="scenario YAML file (omit with --resume)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<name>)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the interrupted run in this run folder"),
-    verbose: bool = typer.Option(False, "--verbose", help="show Flower's and Ray's logs"),
+    force: bool = typer.Option(False, "--force", help="a run folder that holds a run: move that run aside "
+                               "(to NAME.replaced-TIME) and start again; nothing is deleted"),
+    verbose: bool = typer.Option(False, "--verbose", help="show Flower's and Ray's logs, and tracebacks"),
 ) -> None:
     """Train the federation (Flower simulation on Ray), attack it, write the run folder."""
+    from fedmia.runfolder import check_claim
+
     if resume is not None:
         scenario, folder = _resumable_or_exit(resume, scenario, out_dir)
     elif scenario is None:
         typer.echo("fedmia run: give a scenario file, or --resume RUN_DIR", err=True)
         raise typer.Exit(USAGE_ERROR)
-    parsed = _validate_while_ray_starts(scenario, verbose)
+    elif out_dir is not None:
+        _folder_or_exit(check_claim, out_dir, force=force)  # before anything starts
+    parsed = _validate_while_ray_starts(scenario, verbose, folder=resume or out_dir, force=force)
     from fedmia.evaluation import summary_table
     from fedmia.runner import run_scenario
 
@@ -84,18 +101,20 @@ def run(
     # the clock starts with the process: imports and start-up are part of what the user waits
     launched = time.perf_counter() - (process_age() or 0.0)
     metrics = run_scenario(parsed, folder, console=out, verbose=verbose, resume=resume is not None,
-                           started=launched)
+                           started=launched, force=force)
     out.print(summary_table(metrics))
     out.print(f"run folder: {folder}  (report: {folder / 'report.md'}, "
               f"wall {metrics['timing']['wall_s']:.1f} s)")
 
 
-def _validate_while_ray_starts(path: Path, verbose: bool):
+def _validate_while_ray_starts(path: Path, verbose: bool, *, folder: Optional[Path], force: bool):
     """The scenario, validated with its data checked, while Ray starts (~3 s that then overlap
     the imports and checks), if the file passes the schema and the plan's own checks (no torch
     import); a file that fails those starts nothing, one that fails later stops Ray before the
-    exit."""
+    exit. `folder` None: the default run folder, `runs/<name>`, is checked as soon as the name is
+    known, before Ray starts."""
     from fedmia.ray_start import beside_ray_start, quiet_library_notices
+    from fedmia.runfolder import check_claim
     from fedmia.validation import plan_problems
 
     def validated():
@@ -107,6 +126,8 @@ def _validate_while_ray_starts(path: Path, verbose: bool):
         schema = parse_schema(read_yaml(path), str(path))
     except ScenarioError:
         schema = None  # _load_or_exit reports it
+    if schema is not None and folder is None:
+        _folder_or_exit(check_claim, Path("runs") / schema.name, force=force)
     if schema is None or plan_problems(schema):
         return validated()
     if not verbose:
@@ -115,15 +136,24 @@ def _validate_while_ray_starts(path: Path, verbose: bool):
 
 
 def _resumable_or_exit(folder: Path, scenario: Optional[Path], out_dir: Optional[Path]) -> tuple[Path, Path]:
-    """A resumed run takes its scenario from its own folder: the one it was started with."""
+    """A resumed run takes its scenario from its own folder: the one it was started with; its
+    checkpoint must read back whole."""
+    from fedmia.runfolder import check_claim
+    from fedmia.transcript import CheckpointError, check_checkpoint
+
     saved = folder / "scenario.yaml"
     problem = None
     if out_dir is not None and out_dir.resolve() != folder.resolve():
         problem = "--out and --resume name different folders; a resumed run stays in its folder"
-    elif not saved.is_file():
-        problem = f"{folder}: not a fedmia run folder (no scenario.yaml in it)"
-    elif scenario is not None and _load_or_exit(scenario).canonical() != _load_or_exit(saved).canonical():
-        problem = f"{scenario}: differs from the scenario {saved} was started with; omit it to resume"
+    else:
+        _folder_or_exit(check_claim, folder, resume=True)
+        if scenario is not None and _load_or_exit(scenario).canonical() != _load_or_exit(saved).canonical():
+            problem = f"{scenario}: differs from the scenario {saved} was started with; omit it to resume"
+        else:
+            try:
+                check_checkpoint(folder / "transcript")
+            except CheckpointError as error:
+                problem = f"{error}; start again with `fedmia run {saved} --out {folder} --force`"
     if problem:
         typer.echo(f"fedmia run --resume: {problem}", err=True)
         raise typer.Exit(USAGE_ERROR)
@@ -216,6 +246,7 @@ def deploy_local(
     workdir: Path = typer.Option(Path("runs/deploy"), "--workdir", help="logs, SuperLink database, FLWR_HOME"),
     tls: bool = typer.Option(False, "--tls", help="TLS with a throw-away self-signed CA"),
     auth: bool = typer.Option(False, "--auth", help="SuperNode authentication (registered keys only; implies --tls)"),
+    force: bool = typer.Option(False, "--force", help="a run folder that holds a run: move that run aside first"),
 ) -> None:
     """Run a scenario on Flower's deployment engine on this machine: a SuperLink and one
     SuperNode per client as separate processes (127.0.0.1 only), then `flwr run`."""
@@ -224,28 +255,43 @@ def deploy_local(
     parsed = _load_or_exit(scenario)
     _check_data_or_exit(scenario, parsed, sites_here=True)
     folder = out_dir or Path("runs") / parsed.name
+    _clear_for_deployment(folder, force)
     certs = self_signed_certificates(workdir / "certs") if tls or auth else None
     # a multi-site scenario: each SuperNode gets its site's name and folder, as a hospital's would
     configs = site_node_configs(parsed) if parsed.data.multi_site else None
     with local_deployment(parsed.federation.clients, workdir, certs, auth, configs) as deployment:
         out.print(f"SuperLink on 127.0.0.1:{deployment.superlink_port}, {parsed.federation.clients} SuperNodes; "
                   f"logs in {workdir}")
-        result = deployment.run(parsed.with_absolute_paths(keep_site_paths=False), folder)
-    _finished_or_exit(result, folder, parsed)
+        sent = parsed.with_absolute_paths(keep_site_paths=False)
+        result = deployment.run(sent, folder)
+    _finished_or_exit(result, folder, sent)
 
 
-def _finished_or_exit(result, folder: Path, parsed) -> None:
-    """`flwr run` exits 0 even when the ServerApp failed: the run folder says whether it finished."""
-    if result.returncode != 0 or not (folder / "metrics.json").is_file():
+def _clear_for_deployment(folder: Path, force: bool) -> None:
+    """The ServerApp claims the run folder on its own machine and refuses one holding a run: check
+    here first (exit 2 before anything starts), and with --force move the old run aside."""
+    from fedmia.runfolder import check_claim, move_aside
+
+    if _folder_or_exit(check_claim, folder, force=force) in ("finished", "unfinished"):
+        out.print(f"moved the run that was in {folder} to {move_aside(folder)}")
+
+
+def _finished_or_exit(result, folder: Path, sent) -> None:
+    """`flwr run` exits 0 even when the ServerApp failed: the run folder's completion record says
+    whether *this* scenario's run finished."""
+    from fedmia.runfolder import COMPLETION, finished_metrics
+
+    metrics = finished_metrics(folder, sent)
+    if result.returncode != 0 or metrics is None:
         typer.echo(result.stdout[-4000:] + result.stderr[-4000:], err=True)
-        typer.echo(f"the run did not finish: no {folder / 'metrics.json'} (Flower's output above)", err=True)
+        typer.echo(f"the run did not finish: no {folder / COMPLETION} for this scenario (Flower's output above)",
+                   err=True)
         raise typer.Exit(1)
-    from fedmia.evaluation.compare import load_run
     from fedmia.evaluation import summary_table
 
-    out.print(summary_table(load_run(folder)["metrics"]))
+    out.print(summary_table(metrics))
     out.print(f"run folder: {folder}" + ("  (membership: `fedmia evaluate` it with the sites' manifests)"
-                                         if parsed.data.multi_site else ""))
+                                         if sent.data.multi_site else ""))
 
 
 @app.command()
@@ -299,6 +345,7 @@ def deploy(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder, on the SuperLink's machine (default: runs/<name>)"),
     root_certificates: Optional[Path] = typer.Option(None, "--root-certificates", help="CA certificate of a TLS SuperLink"),
     insecure: bool = typer.Option(False, "--insecure", help="plain-text connection (testing only)"),
+    force: bool = typer.Option(False, "--force", help="a run folder that holds a run: move that run aside first"),
 ) -> None:
     """The auditor's side of a multi-site audit: submit the scenario to a running SuperLink
     (`flwr run`) whose SuperNodes are the sites, and wait for the run folder."""
@@ -310,8 +357,10 @@ def deploy(
         raise typer.Exit(USAGE_ERROR)
     _check_data_or_exit(scenario, parsed)  # the auditor's own folders, before anything is sent
     folder = out_dir or Path("runs") / parsed.name
-    result = submit(parsed.with_absolute_paths(keep_site_paths=False), folder, superlink, root_certificates)
-    _finished_or_exit(result, folder, parsed)
+    _clear_for_deployment(folder, force)
+    sent = parsed.with_absolute_paths(keep_site_paths=False)
+    result = submit(sent, folder, superlink, root_certificates)
+    _finished_or_exit(result, folder, sent)
 
 
 @app.command()
@@ -346,6 +395,27 @@ def list_components() -> None:
         out.print(f"[bold]{title}[/]: {', '.join(names)}")
 
 
+def _report_fault(error: BaseException) -> int:
+    """One line naming the culprit and an exit code: usage and data problems 2 (a run folder that
+    cannot be used, a data file, a scenario), runtime faults 1. The traceback only with --verbose
+    (or FEDMIA_VERBOSE=1)."""
+    if "--verbose" in sys.argv or os.environ.get("FEDMIA_VERBOSE"):
+        import traceback
+
+        traceback.print_exception(error)
+    if isinstance(error, ScenarioError):
+        for line in error.lines():
+            typer.echo(line, err=True)
+        return USAGE_ERROR
+    text = " ".join(str(error).split()) or type(error).__name__
+    if getattr(error, "exit_code", None) == USAGE_ERROR:  # a run folder, a Ray address: usage problems
+        typer.echo(text, err=True)
+        return USAGE_ERROR
+    hint = "" if "--verbose" in sys.argv else " (--verbose shows the traceback)"
+    typer.echo(f"fedmia: {type(error).__name__}: {text}{hint}", err=True)
+    return 1
+
+
 def main() -> None:
     try:
         # non-standalone, click hands back a command's exit code (typer.Exit(2) of a usage error)
@@ -357,6 +427,8 @@ def main() -> None:
     except click.exceptions.ClickException as error:  # bad options: click's own message, exit 2
         error.show()
         code = error.exit_code
+    except Exception as error:  # noqa: BLE001  (the one place that turns a fault into one line)
+        code = _report_fault(error)
     # Every result is written (atomically) and closed by now, and Ray was stopped by the run.
     # What is left is tearing down the interpreter's heap (torch, the plan: 1-2 s measured),
     # which the user would wait for with nothing to show: skip it.

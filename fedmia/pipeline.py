@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -28,20 +27,19 @@ from fedmia.evaluation.ood import ood_rates, ood_scores
 from fedmia.evaluation.run_metrics import evaluate_run
 from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
+from fedmia.runfolder import claim, complete
 from fedmia.models import scenario_model, set_weights
 from fedmia.scenario import Scenario
 from fedmia.training import TrainRecipe, evaluate_utility, pick_device
 from fedmia.transcript import Transcript
 
 
-def prepare_run_folder(out_dir: Path, scenario: Scenario, resume: bool = False) -> int:
-    """Make the run folder; returns how many rounds a resumed run has already checkpointed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        return checkpointed_rounds(out_dir)
-    shutil.rmtree(out_dir / "transcript", ignore_errors=True)  # no stale checkpoint of an older run
-    write_text_atomic(out_dir / "scenario.yaml", scenario.to_yaml())
-    return 0
+def prepare_run_folder(out_dir: Path, scenario: Scenario, resume: bool = False, force: bool = False) -> int:
+    """Claim the run folder (`fedmia.runfolder.claim`: a folder holding another or a finished run
+    is refused unless `force` moves it aside); returns how many rounds a resumed run has already
+    checkpointed."""
+    claim(out_dir, scenario, resume=resume, force=force)
+    return checkpointed_rounds(out_dir) if resume else 0
 
 
 def checkpointed_rounds(out_dir: Path) -> int:
@@ -179,6 +177,7 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     metrics["timing"] = timing
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))
+    complete(out_dir, scenario, wall_s=timing["wall_s"])  # last: only now does the folder read as finished
     return metrics
 
 

@@ -36,6 +36,31 @@ def backend_config(scenario: Scenario) -> dict:
             "init_args": init_args}
 
 
+class RayAddressError(ValueError):
+    """`runtime.ray_address` names a place where no Ray head answers (a usage problem: exit 2)."""
+
+    exit_code = 2
+
+
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail within `timeout` naming the address when nothing listens at `runtime.ray_address`
+    (HOST:PORT): `ray.init` would otherwise retry its GCS connection for minutes (measured: over
+    2 min on an address where nothing listens). 'auto' is Ray's own lookup, which fails at once."""
+    import socket
+
+    if not address or address == "auto" or address.startswith(("ray://", "local")):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayAddressError(f"runtime.ray_address: expected 'auto' or HOST:PORT, found {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise RayAddressError(f"runtime.ray_address: nothing answers at {address} ({reason}, waited up to "
+                              f"{timeout:g} s); expected a running Ray head there (`ray start --head`)") from None
+
+
 class _DropNotice(logging.Filter):
     def __init__(self, fragment: str):
         super().__init__()
@@ -90,6 +115,7 @@ def beside_ray_start(scenario: Scenario, work: Callable[[], T]) -> T:
             os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in [*sys.path, *inherited] if p))
             init_args = backend_config(scenario)["init_args"]
             if "address" in init_args:  # a running cluster's workers do not inherit this environment
+                check_ray_address(init_args["address"])
                 init_args["runtime_env"] = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}
             ray.init(**init_args)
             started = True

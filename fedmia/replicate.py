@@ -76,8 +76,7 @@ def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None,
     """`manifests`: the sites' manifests of a multi-site scenario (its seeds change the
     initialisation and the clients' seeds, not the sites' records), joined with each seed's run."""
     from fedmia.evaluation.manifests import evaluate_with_manifests
-    from fedmia.runner import run_scenario
-    from fedmia.sweep import _finished
+    from fedmia.sweep import run_or_reuse
 
     if scenario.data.multi_site and manifests is None:
         raise ValueError("a multi-site scenario's membership comes from its sites: give --manifests DIR")
@@ -87,11 +86,11 @@ def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None,
     for k in range(seeds):
         point = scenario.model_copy(update={"seed": scenario.seed + k, "name": f"{scenario.name}-seed{scenario.seed + k}"})
         folder = out_dir / f"seed-{k:02d}"
-        metrics = _finished(folder, point)
         if console is not None:
-            console.print(f"[bold]seed {point.seed}[/]" + (" — reused" if metrics is not None else ""))
-        if metrics is None:
-            metrics = run_scenario(point, folder, console=console)
+            console.print(f"[bold]seed {point.seed}[/]")
+        metrics, how = run_or_reuse(folder, point, console)
+        if console is not None and how != "ran":
+            console.print(f"[bold]seed {point.seed}[/] — {how}")
         if scenario.data.multi_site:
             metrics = evaluate_with_manifests(point, folder, manifests)
         per_seed.append(metrics)

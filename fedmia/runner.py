@@ -21,12 +21,13 @@ def plan_while_ray_starts(scenario: Scenario):
     return beside_ray_start(scenario, lambda: build_plan(scenario))
 
 
-def flower_in_background(result: dict, **simulation) -> threading.Thread:
-    """Flower's `run_simulation` on a thread. Once the server app has ended (`result["ended"]`),
+def flower_in_background(result, **simulation) -> threading.Thread:
+    """Flower's `run_simulation` on a thread. Once the server app has ended (`result.ended`, a
+    `fedmia.server_app.Handover`),
     the transcript is complete and the audit can start while Flower stops its actors and Ray
     (~1.8 s from the last round to `ray.shutdown()` returning, measured on the quickstart), which
     takes no core; the caller joins the thread before it returns, so no Ray outlives a run. An
-    error of the simulation lands in `result["flower-error"]`."""
+    error of the simulation lands in `result.flower_error`."""
     import ray
     from flwr.simulation import run_simulation
 
@@ -34,11 +35,11 @@ def flower_in_background(result: dict, **simulation) -> threading.Thread:
         try:
             run_simulation(**simulation)
         except BaseException as error:  # raised in the caller's thread, after the join
-            result["flower-error"] = error
+            result.flower_error = error
         finally:
             if ray.is_initialized():  # Flower stops Ray at the end; this covers a simulation that raised first
                 ray.shutdown()
-            result["ended"].set()  # also when the server app never ran
+            result.ended.set()  # also when the server app never ran
 
     # daemon: an interrupted run (Ctrl-C in the caller's wait, which stops Ray itself) does not
     # hang on this thread at exit
@@ -49,27 +50,28 @@ def flower_in_background(result: dict, **simulation) -> threading.Thread:
 
 def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None = None,
                  verbose: bool = False, resume: bool = False, started: float | None = None,
-                 supernodes: int | None = None) -> dict:
+                 supernodes: int | None = None, force: bool = False) -> dict:
     """Train the federation in Flower's simulation engine (Ray backend), then finish the run.
     With `resume`, continue from the rounds checkpointed in `out_dir/transcript`: the per-round
     seeds make the result the same as an uninterrupted run's. `started`: the `perf_counter()`
     the run's clock starts from (the CLI passes its process's start, so `wall_s` is what the
     user waits); by default, now. `supernodes`: how many simulated SuperNodes connect (default:
-    the scenario's clients; fewer makes the server fail after `runtime.connect_timeout_s`)."""
+    the scenario's clients; fewer makes the server fail after `runtime.connect_timeout_s`).
+    `force`: a folder holding another run gets it moved aside (`fedmia.runfolder.claim`)."""
     import ray
 
     from fedmia.client_app import make_client_app
-    from fedmia.server_app import make_server_app
+    from fedmia.server_app import Handover, make_server_app
 
     started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
-    done = prepare_run_folder(out_dir, scenario, resume)
+    done = prepare_run_folder(out_dir, scenario, resume, force)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
         quiet_library_notices()
     layout = plan_while_ray_starts(scenario).layout  # data problems fail here, before any round
 
-    result: dict = {"ended": threading.Event()}
+    result = Handover()
     with progress_bar(console) as progress:
         task = progress.add_task("federated rounds", total=scenario.federation.rounds, completed=done)
         server_app = make_server_app(scenario, result=result, checkpoint=out_dir / "transcript",
@@ -79,29 +81,29 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
             num_supernodes=supernodes or scenario.federation.clients, backend_name="ray",
             backend_config=backend_config(scenario), verbose_logging=verbose)
         try:
-            result["ended"].wait()  # the server app's end: the transcript is complete
+            result.ended.wait()  # the server app's end: the transcript is complete
         except BaseException:  # Ctrl-C lands here, not in Flower's thread: stop Ray ourselves
             ray.shutdown()  # (the rounds done so far are checkpointed: `fedmia run --resume`)
             raise
     try:
-        if "transcript" not in result:
+        if result.transcript is None:
             flower.join()  # a failed simulation: its own error first
-            raise result.get("error") or result.get("flower-error") or RuntimeError(
+            raise result.error or result.flower_error or RuntimeError(
                 "the simulation ended without a transcript (see the Flower log above)")
         # start-up: up to the server app's first round (imports, Ray, plan, Flower's set-up); Ray's
         # stop overlaps the audit, inside wall_s
-        timing = {"simulation_s": result["simulation_s"], "startup_s": result["federation_started"] - started}
+        timing = {"simulation_s": result.simulation_s, "startup_s": result.federation_started - started}
         # the start-up the user waits before every worker trains: imports, Ray, plan, each
         # worker's imports, data and model (inside round 1); only this process's rounds (resume)
         process_started_at = time.time() - (time.perf_counter() - started)
-        stamps = [r.metrics["first-fit-at"] for v in result["transcript"].rounds for r in v.replies
+        stamps = [r.metrics["first-fit-at"] for v in result.transcript.rounds for r in v.replies
                   if r.metrics.get("first-fit-at", 0) >= process_started_at]
         if stamps:
             timing["first_training_s"] = round(max(stamps) - process_started_at, 2)
-        metrics = finish_run(scenario, result["transcript"], out_dir, timing=timing, console=console,
+        metrics = finish_run(scenario, result.transcript, out_dir, timing=timing, console=console,
                              started=started)
     finally:
         flower.join()  # Ray is stopped before we return
-    if "flower-error" in result:
-        raise result["flower-error"]
+    if result.flower_error is not None:
+        raise result.flower_error
     return metrics

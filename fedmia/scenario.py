@@ -37,7 +37,8 @@ class Strict(BaseModel):
 
 
 class PartitionSpec(Strict):
-    kind: Literal["iid", "dirichlet"] = "iid"
+    kind: Literal["iid", "dirichlet"] = Field("iid", description="iid: members shuffled and split evenly; "
+                                              "dirichlet: label-skewed, each class split ~ Dir(alpha)")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = skewed")
 
 
@@ -60,15 +61,16 @@ class AuditorSpec(Strict):
 
 
 class DataSpec(Strict):
-    dataset: str = "shapes"
-    image_size: int = Field(32, ge=16, le=1024)
+    dataset: str = Field("shapes", description="a registered dataset (`fedmia list`)")
+    image_size: int = Field(32, ge=16, le=1024, description="images are image_size × image_size pixels; "
+                            "a multiple of 2**model.encoder_depth")
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
     members: int = Field(100, ge=1, description="records spread over the clients (the members)")
     heldout: int = Field(100, ge=1, description="never trained on: non-member targets and utility")
     population: int = Field(200, ge=1, description="the adversary's prior data, disjoint from both")
     public: int = Field(0, ge=0, description="public records the clients share (minmax reference, "
                         "distillation transfer set), disjoint from all the above; never targets")
-    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    partition: PartitionSpec = Field(default_factory=PartitionSpec, description="how members are split over the clients")
     domain_shift: float = Field(0.0, ge=0, le=1, description="per-client acquisition shift (0 = none)")
     sites: list[SiteSpec] = Field(default_factory=list, description="a multi-site audit: one site per client, "
                                   "each with its own folder; members stay at the sites (empty: one pool)")
@@ -80,9 +82,9 @@ class DataSpec(Strict):
 
 
 class ModelSpec(Strict):
-    arch: str = "Unet"
-    encoder: str = "resnet18"
-    encoder_depth: int = Field(3, ge=1, le=5)
+    arch: str = Field("Unet", description="segmentation-models-pytorch architecture (`fedmia list`)")
+    encoder: str = Field("resnet18", description="smp encoder name; random initial weights, nothing is downloaded")
+    encoder_depth: int = Field(3, ge=1, le=5, description="encoder stages used; stages beyond it are removed")
     decoder_channels: list[int] | None = Field(
         None, description="Unet-style decoders only; default halves from 64 down, one per stage"
     )
@@ -92,15 +94,15 @@ class ModelSpec(Strict):
 
 
 class FederationSpec(Strict):
-    clients: int = Field(4, ge=1)
+    clients: int = Field(4, ge=1, description="number of clients (partitions of the members)")
     clients_per_round: int | None = Field(None, ge=1, description="default: all clients")
-    rounds: int = Field(3, ge=1)
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(0.01, gt=0)
-    optimizer: Literal["sgd", "adam"] = "adam"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    rounds: int = Field(3, ge=1, description="federated rounds")
+    local_epochs: int = Field(1, ge=1, description="epochs of local training per round")
+    batch_size: int = Field(16, ge=1, description="local training batch size")
+    lr: float = Field(0.01, gt=0, description="local learning rate")
+    optimizer: Literal["sgd", "adam"] = Field("adam", description="local optimiser")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of the local optimiser")
     pin_hyperparameters: bool = Field(
         False, description="clients ignore training config sent by the server (a defense)"
     )
@@ -113,7 +115,7 @@ class AttackSpec(BaseModel):
     """`name` picks a registered attack; any other key is that attack's own parameter."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: str = Field(description="a registered attack (`fedmia list`)")
     label: str | None = Field(None, description="report name; lets one attack run with several settings")
 
     @property
@@ -129,7 +131,7 @@ class ServerSpec(BaseModel):
     validated against its parameter model."""
 
     model_config = ConfigDict(extra="allow")
-    strategy: str = "fedavg"
+    strategy: str = Field("fedavg", description="a registered server strategy (`fedmia list`)")
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -141,7 +143,7 @@ class Defenses(RootModel[dict[str, Any]]):
     its plug-in's `Params` and replaces it by the validated model. `scenario.defenses.dp` reads
     a block (None when the defense is off)."""
 
-    root: dict[str, Any] = Field(default_factory=dict)
+    root: dict[str, Any] = Field(default_factory=dict, description="defense key -> its block (true for defaults)")
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
@@ -159,12 +161,14 @@ class TargetSpec(Strict):
 
 
 class EvaluationSpec(Strict):
-    tpr_at_fpr: list[float] = Field(default_factory=lambda: [0.001, 0.01])
+    tpr_at_fpr: list[float] = Field(default_factory=lambda: [0.001, 0.01],
+                                    description="FPR levels at which TPR is reported, each in (0, 1)")
     threshold_population_fpr: float = Field(
         0.1, gt=0, lt=1,
         description="threshold attacks call 'member' what beats this share of the population",
     )
-    targets: TargetSpec = Field(default_factory=TargetSpec)
+    targets: TargetSpec = Field(default_factory=TargetSpec, description="how many member and non-member targets "
+                                "the attacks score")
     ood: list[Literal["heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes"]] = Field(
         default_factory=lambda: ["heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes"],
         description="non-member sets whose false-positive rate is reported ([] to skip)",
@@ -183,7 +187,7 @@ class EvaluationSpec(Strict):
 
 
 class CrashSpec(Strict):
-    round: int = Field(ge=1)
+    round: int = Field(ge=1, description="the round in which the client raises")
     client: int = Field(ge=0, description="partition-id")
 
 
@@ -191,19 +195,20 @@ class FaultSpec(Strict):
     """Injected failures: a crashed client raises during local training; the round goes on with
     the others and the failure is recorded in the transcript."""
 
-    client_crash_prob: float = Field(0.0, ge=0, le=1)
+    client_crash_prob: float = Field(0.0, ge=0, le=1, description="chance that a client raises in a round "
+                                     "(seeded by seed, round, client)")
     client_delay_s: float = Field(0.0, ge=0, description="sleep before each local training")
     crash: list[CrashSpec] = Field(default_factory=list, description="deterministic crashes")
 
 
 class RuntimeSpec(Strict):
-    backend: Literal["ray"] = "ray"
+    backend: Literal["ray"] = Field("ray", description="simulation backend (Flower's Ray backend only)")
     client_cpus: float = Field(1.0, gt=0, description="CPUs per client; 1 runs clients in parallel")
-    client_gpus: float = Field(0.0, ge=0)
+    client_gpus: float = Field(0.0, ge=0, description="GPUs per client; fractions share a device")
     total_cpus: int | None = Field(None, ge=1, description="CPUs Ray may use; default: all")
     max_parallel: int | None = Field(None, ge=1, description="at most this many clients train at once")
     ray_address: str | None = Field(None, description="join a running Ray cluster: 'auto' or 'host:port'")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA where present, else CPU")
     keep_transcript: Literal["all", "final", "none"] = Field(
         "all", description="which client replies to keep in the run folder"
     )
@@ -213,20 +218,23 @@ class RuntimeSpec(Strict):
 
 
 class Scenario(Strict):
-    name: str
-    description: str = ""
-    seed: int = 0
-    data: DataSpec = Field(default_factory=DataSpec)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    federation: FederationSpec = Field(default_factory=FederationSpec)
-    server: ServerSpec = Field(default_factory=ServerSpec)
-    defenses: Defenses = Field(default_factory=Defenses)
+    name: str = Field(description="the scenario's name: the default run folder runs/NAME and metrics.json's `scenario`")
+    description: str = Field("", description="free text, copied into metrics.json")
+    seed: int = Field(0, description="seeds the data plan, model initialisation, client training and targets")
+    data: DataSpec = Field(default_factory=DataSpec, description="the dataset and how its records are split")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the segmentation model every client trains")
+    federation: FederationSpec = Field(default_factory=FederationSpec, description="clients, rounds and the "
+                                       "local training recipe")
+    server: ServerSpec = Field(default_factory=ServerSpec, description="the server's strategy and its parameters")
+    defenses: Defenses = Field(default_factory=Defenses, description="defense key -> its block (`fedmia list`); "
+                               "none by default")
     attacks: list[AttackSpec] = Field(
-        default_factory=lambda: [AttackSpec(name=n) for n in ("loss", "entropy", "confidence", "modified-entropy")]
+        default_factory=lambda: [AttackSpec(name=n) for n in ("loss", "entropy", "confidence", "modified-entropy")],
+        description="attacks to run: a name, or {name, label, <the attack's parameters>}",
     )
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
-    faults: FaultSpec = Field(default_factory=FaultSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="targets, FPR levels, OOD sets")
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="where and how the simulation runs")
+    faults: FaultSpec = Field(default_factory=FaultSpec, description="injected client failures and delays")
 
     @field_validator("attacks", mode="before")
     @classmethod
@@ -312,6 +320,27 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
+# A scenario is a few hundred values; YAML aliases can make a small file expand exponentially
+# ("billion laughs"): refused before anything walks the expansion (pydantic, json.dumps would).
+MAX_YAML_NODES = 200_000
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Values in the document once every alias is expanded; an alias is the same node object, so
+    memoising by identity keeps this linear in the file's size."""
+    if node is None:
+        return 0
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a recursive alias (a node inside itself) counts once, not forever
+        if isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        memo[key] = min(memo[key], MAX_YAML_NODES + 1)
+    return memo[key]
+
+
 def read_yaml(path: str | Path) -> Any:
     """The YAML document of `path`; a ScenarioError for an unreadable file, bytes that are not
     UTF-8 text, a syntax error or a repeated key."""
@@ -327,7 +356,17 @@ def read_yaml(path: str | Path) -> Any:
         raise ScenarioError(source, [("(file)", f"expected UTF-8 text, found byte 0x{data[error.start]:02x} "
                                       f"at offset {error.start} (a binary file, or another encoding?)")]) from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+        loader = _UniqueKeyLoader(text)
+        try:
+            node = loader.get_single_node()
+            size = _expanded_size(node, {})
+            if size > MAX_YAML_NODES:
+                raise ScenarioError(source, [("(yaml)", f"the document expands to more than {MAX_YAML_NODES:,} "
+                                              "values through its aliases (&anchor / *alias); expected a scenario "
+                                              "of ordinary size")])
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"

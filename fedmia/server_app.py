@@ -7,7 +7,9 @@ runner takes it from here, under `flwr run` this app finishes the run (attacks, 
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +45,19 @@ def make_strategy(scenario: Scenario, on_round_end: Callable[[RoundView], None] 
         if hasattr(defense, "wrap_strategy"):
             strategy = defense.wrap_strategy(strategy, scenario)
     return strategy
+
+
+@dataclass
+class Handover:
+    """What the in-process server app hands the runner (`fedmia run`): set as the app goes, read
+    after `ended` is set. A typed seam: a renamed field fails where it is used, not silently."""
+
+    ended: threading.Event = field(default_factory=threading.Event)
+    federation_started: float | None = None  # perf_counter() at the app's start
+    transcript: Transcript | None = None
+    simulation_s: float | None = None
+    error: BaseException | None = None  # the app's own failure (e.g. clients missing)
+    flower_error: BaseException | None = None  # Flower's simulation raised (set by the runner's thread)
 
 
 class ClientsMissing(RuntimeError):
@@ -92,7 +107,7 @@ def fit_workflow(scenario: Scenario):
     return None
 
 
-def make_server_app(scenario: Scenario | None = None, *, result: dict | None = None,
+def make_server_app(scenario: Scenario | None = None, *, result: Handover | None = None,
                     on_round_end: Callable[[RoundView], None] | None = None,
                     checkpoint: Path | None = None, resume: bool = False) -> ServerApp:
     """With `result`, the transcript is handed back through it (in-process simulation);
@@ -107,22 +122,22 @@ def make_server_app(scenario: Scenario | None = None, *, result: dict | None = N
             prepare_run_folder(out_dir, current)
         started = time.perf_counter()
         if result is not None:
-            result["federation_started"] = started
+            result.federation_started = started
         try:
             transcript = run_federation(grid, context, current, on_round_end,
                                         checkpoint=checkpoint or out_dir / "transcript", resume=resume)
             simulation_s = time.perf_counter() - started
             if result is not None:
-                result.update(transcript=transcript, simulation_s=simulation_s)
+                result.transcript, result.simulation_s = transcript, simulation_s
                 return
-        except ClientsMissing as error:
+        except Exception as error:
             if result is None:
                 raise
-            result["error"] = error  # in-process: the runner raises it, not Flower's thread log
+            result.error = error  # in-process: the runner raises it, not Flower's thread log
             return
         finally:
-            if result is not None and "ended" in result:  # the runner waits on it (fedmia.runner)
-                result["ended"].set()
+            if result is not None:  # the runner waits on it (fedmia.runner)
+                result.ended.set()
         finish_run(current, transcript, out_dir, timing={"simulation_s": simulation_s})
 
     return app

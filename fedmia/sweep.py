@@ -23,12 +23,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedmia.evaluation.plots import _new_figure
 from fedmia.io import save_figure_atomic, write_text_atomic
-from fedmia.scenario import Scenario, ScenarioError
+from fedmia.scenario import Scenario, ScenarioError, read_yaml
 from fedmia.validation import parse_scenario
 
 
@@ -65,19 +64,13 @@ def load_sweep(path: Path) -> tuple[SweepSpec, list[tuple[dict, Scenario]]]:
     """The sweep and its points (parameter values, validated scenario), or a ScenarioError."""
     source = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-        spec = SweepSpec.model_validate(raw)
-    except OSError as error:
-        raise ScenarioError(source, [("(file)", f"cannot be read: {error.strerror or error}")]) from None
-    except yaml.YAMLError as error:
-        raise ScenarioError(source, [("(yaml)", f"YAML syntax error: {error}")]) from None
+        spec = SweepSpec.model_validate(read_yaml(path))  # the one checked reader (duplicate keys, UTF-8)
     except ValidationError as error:
         raise ScenarioError(source, [(".".join(map(str, e["loc"])) or "(top level)", e["msg"]) for e in error.errors()]) from None
     base_path = Path(path).parent / spec.base
-    try:
-        base = yaml.safe_load(base_path.read_text())
-    except OSError:
-        raise ScenarioError(source, [("base", f"expected a scenario file, found no file at {base_path}")]) from None
+    if not base_path.is_file():
+        raise ScenarioError(source, [("base", f"expected a scenario file, found no file at {base_path}")])
+    base = read_yaml(base_path)
     keys = list(spec.parameters)
     points = []
     for i, values in enumerate(itertools.product(*spec.parameters.values())):
@@ -98,18 +91,29 @@ def load_sweep(path: Path) -> tuple[SweepSpec, list[tuple[dict, Scenario]]]:
     return spec, points
 
 
-def _finished(folder: Path, scenario: Scenario) -> dict | None:
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-        same = yaml.safe_load((folder / "scenario.yaml").read_text()) == scenario.resolved()
-    except (OSError, ValueError):
-        return None
-    return metrics if same else None
+def run_or_reuse(folder: Path, scenario: Scenario, console=None) -> tuple[dict, str]:
+    """A point's metrics: reused when `folder` holds a finished run of exactly `scenario` (its
+    completion record says so), resumed when it holds that scenario's unfinished run, else run
+    anew — a run of another scenario there is moved aside, never reported. Returns (metrics,
+    'reused' | 'resumed' | 'ran')."""
+    from fedmia.runfolder import finished_metrics, state
+    from fedmia.runner import run_scenario
+    from fedmia.scenario import read_yaml
+
+    metrics = finished_metrics(folder, scenario)
+    if metrics is not None:
+        return metrics, "reused"
+    resume = False
+    if state(folder) == "unfinished":
+        try:
+            resume = read_yaml(folder / "scenario.yaml") == scenario.resolved()
+        except ScenarioError:
+            resume = False
+    return run_scenario(scenario, folder, console=console, resume=resume, force=not resume), (
+        "resumed" if resume else "ran")
 
 
 def run_sweep(path: Path, out_dir: Path, console=None) -> list[dict]:
-    from fedmia.runner import run_scenario
-
     spec, points = load_sweep(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -117,13 +121,14 @@ def run_sweep(path: Path, out_dir: Path, console=None) -> list[dict]:
     for i, (assignment, scenario) in enumerate(points):
         folder = out_dir / f"point-{i:02d}"
         key = json.dumps({**scenario.resolved(), "name": None}, sort_keys=True)
-        metrics = done.get(key) or _finished(folder, scenario)
-        if metrics is None:
+        if key in done:  # the same resolved scenario as an earlier point (names aside)
+            metrics, how = done[key], "same as an earlier point"
+        else:
             if console is not None:
                 console.print(f"[bold]point {i}[/]: {assignment}")
-            metrics = run_scenario(scenario, folder, console=console)
-        elif console is not None:
-            console.print(f"[bold]point {i}[/]: {assignment} — reused")
+            metrics, how = run_or_reuse(folder, scenario, console)
+        if console is not None and how != "ran":
+            console.print(f"[bold]point {i}[/]: {assignment} — {how}")
         done[key] = metrics
         label = spec.labels[i] if spec.labels else ", ".join(f"{k.split('.')[-1]}={v}" for k, v in assignment.items())
         rows.append(_row(label, assignment, metrics, folder))

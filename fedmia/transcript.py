@@ -18,6 +18,7 @@ import functools
 import hashlib
 import io
 import json
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,3 +289,29 @@ def _read_npz(path: Path) -> dict[str, Weights]:
             name, _, i = key.rpartition("/")
             groups.setdefault(name, []).append((int(i), data[key]))
     return {name: [a for _, a in sorted(items, key=lambda t: t[0])] for name, items in groups.items()}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (transcript folder) that cannot be read back whole; the message names the file."""
+
+
+def check_checkpoint(folder: Path) -> int:
+    """Read a run's checkpoint back whole — its index, the initial model and every round's arrays
+    (numpy checks each array's CRC in the zip) — before a resume builds on it; returns the rounds
+    it holds. A truncated or corrupted file raises CheckpointError naming it."""
+    folder = Path(folder)
+    if not (folder / "index.json").exists():
+        return 0  # interrupted before its first round ended: the run starts from round 1
+    current = folder / "index.json"
+    try:
+        index = json.loads(current.read_text())
+        current = folder / "initial.npz"
+        _read_npz(current)
+        for entry in index["rounds"]:
+            current = folder / entry["file"]
+            _read_npz(current)
+        return len(index["rounds"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else f"{type(error).__name__}: {error}"
+        raise CheckpointError(f"{current}: the checkpoint cannot be read back ({reason}); "
+                              "truncated or corrupted") from None

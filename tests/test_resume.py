@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmia.runfolder import finished_metrics, state
 from fedmia.transcript import Transcript
+from fedmia.validation import load_scenario
 
 from conftest import REPO, alive, child_pids, stop_pids
 
@@ -63,6 +65,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_scenario, tmp_path
     process.wait()
     stop_pids({p for p in family if alive(p)})
     assert checkpointed(killed) < 3 and not (killed / "metrics.json").exists()
+    parsed = load_scenario(scenario)
+    # what sweep, replicate and deploy ask: never a finished run
+    assert state(killed) == "unfinished" and finished_metrics(killed, parsed) is None
 
     # the two runs at once (each its own Ray instance): most of a run is its process start-up
     resuming, uninterrupted_run = fedmia("run", "--resume", str(killed)), fedmia("run", str(scenario), "--out", str(whole))
@@ -82,6 +87,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_scenario, tmp_path
     assert metrics[0]["utility"]["rounds"] == metrics[1]["utility"]["rounds"]
     for name in ("loss", "update-loss-drop"):
         assert metrics[0]["attacks"][name]["auc"] == metrics[1]["attacks"][name]["auc"]
+    assert finished_metrics(killed, parsed) == metrics[0]  # finished now, by its completion record
+
+    # a second run into a finished run folder: refused before anything starts, not a byte changed
+    before = {p: p.read_bytes() for p in whole.rglob("*") if p.is_file()}
+    again = fedmia("run", str(scenario), "--out", str(whole))
+    output, _ = again.communicate(timeout=120)
+    assert again.returncode == 2 and "already holds a finished run" in output, output[-2000:]
+    assert {p: p.read_bytes() for p in whole.rglob("*") if p.is_file()} == before
 
 
 def test_resume_refuses_what_it_cannot_continue(write_scenario, tmp_path):
@@ -95,6 +108,20 @@ def test_resume_refuses_what_it_cannot_continue(write_scenario, tmp_path):
     result = subprocess.run([*FEDMIA, "run", str(other), "--resume", str(empty)], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "differs from the scenario" in result.stderr
+    # a truncated checkpoint: named, exit 2, no traceback
+    from fedmia.transcript import RoundView, Transcript as T
+
+    transcript = T(["w"], [np.zeros(3, np.float32)])
+    transcript.save(empty / "transcript")
+    view = RoundView(1)
+    view.aggregate = [np.ones(3, np.float32)]
+    transcript.rounds.append(view)
+    transcript.save_round(empty / "transcript", view)
+    round_file = next((empty / "transcript").glob("round-*.npz"))
+    round_file.write_bytes(round_file.read_bytes()[:40])
+    result = subprocess.run([*FEDMIA, "run", "--resume", str(empty)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and f"{round_file}: the checkpoint cannot be read back" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_ctrl_c_stops_the_run_and_its_ray_and_keeps_the_checkpoint(write_scenario, tmp_path, stops_its_processes):
