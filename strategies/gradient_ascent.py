@@ -39,8 +39,8 @@ class GradientAscentParams(BaseModel):
     attack_rounds: list[int] | None = Field(None, description="default: the last round")
     steps: int = Field(10, ge=1, description="ascent steps on the targets")
     lr: float = Field(1e-3, gt=0, description="ascent step size")
-    optimizer: Literal["adam", "sgd"] = "adam"
-    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="optimiser of the ascent steps")
+    batch_size: int = Field(64, ge=1, description="targets per batch of an ascent step")
     calibrate: bool = Field(False, description="rehearse on population data and pick the strength")
     candidates: list[tuple[int, float]] = Field(
         default_factory=lambda: [(0, 0.0), (5, 1e-3), (10, 1e-3), (10, 3e-3)],

@@ -26,7 +26,7 @@ class PoisoningParams(BaseModel):
     attack_rounds: list[int] | None = Field(None, description="default: the last round")
     reset: list[str] = Field(default_factory=lambda: ["decoder", "segmentation_head"],
                              description="state_dict prefixes re-initialised before broadcast")
-    reset_seed: int = 1234
+    reset_seed: int = Field(1234, description="seed of the re-initialisation (plus the round number)")
 
 
 @register_strategy("poisoning", PoisoningParams)

@@ -29,7 +29,9 @@ class RoundsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # which rounds' updates to use: the last one, all, the rounds a malicious strategy attacked,
     # or explicit round numbers
-    rounds: Literal["last", "all", "attacked"] | list[int] = "last"
+    rounds: Literal["last", "all", "attacked"] | list[int] = Field("last", description=(
+        "which rounds' client updates to score: the last, all, the rounds a malicious strategy "
+        "attacked, or a list of round numbers"))
 
 
 class LossDropParams(RoundsParams):
@@ -200,7 +202,8 @@ class SourceInference(Attack):
 
 
 class AttackedRoundsParams(LossDropParams):
-    rounds: Literal["last", "all", "attacked"] | list[int] = "attacked"
+    rounds: Literal["last", "all", "attacked"] | list[int] = Field("attacked", description=(
+        "which rounds' client updates to score (default: the rounds the server attacked)"))
 
 
 @register_attack("gradient-ascent")

@@ -14,7 +14,7 @@ from fedmia.training import make_optimizer, minibatches, train_local
 
 
 class DistillationParams(Params):
-    temperature: float = Field(2.0, gt=0)
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of the teacher's and student's maps")
     epochs: int | None = Field(None, ge=1, description="student epochs over the public set (default: local_epochs)")
 
 

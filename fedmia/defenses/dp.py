@@ -41,7 +41,8 @@ class DPParams(Params):
     """`local`: DP-SGD on every client (record-level ε per client). `central`: the server clips
     each client's update and noises the mean (Flower's DP wrappers; client-level ε)."""
 
-    mode: Literal["local", "central"]
+    mode: Literal["local", "central"] = Field(description="local: DP-SGD on every client; central: the server "
+                                              "clips each update and noises the mean")
     noise_multiplier: float | None = Field(None, ge=0, description="give this or target_epsilon")
     target_epsilon: float | None = Field(None, gt=0, description="local mode: noise is solved for it")
     max_grad_norm: float = Field(1.0, gt=0, description="local: per-sample gradient clip")

@@ -14,9 +14,9 @@ from fedmia.defenses.base import Defense, Params, register_defense
 class SecAggParams(Params):
     num_shares: int | float = Field(1.0, description="int > 2, or a fraction of the sampled clients")
     reconstruction_threshold: int | float = Field(0.5, description="int, or a fraction of num_shares")
-    clipping_range: float = Field(8.0, gt=0)
+    clipping_range: float = Field(8.0, gt=0, description="update values are clipped to ±this before quantisation")
     quantization_range: int = Field(2**30, gt=0, lt=2**31, description="int32 quantiser: below 2**31")
-    modulus_range: int = Field(2**32, gt=0)
+    modulus_range: int = Field(2**32, gt=0, description="masks are drawn from [0, modulus_range); a power of 2")
     max_weight: float = Field(1000.0, gt=0, description="num_examples are scaled by 1/max_weight")
     timeout: float | None = Field(None, gt=0, description="seconds to wait for clients per stage")
 
