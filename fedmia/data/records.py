@@ -26,6 +26,12 @@ class Records:
     masks: np.ndarray  # (N, H, W) class index per pixel, 0 = background; the smallest integer
     # type that holds them (uint8 below 256 classes: an eighth of int64's memory) — `.long()` at use
     ids: np.ndarray  # object (N,) of str, e.g. "shapes:00012"
+    # Which record group each record belongs to (int64 (N,)), or None: every record its own.
+    # A group is what membership is about when several records come from one source — the
+    # slices of one scan (one patient) in the `folder` dataset's NIfTI layout. Its value is the
+    # group's position in the dataset's pool, the unit of `records=` and `rows=` for such a
+    # dataset; the plan (fedmia/data/plan.py) never splits a group.
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Coerce dtypes once here so every consumer can rely on them (frozen, hence __setattr__).
@@ -49,6 +55,11 @@ class Records:
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "masks", masks)
         object.__setattr__(self, "ids", ids)
+        if self.groups is not None:
+            groups = np.asarray(self.groups, dtype=np.int64)
+            if groups.shape != ids.shape:
+                raise ValueError(f"Records: groups must be (N,) like ids, found shape {groups.shape}")
+            object.__setattr__(self, "groups", groups)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,16 +69,21 @@ class Records:
         # Boolean masks index as they are; an empty list arrives as float64 and needs the cast.
         if idx.dtype != bool:
             idx = idx.astype(np.int64)
-        return Records(self.images[idx], self.masks[idx], self.ids[idx])
+        groups = None if self.groups is None else self.groups[idx]
+        return Records(self.images[idx], self.masks[idx], self.ids[idx], groups)
 
     @staticmethod
     def concat(parts: list[Records]) -> Records:
         if not parts:
             raise ValueError("Records.concat: need at least one part")
+        grouped = [p.groups is not None for p in parts]
+        if any(grouped) and not all(grouped):
+            raise ValueError("Records.concat: some parts have record groups and some do not")
         return Records(
             np.concatenate([p.images for p in parts]),
             np.concatenate([p.masks for p in parts]),
             np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.groups for p in parts]) if all(grouped) else None,
         )
 
     def dominant_class(self) -> np.ndarray:

@@ -1,0 +1,286 @@
+"""`fedmia init DATA_DIR`: a first audit scenario for a folder of your own scans.
+
+`inspect_folder` looks at the folder the way the `folder` dataset will read it (the same pairing
+rules, so a missing mask or a broken file is named here already) and says what it holds;
+`write_scenario` turns that into a scenario YAML with a split, a model and a short training
+recipe that `fedmia validate` accepts — a small first audit, to be grown once it runs.
+`write_example_volumes` writes synthetic NIfTI scans in the Decathlon layout, to try all this
+without data of one's own. Nothing here trains or imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from fedmia.data.folder import folder_pairs, is_volume
+
+VOLUME_LAYOUT = ("imagesTr", "labelsTr")  # the Medical Segmentation Decathlon's names
+IMAGE_LAYOUT = ("images", "masks")
+MAX_COLOURS = 64  # more distinct mask colours than this is no colour code (JPEG edges, photos)
+FIRST_AUDIT_SIZE = 128  # largest image_size a first audit uses: it trains on CPUs in minutes
+MANY_SLICES = 2000  # above this, a first audit keeps only the slices with foreground
+
+
+def _layout(root: Path) -> tuple[str, str]:
+    for images, masks in (VOLUME_LAYOUT, IMAGE_LAYOUT):
+        if (root / images).is_dir() and (root / masks).is_dir():
+            return images, masks
+    raise ValueError(f"{root}: expected the subfolders imagesTr/ and labelsTr/ (NIfTI volumes, as the Medical "
+                     "Segmentation Decathlon ships them) or images/ and masks/ (2-D images, matched by name)")
+
+
+def inspect_folder(path: str | Path) -> dict:
+    """What the folder at `path` holds, as the `folder` dataset will read it:
+
+    layout ("volumes" or "images"), images / masks (the subfolder names), count (records: 2-D
+    images, or slices of all volumes), volumes (scans; None for 2-D), sizes ({"min": [w, h],
+    "max": [w, h]} of the images or slices), channels (1 or 3), high_bit (16-bit or float
+    intensities, which need a window), mask_mode ("binary" or "index"), classes (the class
+    indices found), palette ({"#rrggbb": class} for colour-coded masks, else None), modalities
+    (of 4-D volumes, else None) and foreground_slices (volumes: slices whose label has
+    foreground). Raises ValueError naming the file for a folder the dataset could not read.
+    """
+    root = Path(path).expanduser()
+    if root.is_file():
+        raise ValueError(f"{root}: is a file; expected a folder of scans")
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder")
+    images, masks = _layout(root)
+    pairs = folder_pairs({"path": str(root), "images": images, "masks": masks})
+    found = _inspect_volumes(pairs) if is_volume(pairs[0][1]) else _inspect_images(pairs)
+    return {"path": str(root.resolve()), "images": images, "masks": masks, **found}
+
+
+def _inspect_volumes(pairs) -> dict:
+    """Headers of the scans, and every label volume read (classes, slices with foreground);
+    the scans' intensities are left to the loader."""
+    from fedmia.data.folder import check_pair, read_volume
+
+    sizes, classes, slices, foreground, modalities = [], set(), 0, 0, None
+    for _, image_path, label_path in pairs:
+        check_pair(image_path, label_path)  # both headers read, shapes compared
+        label = read_volume(label_path, "label")
+        label = label.reshape(label.shape[:3])
+        if len(image_shape := _volume_shape(image_path)) == 4:  # several MR sequences
+            modalities = image_shape[3]
+        sizes.append((label.shape[1], label.shape[0]))  # a slice along axis 2, as (width, height)
+        classes.update(int(c) for c in np.unique(label).tolist())
+        slices += label.shape[2]
+        foreground += int((label.reshape(-1, label.shape[2]).max(axis=0) > 0).sum())
+    return {"layout": "volumes", "count": slices, "volumes": len(pairs),
+            "sizes": {"min": np.min(sizes, axis=0).tolist(), "max": np.max(sizes, axis=0).tolist()},
+            "channels": 1, "high_bit": True, "mask_mode": "binary" if max(classes) <= 1 else "index",
+            "classes": sorted(classes), "palette": None, "modalities": modalities,
+            "foreground_slices": foreground}
+
+
+def _volume_shape(path: Path) -> tuple[int, ...]:
+    from fedmia.data.folder import volume_header
+
+    return tuple(volume_header(path, "image").shape)
+
+
+GREY_MODES = ("1", "L", "LA", "I", "F")
+
+
+def _is_high_bit(mode: str) -> bool:
+    return mode in ("I", "F") or mode.startswith("I;16")
+
+
+def _inspect_images(pairs) -> dict:
+    from PIL import Image
+
+    from fedmia.data.folder import check_pair
+
+    sizes, channels, high_bit = [], 1, False
+    grey_values: set[int] = set()  # of single-channel masks
+    colour_pixels: dict[int, int] = {}  # packed RGB -> pixels, over the masks stored as RGB or palette
+    coloured = False
+    for _, image_path, mask_path in pairs:
+        check_pair(image_path, mask_path)
+        with Image.open(image_path) as image:
+            sizes.append(image.size)
+            high_bit |= _is_high_bit(image.mode)
+            if image.mode == "P":
+                channels = max(channels, 3 if _coloured(np.asarray(image.convert("RGB"))) else 1)
+            elif image.mode not in GREY_MODES and not _is_high_bit(image.mode):
+                channels = 3
+        with Image.open(mask_path) as mask:
+            rgb = np.asarray(mask.convert("RGB")).astype(np.int32) if mask.mode in ("RGB", "RGBA", "P") else None
+            if rgb is not None and _coloured(rgb):
+                coloured = True
+                packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+                found, counts = np.unique(packed, return_counts=True)
+                for colour, count in zip(found.tolist(), counts.tolist()):
+                    colour_pixels[colour] = colour_pixels.get(colour, 0) + count
+                if len(colour_pixels) > MAX_COLOURS:
+                    raise ValueError(f"{mask_path}: the colour masks hold more than {MAX_COLOURS} colours; expected "
+                                     "a colour code, one colour per class (JPEG-compressed colour masks blur into "
+                                     "new colours: save masks as PNG)")
+            elif rgb is not None:  # grey stored as RGB (Kvasir-SEG's JPEG masks): the loader reads it as L
+                grey_values.update(np.unique(rgb[..., 1]).tolist())
+            else:
+                grey_values.update(int(v) for v in np.unique(np.asarray(mask)).tolist())
+    info = {"layout": "images", "count": len(pairs), "volumes": None,
+            "sizes": {"min": np.min(sizes, axis=0).tolist(), "max": np.max(sizes, axis=0).tolist()},
+            "channels": channels, "high_bit": bool(high_bit), "modalities": None, "foreground_slices": None}
+    if coloured:
+        palette = _palette(colour_pixels, grey_values)
+        top = max(palette.values())
+        return {**info, "mask_mode": "binary" if top <= 1 else "index", "classes": list(range(top + 1)),
+                "palette": palette}
+    largest = max(grey_values) if grey_values else 0
+    if largest > 127:  # 0/255 masks (or JPEG-compressed ones): the loader's threshold at 127
+        return {**info, "mask_mode": "binary", "classes": [0, 1], "palette": None}
+    return {**info, "mask_mode": "index", "classes": sorted(grey_values), "palette": None}
+
+
+def _coloured(rgb: np.ndarray) -> bool:
+    """A colour code, not grey: some pixel's channels differ by more than JPEG noise on grey."""
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return bool((spread > 32).any())
+
+
+def _palette(colour_pixels: dict[int, int], grey_values: set[int]) -> dict[str, int]:
+    """{"#rrggbb": class}: black — else the commonest colour — is background (0), the other
+    colours classes 1, 2, ... in hex order. Grey single-channel masks among colour ones read
+    their values as grey colours."""
+    colours = dict(colour_pixels)
+    for value in grey_values:
+        colours.setdefault((value << 16) | (value << 8) | value, 0)
+    background = 0 if 0 in colours else max(colours, key=lambda c: (colours[c], -c))
+    others = sorted(c for c in colours if c != background)
+    return {f"#{background:06x}": 0, **{f"#{c:06x}": k for k, c in enumerate(others, start=1)}}
+
+
+def _split(units: int) -> tuple[int, int, int, int]:
+    """(members, heldout, population, clients) for `units` records or scans: 40% members, 30%
+    held out (non-member targets and the utility test set), the rest the adversary's population;
+    up to 4 clients with at least two members each where the data allow."""
+    if units < 3:
+        raise ValueError(f"{units} record(s): an audit needs at least 3 (members, held-out non-members and "
+                         "the adversary's population are disjoint)")
+    members = max(1, round(0.4 * units))
+    heldout = max(1, round(0.3 * units))
+    population = units - members - heldout
+    if population < 1:
+        members -= 1
+        population = 1
+    clients = min(4, members, max(2, members // 2))
+    return members, heldout, population, clients
+
+
+def _image_size(sizes: dict) -> int:
+    """The largest power of two within the smallest image side, 16 to FIRST_AUDIT_SIZE."""
+    side = min(sizes["min"])
+    size = 16
+    while size * 2 <= min(side, FIRST_AUDIT_SIZE):
+        size *= 2
+    return size
+
+
+def _name(root: Path) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", root.name.lower()).strip("-") or "my-audit"
+
+
+def scenario_for(info: dict) -> tuple[dict, list[str]]:
+    """(the scenario as a dict, comment lines on why) for a folder `inspect_folder` described."""
+    volumes = info["layout"] == "volumes"
+    units = info["volumes"] if volumes else info["count"]
+    members, heldout, population, clients = _split(units)
+    size = _image_size(info["sizes"])
+    root = Path(info["path"])
+    unit = "scans" if volumes else "images"
+    why = [f"{info['count']} {'slices of ' + str(units) + ' scans' if volumes else 'images'} in {root}",
+           f"split by {unit}: {members} members over {clients} clients, {heldout} held out, "
+           f"{population} for the adversary's population"]
+    options: dict = {"path": str(root), "images": info["images"], "masks": info["masks"],
+                     "channels": info["channels"], "mask_mode": info["mask_mode"]}
+    if info["mask_mode"] == "index":
+        options["num_classes"] = max(max(info["classes"]) + 1, 2)
+    if info["palette"]:
+        options["palette"] = info["palette"]
+        why.append(f"colour-coded masks: {len(info['palette'])} colours mapped to classes (check the palette)")
+    if info["high_bit"]:
+        options["window"] = "percentile"
+        why.append("16-bit or float intensities: window 'percentile' maps each "
+                   f"{'scan' if volumes else 'image'}'s 1st-99th percentile to 0..1 (for CT, a HU window such "
+                   "as [-100, 400] is better)")
+    if volumes:
+        options["axis"] = 2
+        if info["modalities"]:
+            options["modality"] = 0
+            why.append(f"4-D scans with {info['modalities']} modalities: modality 0 is read")
+        if info["count"] > MANY_SLICES:
+            options["slices"] = "foreground"
+            why.append(f"{info['count']} slices: only those with foreground ({info['foreground_slices']}) are kept")
+        why.append("a patient is the member: each scan's slices stay with one client; one slice per scan is a target")
+    why.append(f"image_size {size}: a power of two within the smallest image (at most {FIRST_AUDIT_SIZE} "
+               "for a first audit)")
+    nonmembers = min(members, heldout)
+    levels = [0.01, 0.1] if nonmembers >= 100 else [0.1]
+    scenario = {
+        "name": _name(root),
+        "description": f"first audit of {root.name}: {clients} clients, FedAvg, black-box attacks on the final model",
+        "seed": 0,
+        "data": {"dataset": "folder", "image_size": size, "options": options,
+                 "members": members, "heldout": heldout, "population": population, "partition": {"kind": "iid"}},
+        "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 3},
+        "federation": {"clients": clients, "rounds": 2, "local_epochs": 2, "batch_size": 8, "lr": 0.001,
+                       "optimizer": "adam"},
+        "server": {"strategy": "fedavg"},
+        "attacks": ["loss", "modified-entropy", "confidence", "entropy"],
+        "evaluation": {"tpr_at_fpr": levels, "ood": []},
+        "runtime": {"keep_transcript": "final"},
+    }
+    return scenario, why
+
+
+def write_scenario(path: str | Path, out: str | Path, *, overwrite: bool = False) -> tuple[str, list[str]]:
+    """Inspect the folder at `path`, write a first audit scenario for it to `out`; return the
+    YAML text and the commands to run next. An existing `out` is kept unless `overwrite`."""
+    import yaml
+
+    from fedmia.io import write_text_atomic
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another --out or remove it")
+    scenario, why = scenario_for(inspect_folder(path))
+    header = ["# Written by `fedmia init`: a small first audit of your own scans.", *(f"# {line}" for line in why),
+              "# Grow it once it runs: more rounds and local epochs (memorisation), evaluation.ood, defenses."]
+    text = "\n".join(header) + "\n" + yaml.safe_dump(scenario, sort_keys=False, default_flow_style=None, width=100)
+    write_text_atomic(out, text)
+    return text, [f"fedmia validate {out}", f"fedmia run {out} --out runs/{scenario['name']}"]
+
+
+def write_example_volumes(path: str | Path, volumes: int = 12, size: tuple[int, int, int] = (32, 32, 8),
+                          seed: int = 0) -> Path:
+    """Write `volumes` synthetic CT-like scans in the Decathlon layout (`imagesTr/case_000.nii.gz`,
+    `labelsTr/case_000.nii.gz`, int16 Hounsfield-like intensities, one lesion each labelled 1):
+    air around a soft-tissue body (~40 HU) with a brighter lesion (~120 HU) on some slices.
+    For trying `fedmia init` and for the tests — nothing here is downloaded."""
+    import nibabel
+
+    root = Path(path)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    nx, ny, nz = size
+    xx, yy, zz = np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij")
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])  # 1 mm in-plane, 2.5 mm slices
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(volumes)):
+        rng = np.random.default_rng(child)
+        body = ((xx - nx / 2) / (0.42 * nx)) ** 2 + ((yy - ny / 2) / (0.36 * ny)) ** 2 <= 1
+        image = np.where(body, 40.0, -1000.0) + rng.normal(0, 20, size)
+        centre = rng.uniform([0.3 * nx, 0.3 * ny, 0.25 * nz], [0.7 * nx, 0.7 * ny, 0.75 * nz])
+        radius = rng.uniform([0.08 * nx, 0.08 * ny, 0.15 * nz], [0.18 * nx, 0.18 * ny, 0.3 * nz])
+        lesion = (((xx - centre[0]) / radius[0]) ** 2 + ((yy - centre[1]) / radius[1]) ** 2
+                  + ((zz - centre[2]) / radius[2]) ** 2) <= 1
+        image[lesion] += rng.uniform(60, 100)
+        name = f"case_{i:03d}.nii.gz"
+        nibabel.save(nibabel.Nifti1Image(np.round(image).astype(np.int16), affine), str(root / "imagesTr" / name))
+        nibabel.save(nibabel.Nifti1Image(lesion.astype(np.uint8), affine), str(root / "labelsTr" / name))
+    return root

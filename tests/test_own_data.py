@@ -1,0 +1,344 @@
+"""Your own scans in the formats hospitals keep them: NIfTI volumes (a patient, not a slice, is
+the member), 16-bit greyscale with an intensity window, colour-coded masks; `fedmia init`'s
+scenario for each; every bad file named before training, also through `fedmia validate`.
+Real files throughout: nibabel writes the volumes, PIL the images."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from fedmia.data.datasets import load_dataset
+from fedmia.init_scenario import inspect_folder, write_example_volumes, write_scenario
+
+CLI = [sys.executable, "-m", "fedmia.cli"]
+PALETTE = {"#000000": 0, "#ff0000": 1, "#00ff00": 2}
+
+
+def _scan(record_id: str) -> str:
+    """'folder:case_003/0005' -> 'folder:case_003': the volume a slice came from."""
+    return record_id.split("/")[0]
+
+
+def _validate_in_process(path: Path):
+    from fedmia.cli import app
+
+    return CliRunner().invoke(app, ["validate", str(path)])
+
+
+def _write_16bit(root: Path, count: int = 10) -> Path:
+    """16-bit greyscale scans (values 1000..3000, a bright square lesion) of varying size, as PNG
+    and TIFF, with binary 8-bit masks."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(count):
+        h, w = 40 + 4 * (i % 3), 48
+        image = np.full((h, w), 1000, dtype=np.uint16)
+        image[:, w // 2:] = 2000
+        mask = np.zeros((h, w), dtype=np.uint8)
+        y, x = 8 + i % 5, 6 + i % 7
+        image[y:y + 10, x:x + 10] = 3000
+        mask[y:y + 10, x:x + 10] = 255
+        Image.fromarray(image).save(root / "images" / f"scan{i:02d}.{'tif' if i % 2 else 'png'}")
+        Image.fromarray(mask).save(root / "masks" / f"scan{i:02d}.png")
+    return root
+
+
+def _write_palette(root: Path, count: int = 10) -> Path:
+    """RGB images with colour-coded masks: black background, red class 1, green class 2."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(count):
+        image = np.full((36, 36, 3), 60, dtype=np.uint8)
+        mask = np.zeros((36, 36, 3), dtype=np.uint8)
+        mask[4:14, 4 + i:14 + i] = (255, 0, 0)
+        mask[20:30, 20:30] = (0, 255, 0)
+        image[mask.any(axis=2)] = (200, 120, 90)
+        Image.fromarray(image).save(root / "images" / f"img{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"img{i:02d}.png")
+    return root
+
+
+def _plan_of(path: Path):
+    from fedmia.data.plan import build_plan
+    from fedmia.validation import load_scenario
+
+    return build_plan(load_scenario(path))
+
+
+# ---------------------------------------------------------------- NIfTI volumes
+
+
+def test_volumes_are_read_slice_by_slice_and_grouped_by_scan(tmp_path):
+    root = write_example_volumes(tmp_path / "ct", volumes=3, size=(24, 20, 6))
+    options = {"path": str(root), "images": "imagesTr", "masks": "labelsTr", "channels": 1,
+               "window": [-100, 400]}
+    records, info = load_dataset("folder", records=3, image_size=16, seed=0, options=options)
+    assert len(records) == 18 and records.images.shape == (18, 1, 16, 16)
+    assert records.ids[0] == "folder:case_000/0000" and records.ids[-1] == "folder:case_002/0005"
+    assert records.groups.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    assert (info.in_channels, info.num_classes) == (1, 2)
+    assert records.images[:, :, 0, 0].max() == 0.0  # air at -1000 HU lies below the window
+    assert 0.2 < np.median(records.images[:, 0, 8, 8]) < 0.4  # tissue ~40 HU: (40+100)/500
+
+    # `records` and `rows` count scans: a client loads exactly the pool's slices of its scans
+    part, _ = load_dataset("folder", records=3, image_size=16, seed=0, options=options, rows=np.array([2, 0]))
+    expected = np.concatenate([np.flatnonzero(records.groups == 2), np.flatnonzero(records.groups == 0)])
+    assert list(part.ids) == list(records.ids[expected]) and part.groups.tolist() == [2] * 6 + [0] * 6
+    np.testing.assert_array_equal(part.images, records.images[expected])
+
+    every, _ = load_dataset("folder", records=3, image_size=16, seed=0, options={**options, "slices": 4, "axis": 0})
+    assert [i.split("/")[1] for i in every.ids[:6]] == ["0000", "0004", "0008", "0012", "0016", "0020"]
+    lesion, _ = load_dataset("folder", records=3, image_size=16, seed=0,
+                             options={**options, "slices": "foreground"})
+    assert 3 <= len(lesion) < 18 and all(m.any() for m in lesion.masks)
+    three, info = load_dataset("folder", records=1, image_size=16, seed=0,
+                               options={**options, "channels": 3, "mask_mode": "index"})
+    assert three.images.shape[1] == 3 and info.num_classes == 2
+    with pytest.raises(ValueError, match="has 3 image/label volumes, but 4 records were asked for"):
+        load_dataset("folder", records=4, image_size=16, seed=0, options=options)
+
+
+@pytest.mark.parametrize("clients", [2, 3])
+def test_the_plan_keeps_every_scan_with_one_client_and_one_side(tmp_path, clients):
+    root = write_example_volumes(tmp_path / "ct", volumes=12, size=(32, 32, 8), seed=clients)
+    out = tmp_path / "audit.yaml"
+    text, commands = write_scenario(root, out)
+    assert commands == [f"fedmia validate {out}", f"fedmia run {out} --out runs/ct"]
+    raw = yaml.safe_load(text)
+    assert raw["data"]["options"]["images"] == "imagesTr" and raw["data"]["options"]["window"] == "percentile"
+    assert raw["data"]["members"] + raw["data"]["heldout"] + raw["data"]["population"] == 12
+    raw["federation"]["clients"] = clients
+    out.write_text(yaml.safe_dump(raw))
+    plan = _plan_of(out)
+
+    sides = {"heldout": plan.heldout, "population": plan.population,
+             **{f"client {k}": c for k, c in enumerate(plan.clients)}}
+    where: dict[str, str] = {}
+    for side, records in sides.items():
+        for record_id in records.ids:
+            scan = _scan(record_id)
+            assert where.setdefault(scan, side) == side, f"{scan} in {where[scan]} and in {side}"
+    assert len(where) == 12 and sum(len(c) for c in plan.clients) == 8 * raw["data"]["members"]
+    owners: dict[str, set] = {}
+    for record_id, owner in plan.ledger.owner.items():  # membership is the scan's
+        owners.setdefault(_scan(record_id), set()).add(owner)
+    assert all(len(o) == 1 for o in owners.values())
+    # one target per patient, members and non-members alike
+    scans = [_scan(i) for i in plan.targets.ids]
+    assert len(scans) == len(set(scans)) == 2 * min(raw["data"]["members"], raw["data"]["heldout"])
+    assert plan.ledger.is_member(plan.targets.ids).sum() == len(scans) // 2
+    for k in range(clients):  # what a Ray worker loads is the plan's share, slice for slice
+        own, _ = plan.layout.load_client(k)
+        assert list(own.ids) == list(plan.clients[k].ids)
+        np.testing.assert_array_equal(own.images, plan.clients[k].images)
+
+
+def test_dirichlet_partition_and_public_records_draw_whole_scans(tmp_path):
+    root = write_example_volumes(tmp_path / "ct", volumes=10, size=(16, 16, 4))
+    out = tmp_path / "audit.yaml"
+    text, _ = write_scenario(root, out)
+    raw = yaml.safe_load(text)
+    raw["data"].update(members=5, heldout=2, population=1, public=2, partition={"kind": "dirichlet", "alpha": 1.0},
+                       domain_shift=0.5, image_size=16)
+    out.write_text(yaml.safe_dump(raw))
+    plan = _plan_of(out)
+    groups = [{_scan(i) for i in r.ids} for r in (*plan.clients, plan.heldout, plan.population, plan.public)]
+    assert sum(len(g) for g in groups) == 10 and len(set().union(*groups)) == 10
+    own, public = plan.layout.load_client(0)
+    np.testing.assert_array_equal(own.images, plan.clients[0].images)
+    np.testing.assert_array_equal(public.images, plan.public.images)
+
+
+# ---------------------------------------------------------------- 16-bit images, windows
+
+
+def test_sixteen_bit_images_are_windowed(tmp_path):
+    root = _write_16bit(tmp_path / "mr")
+    info = inspect_folder(root)
+    assert info["high_bit"] and info["channels"] == 1 and info["mask_mode"] == "binary"
+    assert info["count"] == 10 and info["sizes"] == {"min": [48, 40], "max": [48, 48]}
+
+    options = {"path": str(root), "channels": 1}
+    raw, _ = load_dataset("folder", records=10, image_size=48, seed=0, options={**options, "window": [1000, 3000]})
+    left, right = raw.images[0, 0, 30, 2], raw.images[0, 0, 30, 40]  # 1000 and 2000 in the file
+    assert left == pytest.approx(0.0, abs=1e-6) and right == pytest.approx(0.5, abs=1e-3)
+    assert raw.images.max() == pytest.approx(1.0)
+    narrow, _ = load_dataset("folder", records=10, image_size=48, seed=0, options={**options, "window": [1500, 2500]})
+    assert narrow.images[0, 0, 30, 2] == 0.0 and narrow.images[0, 0, 30, 40] == pytest.approx(0.5, abs=1e-3)
+    for window in ("percentile", {"percentile": [5, 95]}, None):  # per image; None: 1st-99th percentile
+        stretched, _ = load_dataset("folder", records=10, image_size=32, seed=0, options={**options, "window": window})
+        assert stretched.images.min() == 0.0 and stretched.images.max() == pytest.approx(1.0)
+    assert set(np.unique(raw.masks)) == {0, 1} and raw.masks.sum() > 0
+
+    out = tmp_path / "audit.yaml"
+    text, _ = write_scenario(root, out)
+    assert yaml.safe_load(text)["data"]["options"]["window"] == "percentile"
+    assert yaml.safe_load(text)["data"]["image_size"] == 32  # a power of two within 40x48
+    _plan_of(out)
+
+    for bad in ([3000, 1000], "hist", {"percentile": [50, 101]}, [1, "x"]):
+        with pytest.raises(ValueError, match="window must be"):
+            load_dataset("folder", records=1, image_size=16, seed=0, options={**options, "window": bad})
+    with pytest.raises(ValueError, match="axis slice NIfTI volumes"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options={**options, "axis": 1})
+
+
+# ---------------------------------------------------------------- colour-coded masks
+
+
+def test_grey_jpeg_masks_are_binary_not_a_colour_code(tmp_path):
+    from fedmia.data.folder import write_example_folder
+
+    root = write_example_folder(tmp_path / "kvasir", 4, size=(40, 36))
+    for mask in (root / "masks").iterdir():  # Kvasir-SEG ships its masks as RGB JPEGs
+        Image.open(mask).convert("RGB").save(mask, quality=75)
+    info = inspect_folder(root)
+    assert (info["mask_mode"], info["palette"], info["channels"]) == ("binary", None, 3)
+
+
+def test_palette_masks_map_colours_to_classes(tmp_path):
+    root = _write_palette(tmp_path / "derm")
+    info = inspect_folder(root)
+    # black is background, the other colours numbered in hex order (the user renames as needed)
+    assert info["palette"] == {"#000000": 0, "#00ff00": 1, "#ff0000": 2}
+    assert info["mask_mode"] == "index" and info["channels"] == 3
+    records, data_info = load_dataset("folder", records=10, image_size=36, seed=0,
+                                      options={"path": str(root), "palette": PALETTE, "mask_mode": "index"})
+    assert data_info.num_classes == 3
+    assert records.masks[0, 5, 5] == 1 and records.masks[0, 25, 25] == 2 and records.masks[0, 33, 2] == 0
+    small, _ = load_dataset("folder", records=10, image_size=16, seed=0,  # nearest neighbour: no new class
+                            options={"path": str(root), "palette": PALETTE, "mask_mode": "index"})
+    assert set(np.unique(small.masks)) == {0, 1, 2}
+
+    out = tmp_path / "audit.yaml"
+    text, _ = write_scenario(root, out)
+    assert "'#ff0000': 2" in text  # quoted: `#` would start a YAML comment
+    plan = _plan_of(out)
+    assert plan.info.num_classes == 3
+
+    with pytest.raises(ValueError, match="mask_mode 'binary' has classes 0 and 1; set mask_mode: index"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options={"path": str(root), "palette": PALETTE})
+    with pytest.raises(ValueError, match="palette colour 'red'"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options={"path": str(root), "palette": {"red": 1}})
+
+
+# ---------------------------------------------------------------- bad files, named before training
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a scenario `fedmia init` wrote for a good folder that was then broken, the
+    message expected, naming the file)."""
+    cases = {}
+    broken = write_example_volumes(tmp_path / "broken", volumes=6, size=(16, 16, 4))
+    scenario = tmp_path / "broken.yaml"
+    write_scenario(broken, scenario)
+    (broken / "imagesTr" / "case_002.nii.gz").write_bytes(b"\x1f\x8b not really gzip, not a NIfTI volume")
+    cases["broken volume"] = (scenario, r"image '.*case_002\.nii\.gz' cannot be read as a NIfTI volume")
+
+    unlabelled = write_example_volumes(tmp_path / "unlabelled", volumes=6, size=(16, 16, 4))
+    scenario = tmp_path / "unlabelled.yaml"
+    write_scenario(unlabelled, scenario)
+    (unlabelled / "labelsTr" / "case_004.nii.gz").unlink()
+    cases["image without label"] = (scenario, r"image 'case_004\.nii\.gz' has no label in .*labelsTr")
+
+    colours = _write_palette(tmp_path / "colours", count=6)
+    scenario = tmp_path / "colours.yaml"
+    write_scenario(colours, scenario)
+    mask = np.asarray(Image.open(colours / "masks" / "img03.png")).copy()
+    mask[7, 30] = (0, 0, 255)
+    Image.fromarray(mask).save(colours / "masks" / "img03.png")
+    cases["colour not in the palette"] = (
+        scenario, r"mask '.*img03\.png' has colour #0000ff at pixel \(x=30, y=7\), which the palette does not map")
+    return cases
+
+
+def test_bad_files_are_named_by_the_loader_and_by_fedmia_validate(tmp_path):
+    cases = _bad_inputs(tmp_path)
+    for name, (scenario, message) in cases.items():
+        options = yaml.safe_load(scenario.read_text())["data"]["options"]
+        with pytest.raises(ValueError, match=message):
+            load_dataset("folder", records=6, image_size=16, seed=0, options=options)
+        result = _validate_in_process(scenario)
+        assert result.exit_code == 2, (name, result.output)
+    # one through a real process: exit code 2 and `FILE: data: <message naming the file>` on stderr
+    scenario, message = cases["broken volume"]
+    done = subprocess.run([*CLI, "validate", str(scenario)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith(f"{scenario}: data: folder: image '") and "case_002.nii.gz" in done.stderr
+
+
+def test_folder_and_path_problems_are_named(tmp_path):
+    file = tmp_path / "scans.nii.gz"
+    file.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"path '{file}' is a file"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options={"path": str(file)})
+    with pytest.raises(ValueError, match="is a file"):
+        inspect_folder(file)
+    empty = tmp_path / "empty"
+    (empty / "imagesTr").mkdir(parents=True)
+    (empty / "labelsTr").mkdir()
+    with pytest.raises(ValueError, match="no images found in .*imagesTr"):
+        inspect_folder(empty)
+    with pytest.raises(ValueError, match="looks like the Medical Segmentation Decathlon layout"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options={"path": str(empty)})
+    with pytest.raises(ValueError, match="expected the subfolders imagesTr/ and labelsTr/"):
+        inspect_folder(tmp_path)
+
+    volumes = write_example_volumes(tmp_path / "ct", volumes=2, size=(16, 16, 4))
+    import nibabel
+
+    nibabel.save(nibabel.Nifti1Image(np.zeros((16, 12, 4), dtype=np.uint8), np.eye(4)),
+                 str(volumes / "labelsTr" / "case_001.nii.gz"))
+    options = {"path": str(volumes), "images": "imagesTr", "masks": "labelsTr"}
+    with pytest.raises(ValueError, match=r"label '.*case_001\.nii\.gz' has shape \(16, 12, 4\) but its image"):
+        load_dataset("folder", records=2, image_size=16, seed=0, options=options)
+    with pytest.raises(ValueError, match="palette reads colour-coded 2-D masks"):
+        load_dataset("folder", records=1, image_size=16, seed=0,
+                     options={**options, "palette": PALETTE, "mask_mode": "index"})
+    mr = write_example_volumes(tmp_path / "mr", volumes=1, size=(16, 16, 4))  # two MR sequences in one file
+    sequences = np.stack([np.full((16, 16, 4), 10, np.int16), np.full((16, 16, 4), 20, np.int16)], axis=-1)
+    nibabel.save(nibabel.Nifti1Image(sequences, np.eye(4)), str(mr / "imagesTr" / "case_000.nii.gz"))
+    options = {"path": str(mr), "images": "imagesTr", "masks": "labelsTr", "window": [0, 40]}
+    with pytest.raises(ValueError, match=r"image '.*case_000\.nii\.gz' is 4-D \(16, 16, 4, 2\).*set option modality"):
+        load_dataset("folder", records=1, image_size=16, seed=0, options=options)
+    second, _ = load_dataset("folder", records=1, image_size=16, seed=0, options={**options, "modality": 1})
+    assert np.allclose(second.images, 0.5)
+    assert inspect_folder(mr)["modalities"] == 2
+
+    out = tmp_path / "taken.yaml"
+    out.write_text("name: mine\n")
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_scenario(volumes, out)
+
+
+# ---------------------------------------------------------------- one audit, end to end
+
+
+def test_a_nifti_audit_runs_end_to_end(tmp_path):
+    root = write_example_volumes(tmp_path / "ct", volumes=9, size=(32, 32, 8))
+    scenario = tmp_path / "audit.yaml"
+    made = subprocess.run([*CLI, "init", str(root), "--out", str(scenario)], capture_output=True, text=True,
+                          timeout=120)  # as a user types it
+    assert made.returncode == 0 and f"fedmia validate {scenario}" in made.stdout, made.stderr
+    again = subprocess.run([*CLI, "init", str(root), "--out", str(scenario)], capture_output=True, text=True)
+    assert again.returncode == 2 and "give --force" in again.stderr  # an existing file is kept
+    raw = yaml.safe_load(scenario.read_text())
+    raw["federation"].update(clients=2, rounds=1, local_epochs=1)
+    raw["attacks"] = ["loss"]
+    raw["evaluation"]["ood"] = []
+    scenario.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    done = subprocess.run([*CLI, "run", str(scenario), "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "metrics.json").is_file()
+    ledger = yaml.safe_load((out / "ledger.json").read_text())["owner"]
+    assert len({_scan(i) for i in ledger}) == 9  # every slice of every scan, owned as its scan
