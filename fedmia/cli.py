@@ -66,6 +66,29 @@ def _check_data_or_exit(path: Path, parsed, *, sites_here: bool = False) -> None
 
 
 @app.command()
+def init(
+    data_dir: Path = typer.Argument(..., help="a folder of your scans: images/ + masks/, or imagesTr/ + labelsTr/ (NIfTI)"),
+    out_file: Path = typer.Option(Path("my-audit.yaml"), "--out", help="the scenario file to write"),
+    force: bool = typer.Option(False, "--force", help="overwrite the scenario file if it exists"),
+) -> None:
+    """Inspect a folder of scans (count, sizes, channels, classes, volumes) and write a first scenario for it."""
+    from fedmia.init_scenario import write_scenario
+
+    try:
+        _, next_commands = write_scenario(data_dir, out_file, overwrite=force)
+    except FileExistsError:
+        typer.echo(f"{out_file}: exists; give --force to overwrite it, or another --out", err=True)
+        raise typer.Exit(USAGE_ERROR)
+    except ValueError as error:
+        text = str(error)
+        typer.echo(text if text.startswith(str(data_dir)) else f"{data_dir}: {text}", err=True)
+        raise typer.Exit(USAGE_ERROR)
+    typer.echo(f"wrote {out_file}; next:")  # plain: commands to copy, never re-wrapped
+    for command in next_commands:
+        typer.echo(f"  {command}")
+
+
+@app.command()
 def validate(scenario: Path = typer.Argument(..., help="scenario YAML file")) -> None:
     """Check a scenario file without running it."""
     parsed = _load_or_exit(scenario)
@@ -115,7 +138,7 @@ def _validate_while_ray_starts(path: Path, verbose: bool, *, folder: Optional[Pa
     known, before Ray starts."""
     from fedmia.ray_start import beside_ray_start, quiet_library_notices
     from fedmia.runfolder import check_claim
-    from fedmia.validation import plan_problems
+    from fedmia.validation import name_problems, plan_problems
 
     def validated():
         parsed = _load_or_exit(path)
@@ -128,7 +151,7 @@ def _validate_while_ray_starts(path: Path, verbose: bool, *, folder: Optional[Pa
         schema = None  # _load_or_exit reports it
     if schema is not None and folder is None:
         _folder_or_exit(check_claim, Path("runs") / schema.name, force=force)
-    if schema is None or plan_problems(schema):
+    if schema is None or plan_problems(schema) or name_problems(schema):
         return validated()
     if not verbose:
         quiet_library_notices()
@@ -381,18 +404,21 @@ def credentials(
 
 @app.command("list")
 def list_components() -> None:
-    """List registered datasets, architectures, strategies, attacks and defenses."""
-    import strategies
-    from fedmia.attacks import ATTACKS
-    from fedmia.data.datasets import DATASETS
-    from fedmia.defenses import DEFENSES
+    """List the plug-ins on offer — datasets, strategies, attacks, defenses — with the package of each, and smp's architectures."""
+    from fedmia.registry import entry_points_of, distribution_of, offered
+
+    for title, group in [("datasets", "fedmia.datasets"), ("strategies", "fedmia.strategies"),
+                         ("attacks", "fedmia.attacks"), ("defenses", "fedmia.defenses")]:
+        points = entry_points_of(group)
+        by_package: dict[str, list[str]] = {}
+        for name in offered(group):  # metadata only: nothing is imported
+            package = " ".join(distribution_of(points[name])) if name in points else "(registered in-process)"
+            by_package.setdefault(package, []).append(name)
+        listed = "; ".join(f"{', '.join(names)} [dim]({package})[/]" for package, names in by_package.items())
+        out.print(f"[bold]{title}[/]: {listed}")
     from fedmia.models import ARCHITECTURES
 
-    defenses = [f"{name} ({DEFENSES.get(name).acts_on})" for name in DEFENSES.names()]
-    for title, names in [("datasets", DATASETS.names()), ("architectures", ARCHITECTURES),
-                         ("strategies", strategies.STRATEGIES.names()), ("attacks", ATTACKS.names()),
-                         ("defenses", defenses)]:
-        out.print(f"[bold]{title}[/]: {', '.join(names)}")
+    out.print(f"[bold]architectures[/] (segmentation-models-pytorch): {', '.join(ARCHITECTURES)}")
 
 
 def _report_fault(error: BaseException) -> int:

@@ -11,6 +11,7 @@ In a multi-site audit (data.sites) a SuperNode reads only its own folder, named 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 
@@ -27,6 +28,7 @@ from fedmia.data.sites import SiteLayout
 from fedmia.io import process_age
 from fedmia.local import client_recipe, client_seed, local_training
 from fedmia.models import get_weights, scenario_model, set_weights
+from fedmia.plugins import PluginMissing, check_plugin_manifest, where
 from fedmia.scenario import Scenario
 from fedmia.validation import scenario_from_canonical, scenario_from_run_config
 from fedmia.training import evaluate_utility, pick_device
@@ -127,6 +129,8 @@ class SegmentationClient(NumPyClient):
     def __init__(self, scenario: Scenario, partition_id: int, data_path: str | None = None):
         self.scenario = scenario
         self.partition_id = partition_id
+        self.name = (f"site {scenario.data.sites[partition_id].name}" if scenario.data.multi_site
+                     else f"client {partition_id}")
         canonical = scenario.canonical()
         self.records, self.public = _client_data(canonical, partition_id, data_path)
         self.num_classes = _layout(canonical).info.num_classes
@@ -134,6 +138,8 @@ class SegmentationClient(NumPyClient):
         self.device = pick_device(scenario.runtime.device)
 
     def fit(self, parameters, config):
+        if "plugins" in config:  # the server's plug-ins, at its versions, or this client refuses
+            check_plugin_manifest(json.loads(str(config["plugins"])), f"{where()}, {self.name}")
         warmup = first_fit_warmup()  # before training: the warm-up is what precedes the work
         inject_faults(self.scenario, int(config.get("server-round", 0)), self.partition_id)
         set_weights(self.model, parameters)
@@ -159,17 +165,28 @@ class SegmentationClient(NumPyClient):
 
 
 @functools.lru_cache(maxsize=2)
-def _run_scenario(encoded: str, path: str) -> Scenario:
-    """A `flwr run`'s scenario, read and validated once per process, not once per message."""
-    return scenario_from_run_config({"scenario-b64": encoded, "scenario": path})
+def _run_scenario(shipped: str, path: str) -> Scenario:
+    """The run's scenario, rebuilt once per process, not once per message: from its canonical
+    text (simulation), its base64 (`fedmia deploy`) or a file path (`flwr run` of a file)."""
+    if shipped.startswith("{"):
+        return scenario_from_canonical(shipped)
+    return scenario_from_run_config({"scenario-b64": shipped, "scenario": path})
 
 
 def make_client_fn(scenario: Scenario | None = None, layout: ClientLayout | None = None):
-    """Flower's `client_fn` for `scenario` (or the run config's), as Ray ships it: by value."""
+    """Flower's `client_fn` for `scenario` (or the run config's), as Ray ships it: by value. The
+    scenario travels as its canonical text and each worker resolves its plug-ins itself, so a
+    worker that lacks one refuses, naming it (a pickled scenario would fail to unpickle instead)."""
+    canonical = scenario.canonical() if scenario is not None else None
 
     def client_fn(context: Context):
-        current = scenario or _run_scenario(str(context.run_config.get("scenario-b64", "")),
-                                            str(context.run_config.get("scenario", "")))
+        try:
+            current = (_run_scenario(canonical, "") if canonical is not None else
+                       _run_scenario(str(context.run_config.get("scenario-b64", "")),
+                                     str(context.run_config.get("scenario", ""))))
+        except PluginMissing as error:  # name the site too: the server stops the run with this line
+            site = context.node_config.get("site", context.node_config.get("partition-id", "?"))
+            raise PluginMissing(f"site/partition {site}: {error}") from None
         if layout is not None:
             remember_layout(current.canonical(), layout)
         torch.set_num_threads(max(1, int(current.runtime.client_cpus)))

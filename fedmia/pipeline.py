@@ -98,7 +98,7 @@ def adversary_view(scenario: Scenario, transcript: Transcript, served=None) -> A
         targets=plan.targets,
         num_classes=info.num_classes,
         device=device,
-        api=QueryAPI(served, scenario.defenses.output, device=device),
+        api=QueryAPI(served, [d for d in active(scenario) if d.acts_on == "query"], device=device),
         population_fpr=scenario.evaluation.threshold_population_fpr,
         recipe=TrainRecipe.from_scenario(scenario),
         rounds=scenario.federation.rounds,

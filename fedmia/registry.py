@@ -1,11 +1,24 @@
-"""A tiny name → factory registry, the pattern smp uses for encoders.
+"""Plug-in registries fed by Python entry points — one mechanism for every family.
 
-Datasets, attacks and strategies each keep one registry; a module registers its entries with a
-decorator, so adding a family is adding one file.
+Each family (datasets, attacks, defenses, strategies, models) keeps one `Registry` bound to an
+entry-point group (`fedmia.attacks`, ...). A package — fedmia itself or the user's own — offers a
+plug-in with one line in its `pyproject.toml`:
+
+    [project.entry-points."fedmia.attacks"]
+    my-attack = "mypkg.my_attack"          # the module that registers it (or "module:object")
+
+and one file: the module, whose decorator (`@register_attack("my-attack")`, ...) registers the
+class when it is imported. Names come from the installed packages' metadata, so listing them or
+rejecting a misspelt one imports nothing (no torch); a plug-in's module is imported only when a
+scenario names it (`get`). fedmia's own plug-ins are registered the same way, in its
+`pyproject.toml`: the core names none of them.
 """
 
 from __future__ import annotations
 
+import functools
+import types
+from importlib import metadata
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -22,28 +35,93 @@ class UnknownNameError(KeyError):
         return self.args[0]
 
 
+class PluginLoadError(RuntimeError):
+    """An entry point that names a plug-in its module does not provide, or a module that fails
+    to import; the message names the entry point and its package."""
+
+
+@functools.lru_cache(maxsize=None)
+def entry_points_of(group: str) -> dict[str, metadata.EntryPoint]:
+    """The group's entry points by name (package metadata only: no plug-in is imported). Two
+    packages offering one name is a conflict, reported when that name is used."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for point in metadata.entry_points(group=group):
+        found.setdefault(point.name, point)
+    return found
+
+
+def distribution_of(point: metadata.EntryPoint) -> tuple[str, str]:
+    """(package, version) that offers `point`; ('?', '?') when the metadata does not say."""
+    dist = getattr(point, "dist", None)
+    if dist is None:
+        return "?", "?"
+    return dist.metadata["Name"] or "?", dist.version or "?"
+
+
+_REGISTRIES: dict[str, "Registry"] = {}  # group → its registry, once the family's module is imported
+
+
+def offered(group: str) -> list[str]:
+    """Every name a group offers — installed packages' entry points, and plug-ins registered in
+    this process by an import (a notebook's, a test's) — without importing any plug-in module."""
+    registry = _REGISTRIES.get(group)
+    return registry.names() if registry is not None else sorted(entry_points_of(group))
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """Names → plug-ins of one family. `group`: the entry-point group that offers them."""
+
+    def __init__(self, kind: str, group: str | None = None):
         self.kind = kind
+        self.group = group
         self._entries: dict[str, T] = {}
+        if group is not None:
+            _REGISTRIES[group] = self
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
-            if name in self._entries:
+            if name in self._entries and self._entries[name] is not entry:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = entry
             return entry
 
         return add
 
+    def _points(self) -> dict[str, metadata.EntryPoint]:
+        return entry_points_of(self.group) if self.group else {}
+
     def get(self, name: str) -> T:
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            raise UnknownNameError(self.kind, name, self.names()) from None
+        point = self._points().get(name)
+        if point is None:
+            raise UnknownNameError(self.kind, name, self.names())
+        try:
+            loaded = point.load()  # imports the module; its decorator registers the plug-in
+        except Exception as error:  # noqa: BLE001  (a user's module may raise anything on import)
+            package = distribution_of(point)[0]
+            raise PluginLoadError(f"{self.kind} {name!r} (entry point {point.value!r} of package {package}) "
+                                  f"failed to import: {type(error).__name__}: {error}") from error
+        if name not in self._entries:
+            if isinstance(loaded, types.ModuleType):
+                raise PluginLoadError(f"{self.kind} {name!r}: entry point {point.value!r} imported, but the "
+                                      f"module registers no {self.kind} named {name!r}")
+            self._entries[name] = loaded  # "module:object" without a decorator
+        return self._entries[name]
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        """Every name on offer — registered or named by an installed package — imports nothing."""
+        return sorted(set(self._entries) | set(self._points()))
+
+    def package(self, name: str) -> tuple[str, str]:
+        """(package, version) offering `name` (from metadata); a plug-in registered only by an
+        import (a test's, a notebook's) is ('(registered in-process)', '')."""
+        point = self._points().get(name)
+        if point is None:
+            if name in self._entries:
+                return "(registered in-process)", ""
+            raise UnknownNameError(self.kind, name, self.names())
+        return distribution_of(point)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._points()

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fedmia.plugins import MARK, PluginMissing, named_plugins, where  # noqa: F401  (re-exported)
 from fedmia.scenario import Scenario, ScenarioError, describe_pydantic_error, parse_schema, read_yaml
 
 
@@ -134,14 +135,14 @@ def defense_block_problems(scenario: Scenario) -> list[tuple[str, str]]:
     """Each defense block checked against its plug-in's parameters; the validated ones replace
     the raw blocks in `scenario` (a defense is built from them)."""
     from fedmia.defenses import DEFENSES
-    from fedmia.registry import UnknownNameError
+    from fedmia.registry import PluginLoadError, UnknownNameError
 
     problems: list[tuple[str, str]] = []
     validated: dict[str, Any] = {}
     for key, raw in scenario.defenses.root.items():
         try:
             cls = DEFENSES.get(key)
-        except UnknownNameError as error:
+        except (UnknownNameError, PluginLoadError) as error:
             problems.append((f"defenses.{key}", str(error)))
             continue
         block = cls.block(raw)
@@ -155,13 +156,25 @@ def defense_block_problems(scenario: Scenario) -> list[tuple[str, str]]:
     return problems
 
 
+def name_problems(scenario: Scenario) -> list[tuple[str, str]]:
+    """Names no installed package offers — from package metadata alone, so a misspelt plug-in
+    is rejected without importing any plug-in module (or torch)."""
+    from fedmia.registry import UnknownNameError, offered
+
+    return [(where, str(UnknownNameError(kind, name, offered(group))))
+            for where, group, kind, name in named_plugins(scenario) if name not in offered(group)]
+
+
 def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
     """Registered names, each plug-in's parameters, the defenses' own checks and conflicts, and
     a probe build of the model. Validated defense blocks replace the raw ones in `scenario`."""
+    unknown = name_problems(scenario)
+    if unknown:  # nothing imported for a file that names what no package offers
+        return unknown
     from fedmia import attacks, models
     from fedmia.data import datasets
     from fedmia.defenses import DEFENSES
-    from fedmia.registry import UnknownNameError
+    from fedmia.registry import PluginLoadError, UnknownNameError
     import strategies
 
     problems: list[tuple[str, str]] = []
@@ -170,7 +183,7 @@ def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
         try:
             fn()
             return True
-        except (UnknownNameError, ValueError) as error:
+        except (UnknownNameError, ValueError, PluginLoadError) as error:
             problems.append((where, str(error)))
             return False
 
@@ -248,5 +261,7 @@ def scenario_from_canonical(canonical: str) -> Scenario:
     whole `plugin_problems`: that imports every attack and strategy (scipy, scikit-learn,
     matplotlib) and builds a probe model — ~1.3 s in each Ray worker's start, before its first fit."""
     scenario = Scenario.model_validate_json(canonical)
-    defense_block_problems(scenario)
+    problems = defense_block_problems(scenario)
+    if problems:  # a defense this process cannot resolve is never dropped: the client would train without it
+        raise PluginMissing(f"{where()} {MARK}: " + "; ".join(f"{key}: {what}" for key, what in problems))
     return scenario

@@ -1,7 +1,9 @@
 """Flower server strategies, honest and malicious, one module per strategy.
 
-Each module registers its class with `@register_strategy(name, params_model)`; the scenario's
-`server:` block names the strategy and gives its parameters, validated by `params_model`.
+Each module registers its class with `@register_strategy(name, params_model)`, and its package
+offers it with one entry point in the `fedmia.strategies` group (fedmia's own: its
+`pyproject.toml`); the scenario's `server:` block names the strategy and gives its parameters,
+validated by `params_model`. `STRATEGIES.get(name)` imports the module.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class StrategyEntry:
     params_model: type[BaseModel]
 
 
-STRATEGIES: Registry[StrategyEntry] = Registry("server strategy")
+STRATEGIES: Registry[StrategyEntry] = Registry("server strategy", "fedmia.strategies")
 
 
 def register_strategy(name: str, params_model: type[BaseModel]):
@@ -30,6 +32,3 @@ def register_strategy(name: str, params_model: type[BaseModel]):
 
     return add
 
-
-# Registration happens on import; keep this list in step with the modules in this package.
-from strategies import fedavg, gradient_ascent, isolation, poisoning, trap_weights  # noqa: E402,F401

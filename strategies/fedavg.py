@@ -6,6 +6,7 @@ recording stays in one place, so every strategy's transcript means the same thin
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from typing import Callable
@@ -18,6 +19,7 @@ from flwr.server.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict
 
 from fedmia.transcript import Reply, RoundView, Transcript
+from fedmia.plugins import PluginMissing, plugin_manifest, refusal_in
 from strategies import register_strategy
 
 
@@ -76,6 +78,7 @@ class ObservingFedAvg(FedAvg):
             self.transcript = resume_from
             self.round_offset = resume_from.rounds[-1].round if resume_from.rounds else 0
             self.initial_parameters = ndarrays_to_parameters(resume_from.final)
+        self._plugins = json.dumps(plugin_manifest(scenario), sort_keys=True)
         self.on_round_end = on_round_end
         self.wrapped = False  # a central-DP wrapper ends the round itself, once it has noised the model
         self._ended_rounds: set[int] = set()
@@ -85,7 +88,9 @@ class ObservingFedAvg(FedAvg):
         """The training config an honest server sends (clients may pin their own instead)."""
         fed = self.scenario.federation
         config = {"server-round": server_round, "local-epochs": fed.local_epochs,
-                  "lr": fed.lr, "batch-size": fed.batch_size}
+                  "lr": fed.lr, "batch-size": fed.batch_size,
+                  # every client checks it runs the server's plug-ins, at the server's versions
+                  "plugins": self._plugins}
         if self.secure:
             config["send-update"] = True  # see SecAggSpec: updates quantise, raw BN stats clip
         return config
@@ -132,6 +137,9 @@ class ObservingFedAvg(FedAvg):
             # the end of a Ray error says what the client raised; its start is boilerplate
             view.failure_messages = [str(f if isinstance(f, BaseException) else f[1].status.message)[-400:]
                                       for f in failures]
+            refused = [r for r in map(refusal_in, view.failure_messages) if r]
+            if refused:  # a client that would train without a named defense: stop the run, naming it
+                raise PluginMissing(f"round {server_round}: {refused[0]}")
         if not results:
             self.end_round(view)
             return None, {}

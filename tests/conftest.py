@@ -65,3 +65,28 @@ def stops_its_processes():
     started = {p for p in child_pids() - before if alive(p)}
     leftovers["pids"] = started
     stop_pids(started)
+
+
+@pytest.fixture(scope="session")
+def example_plugins(tmp_path_factory):
+    """tests/example_plugins pip-installed (a user's own package of plug-ins, one of each family)
+    into a folder put on sys.path — and so on the PYTHONPATH that Ray workers inherit. Built from
+    a copy, so the build leaves nothing in the repository. Yields the install folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    from fedmia.registry import entry_points_of
+
+    source = tmp_path_factory.mktemp("example-src") / "example_plugins"
+    shutil.copytree(REPO / "tests" / "example_plugins", source)
+    target = tmp_path_factory.mktemp("example-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(source)], check=True, timeout=300)
+    sys.path.insert(0, str(target))
+    entry_points_of.cache_clear()  # the metadata was read before the package was there
+    try:
+        yield target
+    finally:
+        sys.path.remove(str(target))
+        entry_points_of.cache_clear()

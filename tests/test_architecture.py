@@ -1,12 +1,12 @@
 """The architecture as a contract: layers without back-edges (import-linter), one plug-in point
-per family (an example of each is one file in tests/plugins/), and defenses that compose or are
+per family (an example of each is one file of tests/example_plugins, a package of its own
+registered by entry points), and defenses that compose or are
 rejected by validation — every pair."""
 
 from __future__ import annotations
 
 import importlib
 import itertools
-import sys
 
 import numpy as np
 import pytest
@@ -24,13 +24,17 @@ def test_no_module_imports_one_above_it():
 
 
 @pytest.fixture(scope="module")
-def plugins():
-    sys.path.insert(0, str(REPO / "tests" / "plugins"))
-    try:  # one registration line each: the import
-        yield {name: importlib.import_module(name)
-               for name in ("example_attack", "example_strategy", "example_dataset", "example_defense")}
-    finally:
-        sys.path.remove(str(REPO / "tests" / "plugins"))
+def plugins(example_plugins):
+    """The example package's modules, as the registries import them when a scenario names them."""
+    from fedmia.attacks import ATTACKS
+    from fedmia.data.datasets import DATASETS
+    from fedmia.defenses import DEFENSES
+    import strategies
+
+    for registry, name in ((ATTACKS, "example-median-pixel-loss"), (DATASETS, "example-squares"),
+                           (DEFENSES, "example-flip"), (strategies.STRATEGIES, "example-scaled-broadcast")):
+        assert name in registry.names() and registry.package(name) == ("fedmia-example-plugins", "0.2.0")
+    return {name: importlib.import_module(f"fedmia_example.{name}") for name in ("attack", "strategy", "dataset", "defense")}
 
 
 def test_a_new_attack_strategy_dataset_and_defense_are_one_file_each(plugins, tmp_path):
@@ -55,10 +59,10 @@ def test_a_new_attack_strategy_dataset_and_defense_are_one_file_each(plugins, tm
     assert type(strategy).strategy_name == "example-scaled-broadcast" and strategy.params.factor == 0.5
     model = scenario_model(scenario, plan.info, seed=0)
     initial = get_weights(model)
-    before = plugins["example_defense"].HorizontalFlip.calls
+    before = plugins["defense"].HorizontalFlip.calls
     local_training(scenario, model, plan.clients[0], client_recipe(scenario, {}), seed=0,
                    device=torch.device("cpu"), partition=0)
-    assert plugins["example_defense"].HorizontalFlip.calls > before  # the hook ran in the client's loop
+    assert plugins["defense"].HorizontalFlip.calls > before  # the hook ran in the client's loop
     transcript = Transcript(list(model.state_dict()), initial)
     transcript.rounds.append(RoundView(1, aggregate=get_weights(model)))
     results = run_attacks(scenario, adversary_view(scenario, transcript))

@@ -115,16 +115,21 @@ def test_black_box_attacks_see_the_served_model_only_through_its_query_api(overf
         served(torch.as_tensor(plan.targets.images[:2]))
 
 
-def test_output_hardening_reaches_reference_attacks(overfit_setup, tmp_path):
-    """Under argmax outputs LiRA and RMIA see label maps, so their scores change."""
+def test_query_stage_defenses_reach_reference_attacks(overfit_setup, tmp_path, example_plugins):
+    """Every query-stage defense acts through its hook, which QueryAPI calls: under argmax
+    outputs LiRA and RMIA see label maps, and under the example package's own query-stage
+    defense (a plug-in fedmia's core has never heard of) coarse scores — their scores change."""
+    from fedmia.defenses import DEFENSES
     from fedmia.defenses.output import OutputParams
 
     scenario, plan, transcript = overfit_setup
     specs = [type(scenario.attacks[0])(**spec) for spec in BLACK_BOX if spec["name"] in ("lira-online", "rmia")]
     runtime = scenario.runtime.model_copy(update={"cache_dir": str(tmp_path / "cache")})
     plain = scenario.model_copy(update={"attacks": specs, "runtime": runtime})
-    hard = plain.model_copy(update={"defenses": type(plain.defenses)({"output": OutputParams(mode="argmax")})})
-    soft_results = run_attacks(plain, adversary_view(plain, transcript))
-    hard_results = run_attacks(hard, adversary_view(hard, transcript))
-    for name in ("lira-online", "rmia"):
-        assert not np.allclose(soft_results[name].scores, hard_results[name].scores), name
+    coarse = DEFENSES.get("example-coarse-scores").Params(decimals=1)
+    plain_results = run_attacks(plain, adversary_view(plain, transcript))
+    for block in ({"output": OutputParams(mode="argmax")}, {"example-coarse-scores": coarse}):
+        defended = plain.model_copy(update={"defenses": type(plain.defenses)(block)})
+        results = run_attacks(defended, adversary_view(defended, transcript))
+        for name in ("lira-online", "rmia"):
+            assert not np.allclose(plain_results[name].scores, results[name].scores), (block, name)

@@ -19,7 +19,7 @@ from fedmia.defenses.dp import epsilon_spent, noise_for_budget, to_dp_compatible
 from fedmia.defenses.output import api_probabilities
 from fedmia.models import build_model, get_weights
 from fedmia.runner import run_scenario
-from fedmia.defenses.output import OutputParams as OutputSpec
+from fedmia.defenses.output import OutputHardening, OutputParams as OutputSpec
 from fedmia.scenario import ModelSpec
 from fedmia.validation import load_scenario
 from fedmia.transcript import Transcript
@@ -105,7 +105,7 @@ def test_output_hardening_turns_scores_label_only():
     # Under argmax the loss attack's statistic is -log(1e-6) times the share of wrong pixels.
     records, _ = load_dataset("shapes", records=4, image_size=16, seed=0, options={"binary": True})
     model = build_model(ModelSpec(encoder_depth=2), 1, 2, seed=0).eval()
-    api = QueryAPI(model, OutputSpec(mode="argmax"), device=torch.device("cpu"))
+    api = QueryAPI(model, [OutputHardening(OutputSpec(mode="argmax"))], device=torch.device("cpu"))
     stats = summaries_from_probabilities(api.query(records.images), records.masks, floor=PROBABILITY_FLOOR)
     with torch.no_grad():
         wrong = (model(torch.as_tensor(records.images)).argmax(1) != torch.as_tensor(records.masks)).float()

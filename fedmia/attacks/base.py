@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from fedmia.data.records import Records
-from fedmia.defenses.output import api_probabilities
 from fedmia.models import set_weights
 from fedmia.registry import Registry
 from fedmia.training import inference_batch
@@ -31,20 +30,31 @@ class QueryAPI:
 
     `query` returns what a deployed model's API would: per-pixel class probabilities in float64
     (computed from float64 logits, so confident pixels do not saturate), after the release
-    (e.g. a last-layer Laplace posterior) and the output defense (argmax, top-k, ...). The
-    module itself is held privately; `postprocess` applies only the (public) output behaviour,
-    so an adversary can shape its own reference models' outputs the same way.
+    (e.g. a last-layer Laplace posterior) and every defense acting on the query stage, in the
+    scenario's order, through its `postprocess(probs, logits, generator)` hook (output
+    hardening: argmax, top-k, ...). The module itself is held privately; `postprocess` applies
+    only the (public) output behaviour, so an adversary can shape its own reference models'
+    outputs the same way.
     """
 
-    def __init__(self, served: nn.Module, output_defense=None, *, device, batch_size: int | None = None):
+    def __init__(self, served: nn.Module, query_defenses=(), *, device, batch_size: int | None = None):
         self.__served = served.to(device).eval()
-        self.output_defense = output_defense
+        self.query_defenses = list(query_defenses or ())
         self.device = device
         self.batch_size = batch_size
         self.queries = 0  # records answered: what the audit cost the adversary
 
+    @property
+    def hardened(self) -> bool:
+        """Whether the answers are shaped (exact 0/1 under argmax: logs need a floor)."""
+        return bool(self.query_defenses)
+
     def postprocess(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return api_probabilities(logits.double(), self.output_defense, generator)
+        logits = logits.double()
+        probs = torch.softmax(logits, dim=1)
+        for defense in self.query_defenses:
+            probs = defense.postprocess(probs, logits, generator)
+        return probs
 
     @torch.no_grad()
     def query(self, images: np.ndarray) -> torch.Tensor:
@@ -117,7 +127,7 @@ class AdversaryView:
         if key not in self._summaries:
             if api:
                 probs = self.api.query(records.images)
-                floor = PROBABILITY_FLOOR if self.api.output_defense is not None else 0.0
+                floor = PROBABILITY_FLOOR if self.api.hardened else 0.0
             else:
                 probs = model_probabilities(self.model_with(weights), records.images, device=self.device,
                                             batch_size=self.batch_size)
@@ -209,7 +219,7 @@ class Attack(ABC):
                             threshold=self.threshold, attack=self, view=view)
 
 
-ATTACKS: Registry[type[Attack]] = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry("attack", "fedmia.attacks")
 
 
 def register_attack(name: str):

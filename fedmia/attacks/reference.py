@@ -96,7 +96,7 @@ def phi_maps(probs: torch.Tensor, masks: np.ndarray, floor: float = 0.0) -> tupl
 
 
 def _floor(view: AdversaryView) -> float:
-    return PROBABILITY_FLOOR if view.api.output_defense is not None else 0.0
+    return PROBABILITY_FLOOR if view.api.hardened else 0.0
 
 
 def reference_phi_maps(view: AdversaryView, model, records: Records) -> tuple[np.ndarray, np.ndarray]:

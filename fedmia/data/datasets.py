@@ -5,7 +5,8 @@ Each dataset module registers a loader with `@DATASETS.register(name)`. A loader
 A loader that can read part of its pool cheaply also takes `rows=` (positions in the
 `records`-long pool, in the order wanted): a client then loads only its own records. Loaders
 without it still work — `load_dataset` loads the pool and takes the rows.
-The modules are imported at the bottom of this file, so importing it is enough to fill the registry.
+Each loader's package offers it with an entry point in the `fedmia.datasets` group; the module is
+imported when a scenario names it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fedmia.registry import Registry
 
 Loader = Callable[..., "tuple[Records, DatasetInfo]"]
 
-DATASETS: Registry[Loader] = Registry("dataset")
+DATASETS: Registry[Loader] = Registry("dataset", "fedmia.datasets")
 
 
 def load_dataset(
@@ -116,6 +117,3 @@ def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
         out[n] = np.asarray(plane.resize((width, height), Image.NEAREST))
     return out
 
-
-# Imported last: each module does `from fedmia.data.datasets import DATASETS`, which must already exist.
-from fedmia.data import digits_scenes, folder, shapes  # noqa: E402,F401

@@ -7,15 +7,22 @@ One pool of records is split three ways, disjointly:
 The *target list* mixes equal numbers of members (drawn round-robin across clients) and
 held-out non-members, shuffled. The *ledger* (record id → owner) is ground truth: only the
 evaluator reads it, never an attack.
+
+Record groups. When a dataset's records come in groups (`Records.groups`: the slices of one
+NIfTI scan in `folder`), the group — the patient — is the unit of membership: `data.members`,
+`heldout`, `population` and `public` count groups, the split and the partition draw whole
+groups, so no group's records sit with two clients or on both sides of the member line. The
+ledger names every record with its group's owner. Each target is one patient: one record drawn
+at random from each target group (`evaluation.targets` counts groups), so the targets stay
+independent and the bootstrap intervals over targets are intervals over patients; scoring
+every slice of a scan as its own target would count one patient many times and make the
+intervals too narrow.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,45 +30,8 @@ from fedmia.data.datasets import load_dataset
 from fedmia.data.partition import partition
 from fedmia.data.records import DatasetInfo, Records
 from fedmia.data.shapes import apply_domain_shift
-
-if TYPE_CHECKING:
-    from fedmia.data.sites import SiteLayout
-
-NON_MEMBER = "non-member"
-POPULATION = "population"
-PUBLIC = "public"
-
-
-@dataclass(frozen=True)
-class MembershipLedger:
-    """Ground truth: record id → client index (int) or NON_MEMBER / POPULATION."""
-
-    owner: dict[str, int | str]
-
-    def is_member(self, ids) -> np.ndarray:
-        return np.array([isinstance(self.owner[i], int) for i in ids], dtype=bool)
-
-    def client_of(self, ids) -> np.ndarray:
-        return np.array([self.owner[i] if isinstance(self.owner[i], int) else -1 for i in ids])
-
-    def to_json(self) -> dict:
-        return {"owner": self.owner}
-
-    @classmethod
-    def load(cls, path: Path) -> "MembershipLedger":
-        return cls(json.loads(Path(path).read_text())["owner"])
-
-
-@dataclass(frozen=True)
-class FederationPlan:
-    info: DatasetInfo
-    clients: list[Records]  # one partition per client, index = Flower partition-id
-    heldout: Records
-    population: Records
-    targets: Records  # what the adversary scores; membership unknown to it
-    ledger: MembershipLedger | None  # None in a multi-site audit: the sites' manifests tell it later
-    public: Records | None = None  # shared public records (training-time defenses), never targets
-    layout: "ClientLayout | SiteLayout | None" = None  # where each client's records are
+# the plan's types live apart, so that fedmia/data/sites.py can build one without importing this
+from fedmia.data.federation import NON_MEMBER, POPULATION, PUBLIC, FederationPlan, MembershipLedger  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -105,10 +75,13 @@ class ClientLayout:
                                       seed=seed, options=data.options, rows=rows)
             return records
 
-        rows = self.rows_of(partition_id)
-        own = _shift(load(rows), np.full(len(rows), partition_id), data.domain_shift, seed)
-        public = (_shift(load(self.public_rows), self.public_domains, data.domain_shift, seed)
-                  if len(self.public_rows) else None)
+        own = load(self.rows_of(partition_id))
+        own = _shift(own, np.full(len(own), partition_id), data.domain_shift, seed)
+        public = None
+        if len(self.public_rows):
+            public = load(self.public_rows)
+            public = _shift(public, _per_record(public, self.public_rows, self.public_domains),
+                            data.domain_shift, seed)
         return own, public
 
 
@@ -120,7 +93,48 @@ def _shift(records: Records, domains: np.ndarray, strength: float, seed: int) ->
     for domain in np.unique(domains):
         rows = domains == domain
         images[rows] = apply_domain_shift(images[rows], int(domain), strength, seed)
-    return Records(images, records.masks, records.ids)
+    return Records(images, records.masks, records.ids, records.groups)
+
+
+def _rows_of_units(records: Records, units: np.ndarray) -> np.ndarray:
+    """Positions in `records` of every record of `units` (pool rows), unit after unit in the
+    order given: a group's records always travel together. Without groups a unit is a record."""
+    units = np.asarray(units, dtype=np.int64)
+    if records.groups is None:
+        return units
+    order = np.argsort(records.groups, kind="stable")
+    ordered = records.groups[order]
+    starts = np.searchsorted(ordered, units, side="left")
+    ends = np.searchsorted(ordered, units, side="right")
+    chunks = [order[s:e] for s, e in zip(starts, ends)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+
+
+def _per_record(records: Records, units: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """One value per unit (e.g. a domain) → one per record, each record taking its group's."""
+    if records.groups is None:
+        return values
+    lookup = dict(zip(np.asarray(units).tolist(), np.asarray(values).tolist()))
+    return np.array([lookup[g] for g in records.groups.tolist()], dtype=np.int64)
+
+
+def _unit_labels(records: Records, units: np.ndarray) -> np.ndarray:
+    """One class per unit for the partitioner: a record's dominant class; a group's, the most
+    frequent dominant class among its records' foregrounds (0 when none has any)."""
+    dominant = records.dominant_class()
+    if records.groups is None:
+        return dominant
+    labels = np.zeros(len(units), dtype=np.int64)
+    for i, unit in enumerate(np.asarray(units).tolist()):
+        found = dominant[(records.groups == unit) & (dominant > 0)]
+        if found.size:
+            labels[i] = np.bincount(found).argmax()
+    return labels
+
+
+def _one_record_each(records: Records, units, rng: np.random.Generator) -> np.ndarray:
+    """For each unit, the position in `records` of one of its records, drawn at random."""
+    return np.array([rng.choice(np.flatnonzero(records.groups == unit)) for unit in units], dtype=np.int64)
 
 
 def _round_robin(parts: list[np.ndarray], count: int, rng: np.random.Generator) -> list[int]:
@@ -154,23 +168,30 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
     pool, info = load_dataset(
         data.dataset, records=total, image_size=data.image_size, seed=scenario.seed, options=data.options
     )
-    order = rng.permutation(len(pool))
+    units = len(pool) if pool.groups is None else total  # groups (patients) are drawn whole
+    order = rng.permutation(units)
     member_rows = order[: data.members]
     heldout_rows = order[data.members : data.members + data.heldout]
     population_rows = order[data.members + data.heldout : data.members + data.heldout + data.population]
     public_rows = order[total - data.public : total]  # last: with public 0 every other draw is unchanged
 
-    members = pool.subset(member_rows)
+    def drawn(rows: np.ndarray) -> Records:
+        return pool.subset(_rows_of_units(pool, rows))
+
     parts = partition(
-        data.partition.kind, members.dominant_class(), fed.clients,
+        data.partition.kind, _unit_labels(drawn(member_rows), member_rows), fed.clients,
         seed=scenario.seed, alpha=data.partition.alpha,
     )
-    clients = [_shift(members.subset(p), np.full(len(p), k), data.domain_shift, scenario.seed)
-               for k, p in enumerate(parts)]
+    clients = []
+    for k, p in enumerate(parts):
+        client = drawn(member_rows[p])
+        clients.append(_shift(client, np.full(len(client), k), data.domain_shift, scenario.seed))
     # Non-members come from the same hospitals as members, so the domain alone reveals no membership.
-    heldout = _shift(pool.subset(heldout_rows), rng.integers(0, fed.clients, data.heldout),
+    heldout, population = drawn(heldout_rows), drawn(population_rows)
+    heldout = _shift(heldout, _per_record(heldout, heldout_rows, rng.integers(0, fed.clients, data.heldout)),
                      data.domain_shift, scenario.seed)
-    population = _shift(pool.subset(population_rows), rng.integers(0, fed.clients, data.population),
+    population = _shift(population, _per_record(population, population_rows,
+                                                rng.integers(0, fed.clients, data.population)),
                         data.domain_shift, scenario.seed)
 
     owner: dict[str, int | str] = {}
@@ -179,7 +200,10 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
     owner.update({rid: NON_MEMBER for rid in heldout.ids})
     owner.update({rid: POPULATION for rid in population.ids})
     public_domains = rng.integers(0, fed.clients, data.public) if data.public else np.zeros(0, dtype=np.int64)
-    public = _shift(pool.subset(public_rows), public_domains, data.domain_shift, scenario.seed) if data.public else None
+    public = None
+    if data.public:
+        public = drawn(public_rows)
+        public = _shift(public, _per_record(public, public_rows, public_domains), data.domain_shift, scenario.seed)
     if public is not None:
         owner.update({rid: PUBLIC for rid in public.ids})
 
@@ -188,8 +212,15 @@ def _build_plan_cached(canonical: str) -> FederationPlan:
     n_nonmembers = wanted.nonmembers or n_members
     all_members = Records.concat(clients)
     offsets = np.cumsum([0] + [len(c) for c in clients])
-    member_pick = _round_robin([np.arange(offsets[k], offsets[k + 1]) for k in range(len(clients))], n_members, rng)
-    nonmember_pick = rng.choice(len(heldout), size=min(n_nonmembers, len(heldout)), replace=False)
+    if pool.groups is None:
+        member_pick = _round_robin([np.arange(offsets[k], offsets[k + 1]) for k in range(len(clients))],
+                                   n_members, rng)
+        nonmember_pick = rng.choice(len(heldout), size=min(n_nonmembers, len(heldout)), replace=False)
+    else:  # one target per patient: the groups are drawn as records are above, then one slice each
+        member_units = _round_robin([member_rows[p] for p in parts], n_members, rng)
+        member_pick = _one_record_each(all_members, member_units, rng)
+        nonmember_units = rng.choice(heldout_rows, size=min(n_nonmembers, len(heldout_rows)), replace=False)
+        nonmember_pick = _one_record_each(heldout, nonmember_units, rng)
     targets = Records.concat([all_members.subset(member_pick), heldout.subset(nonmember_pick)])
     targets = targets.subset(rng.permutation(len(targets)))  # order must not reveal membership
     layout = ClientLayout.from_parts(info, data, scenario.seed, [member_rows[p] for p in parts],

@@ -150,7 +150,7 @@ class SiteLayout:
 
 def build_site_plan(scenario):
     """The server's side of a multi-site plan: its own folders, no member record, no ledger."""
-    from fedmia.data.plan import FederationPlan
+    from fedmia.data.federation import FederationPlan
 
     data, auditor = scenario.data, scenario.data.auditor
     layout = SiteLayout.from_data(data)
@@ -180,7 +180,7 @@ def target_digests(scenario) -> dict[str, str]:
 
 
 def ledger_from_manifests(target_digests_: dict[str, str], owner: dict[str, int], ids) -> dict[str, int | str]:
-    from fedmia.data.plan import NON_MEMBER
+    from fedmia.data.federation import NON_MEMBER
 
     return {rid: owner.get(target_digests_[rid], NON_MEMBER) for rid in np.asarray(ids).tolist()}
 

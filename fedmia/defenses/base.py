@@ -9,7 +9,8 @@ keys it does not compose with and why (`conflicts`), its own cross-checks (`prob
   client reply                                                  the server's fit config (`fit_config`)
   aggregation                                                   `wrap_strategy`, `fit_workflow`
   release                                                       `release`: what is served instead of the model
-  query                                                         `postprocess`: what the query API returns
+  query                                                         `postprocess(probs, logits, generator)`: what the
+                                                                query API returns (QueryAPI calls every one, in order)
 
 `fedmia/validation.py` checks each block against `Params`, runs `problems`, and rejects any
 pair of active defenses one of which lists the other in `conflicts` — naming both keys.
@@ -60,6 +61,10 @@ class Defense:
     def problems(self, scenario) -> list[tuple[str, str]]:
         return []
 
+    def postprocess(self, probs, logits, generator=None):
+        """Query stage: the probabilities the API returns, given those so far and the raw logits."""
+        return probs
+
     def model_problems(self, model) -> list[tuple[str, str]]:
         """Checks that need the model: validation passes its probe build of the scenario's model."""
         return []
@@ -92,7 +97,7 @@ def needs_public(scenario, where: str) -> list[tuple[str, str]]:
     return []
 
 
-DEFENSES: Registry[type[Defense]] = Registry("defense")
+DEFENSES: Registry[type[Defense]] = Registry("defense", "fedmia.defenses")
 
 
 def register_defense(key: str, acts_on: str):

@@ -18,7 +18,9 @@ from fedmia.defenses.base import Defense, Params, register_defense
 class OutputParams(Params):
     """What the model's query API returns to a black-box adversary (He et al.'s defenses)."""
 
-    mode: Literal["argmax", "topk", "temperature", "gaussian"]
+    mode: Literal["argmax", "topk", "temperature", "gaussian"] = Field(
+        description="argmax: the label map only; topk: the k largest scores per pixel; temperature: "
+        "softened probabilities; gaussian: probabilities plus noise")
     k: int = Field(1, ge=1, description="topk: how many per-pixel scores survive")
     temperature: float = Field(1.0, gt=0, description="temperature: softmax(logits / T)")
     sigma: float = Field(0.1, ge=0, description="gaussian: std of noise added to probabilities")
@@ -31,7 +33,9 @@ class OutputHardening(Defense):
     def describe(self) -> str:
         return f"output: {self.params.mode}"
 
-    def postprocess(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def postprocess(self, probs: torch.Tensor, logits: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        # from the logits, as a deployed API computes its answer (temperature needs them)
         return api_probabilities(logits, self.params, generator)
 
 

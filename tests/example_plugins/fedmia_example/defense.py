@@ -6,7 +6,7 @@ from fedmia.defenses.base import Defense, Params, register_defense
 
 
 class FlipParams(Params):
-    probability: float = Field(0.5, ge=0, le=1)
+    probability: float = Field(0.5, ge=0, le=1, description="chance that a batch is flipped")
 
 
 @register_defense("example-flip", acts_on="local batch")

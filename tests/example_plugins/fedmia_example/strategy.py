@@ -1,6 +1,6 @@
 """Example plug-in: a new server strategy is this one file overriding one hook (`tailor`)."""
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
@@ -8,7 +8,7 @@ from strategies.fedavg import ObservingFedAvg
 
 class ScaledParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    factor: float = 1.0
+    factor: float = Field(1.0, description="every floating-point weight sent is multiplied by this")
 
 
 @register_strategy("example-scaled-broadcast", ScaledParams)
