@@ -21,8 +21,23 @@ from fedmia.scenario import ScenarioError, parse_schema, read_yaml
 from fedmia.validation import load_scenario
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  rich_markup_mode="markdown",  # a docstring's line breaks are not the help text's
                   help="Audit membership leakage in federated segmentation under an adversarial server.")
 out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from fedmia.runfolder import versions
+
+        typer.echo(" ".join(f"{name} {version}" for name, version in versions().items() if version))
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print fedmia's version and its key libraries', then exit.")) -> None:
+    """Audit membership leakage in federated segmentation under an adversarial server."""
 
 USAGE_ERROR = 2
 
@@ -100,7 +115,7 @@ def validate(scenario: Path = typer.Argument(..., help="scenario YAML file")) ->
 @app.command()
 def run(
     scenario: Optional[Path] = typer.Argument(None, help="scenario YAML file (omit with --resume)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<name>)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/NAME)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the interrupted run in this run folder"),
     force: bool = typer.Option(False, "--force", help="a run folder that holds a run: move that run aside "
                                "(to NAME.replaced-TIME) and start again; nothing is deleted"),
@@ -134,7 +149,7 @@ def _validate_while_ray_starts(path: Path, verbose: bool, *, folder: Optional[Pa
     """The scenario, validated with its data checked, while Ray starts (~3 s that then overlap
     the imports and checks), if the file passes the schema and the plan's own checks (no torch
     import); a file that fails those starts nothing, one that fails later stops Ray before the
-    exit. `folder` None: the default run folder, `runs/<name>`, is checked as soon as the name is
+    exit. `folder` None: the default run folder, `runs/NAME`, is checked as soon as the name is
     known, before Ray starts."""
     from fedmia.ray_start import beside_ray_start, quiet_library_notices
     from fedmia.runfolder import check_claim
@@ -205,7 +220,7 @@ def compare(
 def replicate(
     scenario: Path = typer.Argument(..., help="scenario YAML file"),
     seeds: int = typer.Option(3, "--seeds", min=2, help="independent federations (seed, seed+1, ...)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="replication folder (default: runs/<name>-x<seeds>)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="replication folder (default: runs/NAME-xSEEDS)"),
     manifests: Optional[Path] = typer.Option(None, "--manifests", help="a multi-site scenario: the sites' manifests"),
 ) -> None:
     """Run a scenario over N seeds; mean and 95% interval across seeds for every figure."""
@@ -233,7 +248,7 @@ def replicate(
 @app.command()
 def sweep(
     file: Path = typer.Argument(..., help="sweep YAML file (base scenario + parameter values)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="sweep folder (default: runs/<name>)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="sweep folder (default: runs/NAME)"),
 ) -> None:
     """Run a base scenario over parameter values; write sweep.csv and a privacy-utility plot."""
     from fedmia.sweep import load_sweep, run_sweep
@@ -265,7 +280,7 @@ def sweep(
 @app.command("deploy-local")
 def deploy_local(
     scenario: Path = typer.Argument(..., help="scenario YAML file"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<name>)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/NAME)"),
     workdir: Path = typer.Option(Path("runs/deploy"), "--workdir", help="logs, SuperLink database, FLWR_HOME"),
     tls: bool = typer.Option(False, "--tls", help="TLS with a throw-away self-signed CA"),
     auth: bool = typer.Option(False, "--auth", help="SuperNode authentication (registered keys only; implies --tls)"),
@@ -365,7 +380,7 @@ def evaluate(
 def deploy(
     scenario: Path = typer.Argument(..., help="scenario YAML file (a multi-site one: data.sites)"),
     superlink: str = typer.Option(..., "--superlink", help="the SuperLink's Control API, HOST:PORT (9093 by default)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder, on the SuperLink's machine (default: runs/<name>)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder, on the SuperLink's machine (default: runs/NAME)"),
     root_certificates: Optional[Path] = typer.Option(None, "--root-certificates", help="CA certificate of a TLS SuperLink"),
     insecure: bool = typer.Option(False, "--insecure", help="plain-text connection (testing only)"),
     force: bool = typer.Option(False, "--force", help="a run folder that holds a run: move that run aside first"),
@@ -400,6 +415,38 @@ def credentials(
 
     write_credentials(folder, site, tuple(host), days)
     out.print(f"{folder}: ca.crt, server.pem, server.key; keys/ for {', '.join(site)}")
+
+
+@app.command()
+def describe(name: str = typer.Argument(..., help="a plug-in's name (`fedmia list`)")) -> None:
+    """Show a plug-in's family, package, description and parameters (type, default, meaning)."""
+    from fedmia.registry import UnknownNameError, offered
+
+    families = [("dataset", "fedmia.datasets"), ("server strategy", "fedmia.strategies"),
+                ("attack", "fedmia.attacks"), ("defense", "fedmia.defenses")]
+    found = [(kind, group) for kind, group in families if name in offered(group)]
+    if not found:
+        known = sorted({n for _, group in families for n in offered(group)})
+        typer.echo(str(UnknownNameError("plug-in", name, known)), err=True)
+        raise typer.Exit(USAGE_ERROR)
+    from rich.table import Table
+
+    from fedmia.plugins import plugin_parameters
+
+    for kind, group in found:
+        package, doc, params = plugin_parameters(group, name)
+        out.print(f"[bold]{name}[/] — {kind} ({package})")
+        if doc:
+            out.print(doc)
+        if params:
+            table = Table(show_header=True, header_style="bold")
+            for column in ("parameter", "type", "default", "meaning"):
+                table.add_column(column, overflow="fold")
+            for row in params:
+                table.add_row(*row)
+            out.print(table)
+        else:
+            out.print("[dim]no parameters[/]")
 
 
 @app.command("list")

@@ -79,3 +79,30 @@ def where() -> str:
     import socket
 
     return f"{socket.gethostname()} (pid {os.getpid()})"
+
+
+def plugin_parameters(group: str, name: str) -> tuple[str, str, list[tuple[str, str, str, str]]]:
+    """(package, docstring, [(parameter, type, default, description)]) of a plug-in — what
+    `fedmia describe` shows; imports the plug-in's module."""
+    import inspect
+
+    from fedmia.registry import _REGISTRIES
+
+    registry = _REGISTRIES.get(group)
+    if registry is None:  # the family's registry lives in its package: import it
+        import importlib
+
+        importlib.import_module({"fedmia.datasets": "fedmia.data.datasets", "fedmia.attacks": "fedmia.attacks",
+                                 "fedmia.defenses": "fedmia.defenses", "fedmia.strategies": "strategies"}[group])
+        registry = _REGISTRIES[group]
+    entry = registry.get(name)
+    target = getattr(entry, "cls", entry)
+    params = getattr(entry, "params_model", None) or getattr(target, "Params", None)
+    package = " ".join(p for p in registry.package(name) if p)
+    rows = []
+    for field_name, field in (params.model_fields.items() if params is not None else []):
+        plain = isinstance(field.annotation, type) and not getattr(field.annotation, "__args__", None)
+        annotation = field.annotation.__name__ if plain else str(field.annotation).replace("typing.", "")
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append((field_name, annotation, default, field.description or ""))
+    return package, " ".join((inspect.getdoc(target) or "").split()), rows
