@@ -100,7 +100,12 @@ def first_fit_warmup() -> dict:
         return {}
     _WARM.add(os.getpid())
     age = process_age()
-    return {"first-fit-at": time.time(), **({} if age is None else {"worker-warmup-s": round(age, 3)})}
+    stamps = {"first-fit-at": time.time(), **({} if age is None else {"worker-warmup-s": round(age, 3)})}
+    import ray  # which node of a Ray cluster played this worker (runtime.ray_address): where clients ran
+
+    if ray.is_initialized():
+        stamps["ray-node"] = ray.get_runtime_context().get_node_id()
+    return stamps
 
 
 class InjectedCrash(RuntimeError):

@@ -20,11 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedmia.attacks import ATTACKS, AdversaryView, AttackResult, QueryAPI
 from fedmia.attacks.updates import NeedsClientUpdates
+from fedmia.data.federation import sealed
 from fedmia.data.plan import build_plan
 from fedmia.defenses import active
 from fedmia.evaluation.manifests import ADVERSARY_OUTPUT
 from fedmia.evaluation.ood import ood_rates, ood_scores
 from fedmia.evaluation.run_metrics import evaluate_run
+from fedmia.evaluation.schema import check_metrics
 from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
 from fedmia.runfolder import claim, complete
@@ -61,7 +63,7 @@ def run_attacks(scenario: Scenario, view: AdversaryView, console: Console | None
     attacks get the view without the transcript: the served model only through `view.api`."""
     results: dict[str, AttackResult] = {}
     black_box = view.black_box()
-    with progress_bar(console) as progress:
+    with progress_bar(console) as progress, sealed("the attacks"):
         task = progress.add_task("attacks", total=len(scenario.attacks))
         for spec in scenario.attacks:
             cls = ATTACKS.get(spec.name)
@@ -175,6 +177,7 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     timing["wall_s"] = (time.perf_counter() - started if started is not None
                         else sum(v for k, v in timing.items() if k != "first_training_s"))  # it overlaps the rounds
     metrics["timing"] = timing
+    check_metrics(metrics)  # the one schema every reader relies on: a renamed figure fails here
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))
     complete(out_dir, scenario, wall_s=timing["wall_s"])  # last: only now does the folder read as finished

@@ -21,42 +21,16 @@ from scipy import stats
 from fedmia.evaluation.compare import run_scores
 from fedmia.evaluation.metrics import roc_points
 from fedmia.evaluation.plots import _new_figure, distinct_colours, finish_roc_axes
+from fedmia.evaluation.schema import check_metrics, figures
 from fedmia.io import save_figure_atomic, write_json_atomic, write_text_atomic
 from fedmia.scenario import Scenario
-
-# metrics.json leaves worth replicating (dotted paths; `*` is any attack)
-FIGURES = ("attacks.*.auc", "attacks.*.tpr_at_fpr.*", "attacks.*.balanced_accuracy", "utility.dice",
-           "utility.miou", "privacy.epsilon", "privacy.audit.epsilon_lower", "source_inference.accuracy",
-           "isolation.cosine", "isolation.auc_isolated")
-
-
-def _leaves(metrics: dict, pattern: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-
-    def walk(node, parts, path):
-        if not parts:
-            if isinstance(node, (int, float)) and not isinstance(node, bool) and node is not None:
-                out[".".join(path)] = float(node)
-            return
-        head, rest = parts[0], parts[1:]
-        if not isinstance(node, dict):
-            return
-        keys = list(node) if head == "*" else [head]
-        for key in keys:
-            if key in node:
-                walk(node[key], rest, [*path, key])
-
-    walk(metrics, pattern.split("."), [])
-    return out
-
 
 def summarise(per_seed: list[dict], level: float = 0.95) -> dict[str, dict]:
     """Mean, standard deviation and Student-t interval across seeds of every figure."""
     values: dict[str, list[float]] = {}
-    for metrics in per_seed:
-        for pattern in FIGURES:
-            for key, value in _leaves(metrics, pattern).items():
-                values.setdefault(key, []).append(value)
+    for i, metrics in enumerate(per_seed):  # typed reads through metrics.json's one schema
+        for key, value in figures(check_metrics(metrics, f"seed {i}: metrics.json")).items():
+            values.setdefault(key, []).append(value)
     out = {}
     for key, series in values.items():
         x = np.array([v for v in series if math.isfinite(v)])

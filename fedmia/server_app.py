@@ -18,6 +18,7 @@ from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 
 import strategies
+from fedmia.data.federation import sealed
 from fedmia.data.plan import build_plan
 from fedmia.defenses import active
 from fedmia.models import get_weights, scenario_model, weight_names
@@ -90,12 +91,13 @@ def run_federation(grid, context: Context, scenario: Scenario,
         if on_round_end is not None:
             on_round_end(view)
 
-    strategy = make_strategy(scenario, after_round, resume_from=previous)
-    remaining = scenario.federation.rounds - (previous.rounds[-1].round if previous and previous.rounds else 0)
-    if remaining > 0:
-        wait_for_clients(grid, scenario)
-        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)
-        DefaultWorkflow(fit_workflow=fit_workflow(scenario))(grid, legacy)
+    with sealed("the federated rounds"):  # the server's strategy acts here: no ground truth
+        strategy = make_strategy(scenario, after_round, resume_from=previous)
+        remaining = scenario.federation.rounds - (previous.rounds[-1].round if previous and previous.rounds else 0)
+        if remaining > 0:
+            wait_for_clients(grid, scenario)
+            legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)
+            DefaultWorkflow(fit_workflow=fit_workflow(scenario))(grid, legacy)
     return strategy.transcript
 
 

@@ -19,6 +19,7 @@ from flwr.server.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict
 
 from fedmia.transcript import Reply, RoundView, Transcript
+from fedmia.data.knowledge import AdversaryKnowledge, adversary_knowledge
 from fedmia.plugins import PluginMissing, plugin_manifest, refusal_in
 from strategies import register_strategy
 
@@ -121,6 +122,14 @@ class ObservingFedAvg(FedAvg):
                 serialised[id(client_weights)] = ndarrays_to_parameters(client_weights)
             instructions.append((proxy, FitIns(serialised[id(client_weights)], config)))
         return instructions
+
+    @property
+    def knowledge(self) -> AdversaryKnowledge:
+        """What the server knows of the federation's data: population, targets, dataset info —
+        no ledger, no client records (fedmia/data/knowledge.py)."""
+        if getattr(self, "_knowledge", None) is None:
+            self._knowledge = adversary_knowledge(self.scenario)
+        return self._knowledge
 
     @property
     def current_view(self) -> RoundView:

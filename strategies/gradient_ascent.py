@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
 from fedmia.attacks.base import pixel_summaries
-from fedmia.data.plan import build_plan
 from fedmia.evaluation.metrics import membership_metrics
 from fedmia.models import get_weights, scenario_model, set_weights
 from fedmia.training import TrainRecipe, pick_device, train_local
@@ -74,7 +73,7 @@ class GradientAscentFedAvg(ObservingFedAvg):
     def tailor(self, server_round, weights, instructions):
         if server_round not in self.attack_rounds():
             return super().tailor(server_round, weights, instructions)
-        plan = build_plan(self.scenario)  # the adversary's own target list (membership unknown)
+        plan = self.knowledge  # the adversary's own target list (membership unknown)
         device = pick_device(self.scenario.runtime.device)
         strength = self.params
         if self.params.calibrate:

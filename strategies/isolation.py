@@ -23,7 +23,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fedmia.data.plan import build_plan
 from fedmia.models import scenario_model
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
@@ -63,7 +62,7 @@ class _Isolation(ObservingFedAvg):
         return self.params.attack_round or self.scenario.federation.rounds
 
     def _skeleton(self):
-        info = build_plan(self.scenario).info
+        info = self.knowledge.info
         return scenario_model(self.scenario, info)
 
     def _target_node(self) -> int:

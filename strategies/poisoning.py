@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedmia.data.plan import build_plan
 from fedmia.models import scenario_model, weight_names
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
@@ -35,7 +34,7 @@ class DecoderResetFedAvg(ObservingFedAvg):
         rounds = set(self.params.attack_rounds or [self.scenario.federation.rounds])
         if server_round not in rounds:
             return super().tailor(server_round, weights, instructions)
-        info = build_plan(self.scenario).info
+        info = self.knowledge.info
         fresh = scenario_model(self.scenario, info, seed=self.params.reset_seed + server_round)
         names = weight_names(fresh)
         fresh_weights = [v.detach().cpu().numpy() for v in fresh.state_dict().values()]

@@ -50,7 +50,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from fedmia.data.plan import build_plan
 from fedmia.data.records import Records
 from fedmia.models import build_model, get_weights, scenario_model, set_weights
 from fedmia.training import pick_device
@@ -240,7 +239,7 @@ class TrapWeights(ObservingFedAvg):
     def tailor(self, server_round, weights, instructions):
         if server_round not in self.attack_rounds():
             return super().tailor(server_round, weights, instructions)
-        plan = build_plan(self.scenario)
+        plan = self.knowledge  # population and targets; no ledger
         model = scenario_model(self.scenario, plan.info)
         set_weights(model, weights)
         names = list(model.state_dict().keys())

@@ -53,23 +53,36 @@ def test_loss_attack_separates_memorised_members(overfit_setup):
         assert np.mean(population_scores >= result.threshold) == pytest.approx(0.1, abs=0.1)
 
 
-def test_attacks_never_read_the_ledger(overfit_setup, monkeypatch):
+def test_the_adversary_cannot_read_the_ledger(overfit_setup):
+    """By type: what attacks and strategies get holds no ledger and no client records. At run
+    time: the ledger refuses every read while the attacks run (and while the rounds run:
+    fedmia/server_app.py), so every attack and strategy any run exercises is checked."""
+    import dataclasses
+
+    from fedmia.attacks.base import Attack, register_attack
+    from fedmia.data.federation import FederationPlan, GroundTruthRead, MembershipLedger
+    from fedmia.data.knowledge import AdversaryKnowledge, adversary_knowledge
+
     scenario, plan, transcript = overfit_setup
     view = adversary_view(scenario, transcript)
-    assert not any(isinstance(v, MembershipLedger) for v in vars(view).values())
+    knowledge = adversary_knowledge(scenario)
+    for holder in (view, knowledge):
+        assert not any(isinstance(v, (MembershipLedger, FederationPlan)) for v in vars(holder).values())
+    assert {f.name for f in dataclasses.fields(AdversaryKnowledge)} == {"info", "population", "targets"}
+    assert set(knowledge.targets.ids) == set(plan.targets.ids)  # its list, not whether each is a member
 
-    def forbidden(*_args, **_kwargs):
-        raise AssertionError("an attack read the membership ledger")
+    @register_attack("test-peeks-at-the-ledger")
+    class Peek(Attack):
+        def fit(self, view) -> None:
+            self.threshold = None
 
-    monkeypatch.setattr(MembershipLedger, "is_member", forbidden)
-    monkeypatch.setattr(MembershipLedger, "client_of", forbidden)
-    monkeypatch.setattr(MembershipLedger, "__getattribute__", lambda self, name: forbidden())
-    for name in ATTACKS.names():
-        if name not in scenario.attack_names:
-            continue
-        attack = ATTACKS.get(name)()
-        attack.fit(view)
-        attack.score(view, view.targets)
+        def score(self, view, records):
+            return build_plan(scenario).ledger.is_member(records.ids).astype(float)  # what it must not do
+
+    peeking = scenario.model_copy(update={"attacks": [type(scenario.attacks[0])(name="test-peeks-at-the-ledger")]})
+    with pytest.raises(GroundTruthRead, match="read during the attacks"):
+        run_attacks(peeking, view)
+    assert plan.ledger.is_member(plan.targets.ids).sum() == 16  # the evaluator, afterwards, may
 
 
 BLACK_BOX = [{"name": n} for n in ("loss", "entropy", "confidence", "max-softmax", "modified-entropy")] + [

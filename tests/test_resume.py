@@ -89,6 +89,19 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_scenario, tmp_path
         assert metrics[0]["attacks"][name]["auc"] == metrics[1]["attacks"][name]["auc"]
     assert finished_metrics(killed, parsed) == metrics[0]  # finished now, by its completion record
 
+    # fedmia compare on the two: the same targets, so a paired test; the same figures, no difference
+    compared = subprocess.run([*FEDMIA, "compare", str(killed), str(whole), "--out", str(tmp_path / "cmp")],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    second = [r for r in rows if r["vs_first"] is not None]
+    assert {r["attack"] for r in second} == {"loss", "update-loss-drop"}
+    for row in second:
+        assert row["vs_first"]["method"] == "paired bootstrap on the same targets"
+        assert row["vs_first"]["auc"]["difference"] == 0.0
+    assert "update-loss-drop" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert (tmp_path / "cmp" / "compare_roc.png").stat().st_size > 0
+
     # a second run into a finished run folder: refused before anything starts, not a byte changed
     before = {p: p.read_bytes() for p in whole.rglob("*") if p.is_file()}
     again = fedmia("run", str(scenario), "--out", str(whole))
@@ -144,7 +157,9 @@ def test_ctrl_c_stops_the_run_and_its_ray_and_keeps_the_checkpoint(write_scenari
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output[-3000:]
-    time.sleep(2)  # Ray's processes go once their parent asks; give them a moment
+    deadline = time.monotonic() + 10  # Ray's processes go once their parent asks: wait for that, bounded
+    while {p for p in family if alive(p)} and time.monotonic() < deadline:
+        time.sleep(0.1)
     leftovers = {p for p in family if alive(p)}
     stop_pids(leftovers)  # by PID, so that a failure here leaves nothing behind either
     assert not leftovers, "Ray processes outlived the interrupted run"

@@ -5,6 +5,7 @@ whose run never completed — or completed for another scenario — is never reu
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,28 @@ def test_a_ray_address_where_nothing_listens_fails_in_bounded_time_naming_it(tmp
     assert result.returncode == 2, result.stderr
     assert f"runtime.ray_address: nothing answers at 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_metrics_json_has_one_schema_and_a_renamed_figure_fails_loudly(tmp_path):
+    from fedmia.evaluation.schema import MetricsError, check_metrics, figures
+    from fedmia.replicate import summarise
+
+    row = {"auc": 0.8, "tpr_at_fpr": {"0.01": 0.2}, "balanced_accuracy": 0.7, "n_members": 10, "n_nonmembers": 100}
+    metrics = {"scenario": "s", "setup": {}, "utility": {"dice": 0.6, "miou": 0.7, "rounds": []},
+               "attacks": {"loss": row}, "privacy": {"epsilon": 3.0, "audit": {"epsilon_lower": 0.5}}}
+    assert figures(check_metrics(metrics)) == {
+        "attacks.loss.auc": 0.8, "attacks.loss.tpr_at_fpr.0.01": 0.2, "attacks.loss.balanced_accuracy": 0.7,
+        "utility.dice": 0.6, "utility.miou": 0.7, "privacy.epsilon": 3.0, "privacy.audit.epsilon_lower": 0.5}
+    renamed = {**metrics, "attacks": {"loss": {**{k: v for k, v in row.items() if k != "auc"}, "roc_auc": 0.8}}}
+    with pytest.raises(MetricsError, match="attacks.loss.auc: Field required"):
+        check_metrics(renamed)
+    with pytest.raises(MetricsError, match="seed 1: metrics.json: attacks.loss.auc"):
+        summarise([metrics, renamed])  # replicate: an error, not a table without the figure
+    assert summarise([metrics, metrics])["attacks.loss.auc"]["mean"] == 0.8
+
+    folder = tmp_path / "run"  # compare: a folder whose metrics.json does not follow the schema
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(renamed))
+    result = subprocess.run([*CLI, "compare", str(folder), "--out", str(tmp_path / "cmp")], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "attacks.loss.auc: Field required" in result.stderr

@@ -40,14 +40,21 @@ def check_run_folder(folder: Path, scenario) -> dict:
 
 
 def test_ray_simulation_two_clients_records_a_transcript(write_scenario, tmp_path, stops_its_processes):
-    scenario = load_scenario(write_scenario({"federation": {"rounds": 2}}))
+    # keep_transcript: final over two rounds (with one round it would equal `all`): the update
+    # attack reads every round's replies, then the run folder keeps only the last round's
+    scenario = load_scenario(write_scenario({"federation": {"rounds": 2}, "runtime": {"keep_transcript": "final"},
+                                             "attacks": ["loss", "entropy", "update-loss-drop"]}))
     metrics = run_scenario(scenario, tmp_path / "run")
     check_run_folder(tmp_path / "run", scenario)
     assert metrics["utility"]["rounds"][-1]["clients"] == 2
+    assert metrics["attacks"]["update-loss-drop"]["n_members"] > 0  # it read the replies before the pruning
 
     transcript = Transcript.load(tmp_path / "run" / "transcript")
     assert len(transcript.rounds) == 2
     first, second = transcript.rounds
+    assert all(r.weights is None for r in first.replies) and len(first.replies) == 2  # metadata kept
+    assert all(r.weights is not None for r in second.replies)
+    assert first.aggregate is not None and second.aggregate is not None
     # every client got the previous global model and replied with its own, different, weights
     assert len(first.sent) == 2 and len(first.replies) == 2
     for node, weights in second.sent.items():
@@ -145,3 +152,27 @@ def test_run_simulation_is_called_by_one_adapter_only():
                for path in (REPO / folder).rglob("*.py")
                if "run_simulation(" in path.read_text() and path.name != "test_simulation.py"]
     assert callers == ["fedmia/runner.py"]
+
+
+@pytest.mark.slow  # ~1 min: a second Ray node; `pytest -m slow` runs it
+def test_clients_run_on_both_nodes_of_a_two_node_ray_cluster(write_scenario, tmp_path, stops_its_processes):
+    """runtime.ray_address joins a running cluster (here two nodes on one machine, each with one
+    CPU, so that two clients at once must use both): its clients are placed on both nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"})
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        scenario = load_scenario(write_scenario({
+            "federation": {"rounds": 2}, "attacks": ["loss"],
+            "runtime": {"ray_address": cluster.address, "client_cpus": 1}}))
+        run_scenario(scenario, tmp_path / "run")
+        nodes = {r.metrics["ray-node"] for v in Transcript.load(tmp_path / "run" / "transcript").rounds
+                 for r in v.replies if "ray-node" in r.metrics}
+        assert len(nodes) == 2, nodes
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()  # stops the processes it started, by PID

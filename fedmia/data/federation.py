@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,17 +22,48 @@ POPULATION = "population"
 PUBLIC = "public"
 
 
-@dataclass(frozen=True)
-class MembershipLedger:
-    """Ground truth: record id → client index (int) or NON_MEMBER / POPULATION."""
+class GroundTruthRead(RuntimeError):
+    """The membership ledger was read while the adversary acts (a round, an attack)."""
 
-    owner: dict[str, int | str]
+
+_SEALED: list[str] = []  # what is running now that must not see ground truth (process-wide: Flower's server thread too)
+
+
+@contextmanager
+def sealed(what: str):
+    """While `what` runs (the federation's rounds, the attacks), reading any ledger raises: the
+    adversary's code never sees membership, whichever plug-in it is — checked on every run, not
+    only in a test."""
+    _SEALED.append(what)
+    try:
+        yield
+    finally:
+        _SEALED.pop()
+
+
+class MembershipLedger:
+    """Ground truth: record id → client index (int) or NON_MEMBER / POPULATION. Only the
+    evaluator reads it; a read inside `sealed(...)` raises GroundTruthRead."""
+
+    def __init__(self, owner: dict[str, int | str]):
+        self._owner = owner
+
+    @property
+    def owner(self) -> dict[str, int | str]:
+        if _SEALED:
+            raise GroundTruthRead(f"the membership ledger was read during {_SEALED[-1]}: only the evaluator may read it")
+        return self._owner
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, MembershipLedger) and self.owner == other.owner
 
     def is_member(self, ids) -> np.ndarray:
-        return np.array([isinstance(self.owner[i], int) for i in ids], dtype=bool)
+        owner = self.owner
+        return np.array([isinstance(owner[i], int) for i in ids], dtype=bool)
 
     def client_of(self, ids) -> np.ndarray:
-        return np.array([self.owner[i] if isinstance(self.owner[i], int) else -1 for i in ids])
+        owner = self.owner
+        return np.array([owner[i] if isinstance(owner[i], int) else -1 for i in ids])
 
     def to_json(self) -> dict:
         return {"owner": self.owner}

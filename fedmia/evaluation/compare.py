@@ -36,8 +36,16 @@ def read_run_json(path: Path) -> dict:
 
 
 def load_run(folder: Path) -> dict:
+    """A run folder's metrics, checked against metrics.json's schema (fedmia/evaluation/schema.py)."""
+    from fedmia.evaluation.schema import MetricsError, check_metrics
+
     folder = Path(folder)
-    return {"folder": folder, "metrics": read_run_json(folder / "metrics.json")}
+    metrics = read_run_json(folder / "metrics.json")
+    try:
+        check_metrics(metrics, str(folder / "metrics.json"))
+    except MetricsError as error:
+        raise RunFolderError(str(error)) from None
+    return {"folder": folder, "metrics": metrics}
 
 
 def run_scores(folder: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:

@@ -18,6 +18,7 @@ from fedmia.attacks.base import AttackResult
 from fedmia.data.plan import MembershipLedger
 from fedmia.data.sites import ledger_from_manifests, read_manifests
 from fedmia.evaluation.compare import RunFolderError, read_run_json, read_scores
+from fedmia.evaluation.schema import check_metrics
 from fedmia.evaluation.ood import ood_rates
 from fedmia.evaluation.plots import plot_roc
 from fedmia.evaluation.report import render_report
@@ -64,6 +65,7 @@ def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
 
     write_json_atomic(run_dir / "ledger.json", ledger.to_json())
     plot_roc(curves, run_dir / "roc.png", title=f"{scenario.name}: membership inference (log-log ROC)")
+    check_metrics(metrics, str(run_dir / "metrics.json"))
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_text_atomic(run_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))
     return metrics
