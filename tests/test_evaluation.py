@@ -407,3 +407,25 @@ def test_summary_table():
     assert "0.700" in text and "0.050" in text and "0.812" in text and "0.125" in text
     assert "Dice 0.500" in text and "mIoU 0.400" in text
     assert table.row_count == 2
+
+
+def test_the_summary_table_fits_an_80_column_terminal():
+    """Every attack name whole and every figure with its interval on one line, at 80 columns."""
+    from rich.console import Console
+
+    from fedmia.evaluation import summary_table
+
+    row = {"auc": 1.0, "tpr_at_fpr": {"0.001": 0.25, "0.01": 0.25}, "balanced_accuracy": 0.542,
+           "low_n_levels": ["0.001", "0.01"], "false_positives_allowed": {"0.001": 0, "0.01": 9},
+           "ci": {"auc": [0.95, 1.0], "tpr_at_fpr": {"0.001": [0.08, 0.58], "0.01": [0.08, 0.58]},
+                  "balanced_accuracy": [0.5, 0.62]}}
+    names = ["loss", "entropy", "confidence", "modified-entropy", "update-loss-drop"]
+    metrics = {"scenario": "quickstart", "utility": {"dice": 0.709, "miou": 0.755}, "attacks": {n: row for n in names}}
+    console = Console(width=80, record=True)
+    console.print(summary_table(metrics))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80 and not any("…" in line for line in lines)
+    for name in names:
+        assert sum(line.startswith(name + " ") for line in lines) == 1
+        assert any(line.startswith(name) and "1.00 .95–1.00" in line and line.endswith("0.54 .50–.62")
+                   for line in lines)

@@ -195,6 +195,18 @@ def with_interval(value: Any, interval: Any, flagged: bool = False) -> str:
     return text + (" †" if flagged else "")
 
 
+def compact_interval(value: Any, interval: Any, flagged: bool = False) -> str:
+    """"0.85 .80–.89" for the terminal: five columns of it fit 80 characters with the attack's name
+    (the report and metrics.json keep three decimals and the bracketed form)."""
+    def short(x: Any) -> str:
+        return f"{x:.2f}".removeprefix("0") if _is_number(x) and math.isfinite(x) else "—"
+
+    text = f"{value:.2f}" if _is_number(value) and math.isfinite(value) else "—"
+    if interval is not None:
+        text += f" {short(interval[0])}–{short(interval[1])}"
+    return text + ("†" if flagged else "")
+
+
 def _fmt2(x: Any) -> str:
     return f"{x:.2f}" if _is_number(x) and math.isfinite(x) else _fmt(x)
 
@@ -325,21 +337,25 @@ def render_report(metrics: dict, *, roc_png: str | None, utility_png: str | None
 
 def summary_table(metrics: dict) -> Table:
     """Compact terminal summary: one row per attack with 95% intervals, utility in the caption."""
-    table = Table(title=f"Membership inference: {metrics.get('scenario', 'unnamed run')}")
-    table.add_column("Attack")
+    from rich import box
+
+    # fits 80 columns: no vertical rules, names never cut, each figure on one line
+    table = Table(title=f"Membership inference: {metrics.get('scenario', 'unnamed run')}", box=box.SIMPLE_HEAD,
+                  pad_edge=False, show_edge=False)
+    table.add_column("Attack", no_wrap=True)
     # the run's own FPR levels (the scenario's evaluation.tpr_at_fpr), lowest last
     levels = next((sorted(m["tpr_at_fpr"], key=float, reverse=True) for m in _attacks(metrics).values()
                    if isinstance(m.get("tpr_at_fpr"), dict) and m["tpr_at_fpr"]), ["0.01", "0.001"])
     for header in ("AUC", *(f"TPR@{_fpr_label(lv)}" for lv in levels), "Bal. acc"):
-        table.add_column(header, justify="right")
+        table.add_column(header, justify="right", no_wrap=True)
     flagged_any = False
     for name, m in _attacks(metrics).items():
         flagged_any |= bool(m.get("low_n_levels"))
         # Text(...) so attack names are never parsed as rich markup.
-        table.add_row(Text(str(name)), Text(with_interval(m.get("auc"), _interval(m, "auc"))),
-                      *(Text(with_interval(_tpr(m, lv), _interval(m, "tpr_at_fpr", lv), _flagged(m, lv)))
+        table.add_row(Text(str(name)), Text(compact_interval(m.get("auc"), _interval(m, "auc"))),
+                      *(Text(compact_interval(_tpr(m, lv), _interval(m, "tpr_at_fpr", lv), _flagged(m, lv)))
                         for lv in levels),
-                      Text(with_interval(m.get("balanced_accuracy"), _interval(m, "balanced_accuracy"))))
+                      Text(compact_interval(m.get("balanced_accuracy"), _interval(m, "balanced_accuracy"))))
 
     utility = metrics.get("utility")
     caption = []
@@ -347,7 +363,7 @@ def summary_table(metrics: dict) -> Table:
         caption.append(f"Dice {_fmt(utility.get('dice'))} · mIoU {_fmt(utility.get('miou'))}")
     else:
         caption.append("no utility recorded")
-    caption.append("[95% intervals]")
+    caption.append("95% intervals")
     if metrics.get("membership"):  # a multi-site run before the sites' manifests are joined
         caption.append(f"membership {metrics['membership']}")
     allowed = next((m.get("false_positives_allowed") for m in _attacks(metrics).values()
