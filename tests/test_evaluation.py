@@ -404,7 +404,7 @@ def test_summary_table():
     text = console.export_text()
     assert [c.header for c in table.columns] == ["Attack", "AUC", "TPR@1%", "TPR@0.1%", "Bal. acc"]
     assert "loss" in text and "lira_offline" in text
-    assert "0.700" in text and "0.050" in text and "0.812" in text and "0.125" in text
+    assert "0.70" in text and "0.05" in text and "0.81" in text and "0.12" in text  # compact: two decimals
     assert "Dice 0.500" in text and "mIoU 0.400" in text
     assert table.row_count == 2
 
