@@ -85,7 +85,21 @@ def test_the_adversary_cannot_read_the_ledger(overfit_setup):
     assert plan.ledger.is_member(plan.targets.ids).sum() == 16  # the evaluator, afterwards, may
 
 
-BLACK_BOX = [{"name": n} for n in ("loss", "entropy", "confidence", "max-softmax", "modified-entropy")] + [
+def test_quantile_regression_separates_memorised_members_at_its_own_false_alarm_rate(overfit_setup):
+    """QMIA: no reference model; its margin ranks members first, and a positive margin (its
+    decision) calls about α of the population members — the rate it was built for."""
+    scenario, plan, transcript = overfit_setup
+    qmia = scenario.model_copy(update={"attacks": [type(scenario.attacks[0])(name="qmia")]})
+    view = adversary_view(qmia, transcript)
+    result = run_attacks(qmia, view)["qmia"]
+    is_member = plan.ledger.is_member(plan.targets.ids)
+    assert membership_metrics(result.scores, is_member).auc > 0.75
+    assert result.threshold == 0.0
+    nonmembers = result.scores[~is_member]
+    assert np.mean(nonmembers > 0) <= 0.4  # held-out non-members: near α = 0.1, far from a coin
+
+
+BLACK_BOX = [{"name": n} for n in ("loss", "entropy", "confidence", "max-softmax", "modified-entropy", "qmia")] + [
     {"name": n, "models": 2, "epochs": 2} for n in
     ("lira-online", "lira-offline", "rmia", "shadow-type1", "shadow-type2", "shadow-lossmap", "global-loss", "salem")]
 
