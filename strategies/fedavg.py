@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fedmia.transcript import Reply, RoundView, Transcript
 from fedmia.data.knowledge import AdversaryKnowledge, adversary_knowledge
+from fedmia.defenses import active
 from fedmia.plugins import PluginMissing, plugin_manifest, refusal_in
 from strategies import register_strategy
 
@@ -70,7 +71,8 @@ class ObservingFedAvg(FedAvg):
             accept_failures=True,
         )
         self.scenario = scenario
-        self.secure = scenario.defenses.secagg is not None
+        # the aggregation-stage defense says whether the server sees replies or only their sum
+        self.secure = any(defense.hides_client_updates for defense in active(scenario))
         self.params = params
         self.transcript = Transcript(weight_names, [w.copy() for w in initial_weights],
                                      secure_aggregation=self.secure)

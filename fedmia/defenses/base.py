@@ -41,6 +41,9 @@ class Defense:
     Params: ClassVar[type[BaseModel]] = Params
     acts_on: ClassVar[str]
     conflicts: ClassVar[dict[str, str]] = {}
+    # aggregation stage: the server sees only an aggregate of the clients' updates (SecAgg+), so
+    # clients send updates (they quantise finely) and update attacks read the aggregate
+    hides_client_updates: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel):
         self.params = params

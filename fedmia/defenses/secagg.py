@@ -31,6 +31,7 @@ class SecAggParams(Params):
 @register_defense("secagg", acts_on="aggregation")
 class SecAgg(Defense):
     Params = SecAggParams
+    hides_client_updates = True
 
     def describe(self) -> str:
         return "SecAgg+"
