@@ -6,7 +6,6 @@ keys it does not compose with and why (`conflicts`), its own cross-checks (`prob
 
   received model                                                `inspect`: before local training (may refuse)
   local batch / local loss / local gradients / local training   hooks of `fedmia.local.LocalRun`
-  client reply                                                  the server's fit config (`fit_config`)
   aggregation                                                   `wrap_strategy`, `fit_workflow`
   release                                                       `release`: what is served instead of the model
   query                                                         `postprocess(probs, logits, generator)`: what the
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fedmia.registry import Registry
 
-STAGES = ("received model", "local batch", "local loss", "local gradients", "local training", "client reply", "aggregation",
+STAGES = ("received model", "local batch", "local loss", "local gradients", "local training", "aggregation",
           "release", "query")
 
 
