@@ -24,7 +24,8 @@ from fedmia.data.plan import build_plan
 from fedmia.models import get_weights, scenario_model, set_weights
 from fedmia.runner import run_scenario
 from fedmia.validation import load_scenario
-from fedmia.training import TrainRecipe, train_local
+from fedmia.defenses import defended_recipe
+from fedmia.training import train_local
 
 
 def plain_rounds(scenario, setup: list | None = None) -> list[float]:
@@ -33,7 +34,7 @@ def plain_rounds(scenario, setup: list | None = None) -> list[float]:
     started = time.perf_counter()
     plan = build_plan(scenario)
     model = scenario_model(scenario, plan.info, seed=scenario.seed)
-    recipe = TrainRecipe.from_scenario(scenario)
+    recipe = defended_recipe(scenario)
     global_weights = get_weights(model)
     if setup is not None:
         setup.append(time.perf_counter() - started)

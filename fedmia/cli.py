@@ -418,11 +418,75 @@ def credentials(
 
 
 @app.command()
+def audit(
+    scenario: Path = typer.Argument(..., help="scenario YAML file: your data, model, federation and defenses"),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="independent federations per setting (seed, seed+1, ...)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="audit folder (default: runs/NAME-audit)"),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="release gate YAML: THREAT-MODEL or all: {METRIC: CEILING}"),
+    gate_on: str = typer.Option("upper", "--gate-on", click_type=click.Choice(["upper", "point"]),
+                                help="judge the upper end of the 95% interval across seeds (default) or the mean"),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="write the gate's verdicts as JUnit XML here"),
+    what_if: Optional[Path] = typer.Option(None, "--what-if", help="YAML list of {label, defenses}: extra rows, "
+                                           "each replacing the scenario's defenses"),
+    pdf: bool = typer.Option(False, "--pdf", help="also audit.pdf, by headless Chromium when it is installed"),
+) -> None:
+    """Audit a federation against every threat model; write audit.html (one self-contained report) and audit.json; with --gate, exit 1 when a ceiling is exceeded."""
+    import shlex
+
+    parsed = _load_or_exit(scenario)
+    _check_data_or_exit(scenario, parsed)
+    if parsed.data.multi_site:
+        typer.echo(f"{scenario}: data.sites: a multi-site scenario is audited with fedmia deploy and fedmia "
+                   "evaluate; expected a single-pool scenario", err=True)
+        raise typer.Exit(USAGE_ERROR)
+    from fedmia.audit import load_gate, load_what_if, run_audit
+
+    try:
+        ceilings = load_gate(gate, parsed) if gate is not None else None
+        extra = load_what_if(what_if) if what_if is not None else []
+    except ScenarioError as error:
+        for line in error.lines():
+            typer.echo(line, err=True)
+        raise typer.Exit(USAGE_ERROR)
+    folder = out_dir or Path("runs") / f"{parsed.name}-audit"
+    words = ["fedmia", "audit", str(scenario), "--seeds", str(seeds), "--out", str(folder)]
+    for flag, value in (("--gate", gate), ("--what-if", what_if), ("--junit", junit)):
+        if value is not None:
+            words += [flag, str(value)]
+    words += (["--gate-on", gate_on] if gate_on != "upper" else []) + (["--pdf"] if pdf else [])
+    result = run_audit(parsed, source=str(scenario), seeds=seeds, out_dir=folder, gate=ceilings, gate_on=gate_on,
+                       what_if=extra, junit=junit, pdf=pdf, command=shlex.join(words), console=out)
+    for row in result.rows:
+        if row["defense"] != "scenario":
+            continue
+        if not row["applies"]:
+            out.print(f"{row['threat_model']}: does not apply ({row['why_not']})")
+        elif row["strongest"]:
+            auc = row["attacks"][row["strongest"]]["auc"]
+            out.print(f"{row['threat_model']}: strongest {row['strongest']}, AUC {auc['mean']:.3f}"
+                      + (f" [{auc['low']:.3f}, {auc['high']:.3f}]" if auc["high"] is not None else ""))
+    if ceilings is not None:
+        from fedmia.audit import _on_words
+
+        on = _on_words(gate_on, seeds)
+        for v in result.verdicts:
+            value = f" = {v['value']:.4f} ({v['attack']})" if "value" in v else ""
+            out.print(f"gate {v['threat_model']}: {v['metric']}{value} ceiling {v['ceiling']:g}: {v['status']}")
+        out.print(f"gate: {'FAIL' if result.gate_failed else 'PASS'} (judged on the {on})")
+    out.print(f"runs: {result.counts['trained']} trained, {result.counts['reused']} reused")
+    if result.pdf_note:
+        out.print(result.pdf_note)
+    out.print(f"written: {result.html}, {result.out_dir / 'audit.json'}" + (f", {junit}" if junit else ""))
+    if result.gate_failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def describe(name: str = typer.Argument(..., help="a plug-in's name (`fedmia list`)")) -> None:
     """Show a plug-in's family, package, description and parameters (type, default, meaning)."""
     from fedmia.registry import UnknownNameError, offered
 
-    families = [("dataset", "fedmia.datasets"), ("server strategy", "fedmia.strategies"),
+    families = [("dataset", "fedmia.datasets"), ("model family", "fedmia.models"), ("server strategy", "fedmia.strategies"),
                 ("attack", "fedmia.attacks"), ("defense", "fedmia.defenses")]
     found = [(kind, group) for kind, group in families if name in offered(group)]
     if not found:
@@ -454,8 +518,9 @@ def list_components() -> None:
     """List the plug-ins on offer — datasets, strategies, attacks, defenses — with the package of each, and smp's architectures."""
     from fedmia.registry import entry_points_of, distribution_of, offered
 
-    for title, group in [("datasets", "fedmia.datasets"), ("strategies", "fedmia.strategies"),
-                         ("attacks", "fedmia.attacks"), ("defenses", "fedmia.defenses")]:
+    for title, group in [("datasets", "fedmia.datasets"), ("model families", "fedmia.models"),
+                         ("strategies", "fedmia.strategies"), ("attacks", "fedmia.attacks"),
+                         ("defenses", "fedmia.defenses"), ("threat models", "fedmia.threat_models")]:
         points = entry_points_of(group)
         by_package: dict[str, list[str]] = {}
         for name in offered(group):  # metadata only: nothing is imported

@@ -12,28 +12,33 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fedmia.data.records import Records
-from fedmia.defenses import active
+from fedmia.defenses import active, defended_recipe
 from fedmia.defenses.base import ModelRefused
 from fedmia.defenses.audit import add_canary_gradient, audit_canaries
 from fedmia.scenario import Scenario
-from fedmia.training import TrainRecipe, make_optimizer, minibatches
+from fedmia.training import TrainRecipe, augment_batch, batch_loss, batches_per_epoch, make_optimizer, minibatches, set_lr
 
 
 def client_recipe(scenario: Scenario, config: dict) -> TrainRecipe:
     """The scenario's recipe, with what the server's config overrides — unless the client pins
-    its hyperparameters (the defense against config-only isolation)."""
-    base = TrainRecipe.from_scenario(scenario)
-    if scenario.federation.pin_hyperparameters:
-        return base
-    return dataclasses.replace(
-        base,
-        epochs=int(config.get("local-epochs", base.epochs)),
-        batch_size=int(config.get("batch-size", base.batch_size)),
-        lr=float(config.get("lr", base.lr)),
-    )
+    its hyperparameters (the defense against config-only isolation). The learning rate then
+    decays by `lr_schedule.round_decay` per server round (`server-round` of the config): the
+    client's own schedule, applied to whatever lr it trains with."""
+    base = defended_recipe(scenario)
+    if not scenario.federation.pin_hyperparameters:
+        base = dataclasses.replace(
+            base,
+            epochs=int(config.get("local-epochs", base.epochs)),
+            batch_size=int(config.get("batch-size", base.batch_size)),
+            lr=float(config.get("lr", base.lr)),
+        )
+    decay = scenario.federation.lr_schedule.round_decay
+    server_round = int(config.get("server-round", 1) or 1)
+    if decay != 1.0 and server_round > 1:
+        base = dataclasses.replace(base, lr=base.lr * decay ** (server_round - 1))
+    return base
 
 
 def client_seed(scenario: Scenario, server_round: int, partition_id: int) -> int:
@@ -46,8 +51,9 @@ class LocalRun:
     """One client's local training: the model, its records, the recipe and the active defenses'
     hooks. `train` runs one loop: a defense acting on "local training" replaces it (distillation),
     one acting on "local gradients" runs it with per-sample gradients (DP-SGD); otherwise
-    minibatches with the defenses' batch transforms (crop), forward/loss replacements (mix-up),
-    extra loss terms and pre-step work (min-max) and the recipe's label smoothing."""
+    minibatches with the recipe's augmentation and the defenses' batch transforms (crop),
+    forward/loss replacements (mix-up), extra loss terms and pre-step work (min-max) and the
+    recipe's loss (label smoothing included) and learning-rate schedule."""
 
     scenario: Scenario
     model: nn.Module
@@ -64,9 +70,12 @@ class LocalRun:
         self.rng = np.random.default_rng(self.seed)
 
     def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+        return batch_loss(logits, y, self.recipe)
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor):
+        """Per record: the recipe's augmentation, then the defenses' batch transforms (crop).
+        DP-SGD calls it on each Poisson batch, so both compose with per-record clipping."""
+        x, y = augment_batch(x, y, self.recipe, self.rng)
         for defense in self.defenses:
             x, y = defense.batch(self, x, y)
         return x, y
@@ -100,10 +109,12 @@ class LocalRun:
         extra = len(self.canaries) if self.canaries is not None else 0
         params = {name: p for name, p in model.named_parameters() if p.requires_grad} if extra else {}
         last = float("nan")
-        for _ in range(recipe.epochs):
+        steps = batches_per_epoch(n + extra, recipe.batch_size)
+        for epoch in range(recipe.epochs):
             total, seen = 0.0, 0
-            for batch in minibatches(n + extra, recipe.batch_size, generator):
+            for step, batch in enumerate(minibatches(n + extra, recipe.batch_size, generator)):
                 real, drawn = batch[batch < n], batch[batch >= n] - n
+                set_lr(optimizer, recipe, epoch, step, steps)
                 optimizer.zero_grad(set_to_none=True)
                 if len(real):
                     x, y = self.transform_batch(images[real], masks[real].long())
@@ -134,12 +145,13 @@ class LocalRun:
 def local_training(scenario: Scenario, model, records, recipe: TrainRecipe, *, seed: int, device,
                    public=None, partition: int | None = None) -> dict[str, float]:
     """One client's local training under the scenario's defenses (the evaluator replays it).
-    The audited client (`defenses.dp.audit_client`) also trains on its gradient canaries."""
-    dp = scenario.defenses.dp
-    canaries = audit_canaries(scenario, model) if partition is not None and dp is not None \
-        and partition == dp.audit_client else None
+    The audited client (a defense's `audited_client`: DP's canary check) also trains on its
+    gradient canaries."""
+    defenses = active(scenario)
+    audited = {d.audited_client for d in defenses} - {None}
+    canaries = audit_canaries(scenario, model) if partition is not None and partition in audited else None
     run = LocalRun(scenario, model, records, recipe, seed, device, public,
                    canaries=canaries.present() if canaries is not None else None,
                    canary_norm=canaries.norm if canaries is not None else 0.0,
-                   defenses=active(scenario))
+                   defenses=defenses)
     return run.train()

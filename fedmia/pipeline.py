@@ -22,7 +22,7 @@ from fedmia.attacks import ATTACKS, AdversaryView, AttackResult, QueryAPI
 from fedmia.attacks.updates import NeedsClientUpdates
 from fedmia.data.federation import sealed
 from fedmia.data.plan import build_plan
-from fedmia.defenses import active
+from fedmia.defenses import active, defended_recipe
 from fedmia.evaluation.manifests import ADVERSARY_OUTPUT
 from fedmia.evaluation.ood import ood_rates, ood_scores
 from fedmia.evaluation.run_metrics import evaluate_run
@@ -32,7 +32,7 @@ from fedmia.io import write_json_atomic, write_text_atomic
 from fedmia.runfolder import claim, complete
 from fedmia.models import scenario_model, set_weights
 from fedmia.scenario import Scenario
-from fedmia.training import TrainRecipe, evaluate_utility, pick_device
+from fedmia.training import evaluate_utility, pick_device
 from fedmia.transcript import Transcript
 
 
@@ -102,7 +102,7 @@ def adversary_view(scenario: Scenario, transcript: Transcript, served=None) -> A
         device=device,
         api=QueryAPI(served, [d for d in active(scenario) if d.acts_on == "query"], device=device),
         population_fpr=scenario.evaluation.threshold_population_fpr,
-        recipe=TrainRecipe.from_scenario(scenario),
+        recipe=defended_recipe(scenario),
         rounds=scenario.federation.rounds,
         seed=scenario.seed,
         cache_dir=scenario.runtime.cache_dir,

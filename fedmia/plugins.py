@@ -17,6 +17,7 @@ from fedmia.scenario import Scenario
 def named_plugins(scenario: Scenario) -> list[tuple[str, str, str, str]]:
     """(key path, entry-point group, family, name) of every plug-in the scenario names."""
     named = [("data.dataset", "fedmia.datasets", "dataset", scenario.data.dataset),
+             ("model.family", "fedmia.models", "model family", scenario.model.family),
              ("server.strategy", "fedmia.strategies", "server strategy", scenario.server.strategy)]
     named += [(f"attacks.{i}.name", "fedmia.attacks", "attack", spec.name) for i, spec in enumerate(scenario.attacks)]
     named += [(f"defenses.{key}", "fedmia.defenses", "defense", key) for key in scenario.defenses.root]
@@ -30,7 +31,7 @@ class PluginMissing(RuntimeError):
 
 
 MARK = "cannot resolve the plug-ins the scenario names"  # no quote: Flower may repr() the message
-CLIENT_GROUPS = ("fedmia.datasets", "fedmia.defenses")  # the families a client runs
+CLIENT_GROUPS = ("fedmia.datasets", "fedmia.models", "fedmia.defenses")  # the families a client runs
 
 
 def plugin_manifest(scenario: Scenario) -> dict[str, list[str]]:
@@ -92,7 +93,8 @@ def plugin_parameters(group: str, name: str) -> tuple[str, str, list[tuple[str, 
     if registry is None:  # the family's registry lives in its package: import it
         import importlib
 
-        importlib.import_module({"fedmia.datasets": "fedmia.data.datasets", "fedmia.attacks": "fedmia.attacks",
+        importlib.import_module({"fedmia.datasets": "fedmia.data.datasets", "fedmia.models": "fedmia.models",
+                                 "fedmia.attacks": "fedmia.attacks",
                                  "fedmia.defenses": "fedmia.defenses", "fedmia.strategies": "strategies"}[group])
         registry = _REGISTRIES[group]
     entry = registry.get(name)

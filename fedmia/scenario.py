@@ -82,8 +82,17 @@ class DataSpec(Strict):
 
 
 class ModelSpec(Strict):
-    arch: str = Field("Unet", description="segmentation-models-pytorch architecture (`fedmia list`)")
-    encoder: str = Field("resnet18", description="smp encoder name; random initial weights, nothing is downloaded")
+    family: str = Field("smp", description="a registered model family (entry-point group `fedmia.models`): smp "
+                        "(arch/encoder below), module (any nn.Module from `factory`), or a package's own")
+    factory: str | None = Field(None, description="family module: 'package.module:callable', called as "
+                                "callable(in_channels=, num_classes=, **options) and returning an nn.Module that maps "
+                                "(N, C, H, W) images to (N, K, H, W) logits")
+    options: dict[str, Any] = Field(default_factory=dict, description="the family's own options (smp: none; "
+                                    "module: keyword arguments of the factory)")
+    arch: str = Field("Unet", description="segmentation-models-pytorch architecture (`fedmia list`; family smp)")
+    encoder: str = Field("resnet18", description="smp encoder name (family smp)")
+    encoder_weights: str | None = Field(None, description="smp pretrained encoder weights, e.g. imagenet (downloaded "
+                                        "to the Hugging Face cache, HF_HOME); default None: random initial weights")
     encoder_depth: int = Field(3, ge=1, le=5, description="encoder stages used; stages beyond it are removed")
     decoder_channels: list[int] | None = Field(
         None, description="Unet-style decoders only; default halves from 64 down, one per stage"
@@ -91,6 +100,32 @@ class ModelSpec(Strict):
     norm: Literal["auto", "batch", "group"] = Field(
         "auto", description="auto: GroupNorm under local DP (per-sample gradients), else BatchNorm"
     )
+    init: str | None = Field(None, description="start the federation from this checkpoint: a state-dict file "
+                             "(torch.save(model.state_dict())) or a folder written by smp's save_pretrained; "
+                             "a relative path is taken from where fedmia is run")
+
+    @field_validator("init")
+    @classmethod
+    def _absolute_init(cls, value: str | None) -> str | None:
+        """Absolute, so that Ray workers and SuperNodes started elsewhere open the same file."""
+        return None if value is None else str(Path(value).expanduser().absolute())
+
+
+class LRScheduleSpec(Strict):
+    kind: Literal["constant", "cosine", "step"] = Field("constant", description="within one local run: constant; "
+                                                        "cosine (per step, down to min_lr_ratio × lr); step (× gamma "
+                                                        "every step_epochs epochs)")
+    step_epochs: int = Field(1, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.5, gt=0, le=1, description="step: the factor of each decay")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: the last step's lr as a share of the run's lr")
+    round_decay: float = Field(1.0, gt=0, le=1, description="across rounds: round r's local runs start at "
+                               "lr × round_decay**(r − 1) (the client reads r from the server's config)")
+
+
+class AugmentSpec(Strict):
+    flips: bool = Field(False, description="each record flipped left-right and up-down, each with probability 1/2")
+    rot90: bool = Field(False, description="each record rotated by a random multiple of 90° (square images)")
+    intensity: float = Field(0.0, ge=0, lt=1, description="each image × U(1 − a, 1 + a) + U(−a, a) (masks unchanged)")
 
 
 class FederationSpec(Strict):
@@ -103,6 +138,13 @@ class FederationSpec(Strict):
     optimizer: Literal["sgd", "adam"] = Field("adam", description="local optimiser")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of the local optimiser")
+    loss: Literal["ce", "dice", "dice+ce", "focal"] = Field(
+        "ce", description="local training loss, per record (mean over its pixels) so DP-SGD can clip it: ce "
+        "(cross-entropy), dice (per-image soft Dice), dice+ce (their sum), focal (smp's FocalLoss)")
+    lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec, description="learning rate within a local "
+                                        "run and across rounds")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec, description="seeded per-record augmentation of local "
+                                 "training (composes with DP-SGD and crop); reference models train with it too")
     pin_hyperparameters: bool = Field(
         False, description="clients ignore training config sent by the server (a defense)"
     )
@@ -140,7 +182,7 @@ class ServerSpec(BaseModel):
 class Defenses(RootModel[dict[str, Any]]):
     """`defenses:` — each key names a registered defense (`fedmia list`), its value that
     defense's block. The schema knows no defense: fedmia/validation.py checks every block against
-    its plug-in's `Params` and replaces it by the validated model. `scenario.defenses.dp` reads
+    its plug-in's `Params` and replaces it by the validated model. `scenario.defenses.KEY` reads
     a block (None when the defense is off)."""
 
     root: dict[str, Any] = Field(default_factory=dict, description="defense key -> its block (true for defaults)")

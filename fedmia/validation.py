@@ -174,6 +174,7 @@ def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
     from fedmia import attacks, models
     from fedmia.data import datasets
     from fedmia.defenses import DEFENSES
+    from fedmia.defenses.base import LOCAL_STAGES
     from fedmia.registry import PluginLoadError, UnknownNameError
     import strategies
 
@@ -213,7 +214,9 @@ def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
         if probe:
             problems += defense.model_problems(probe[0])
         for other, why in defense.conflicts.items():
-            if other in active and not (other == "dp" and active[other].params.mode == "central"):
+            # `conflicts` are between ways of training locally: a listed defense acting on the
+            # server's side (central DP's aggregation) leaves the clients' training alone
+            if other in active and active[other].acts_on in LOCAL_STAGES and defense.acts_on in LOCAL_STAGES:
                 problems.append((f"defenses.{key}", f"does not compose with defenses.{other}: {why}"))
     return problems
 

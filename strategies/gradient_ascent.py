@@ -28,7 +28,8 @@ from torch.nn import functional as F
 from fedmia.attacks.base import pixel_summaries
 from fedmia.evaluation.metrics import membership_metrics
 from fedmia.models import get_weights, scenario_model, set_weights
-from fedmia.training import TrainRecipe, pick_device, train_local
+from fedmia.defenses import defended_recipe
+from fedmia.training import pick_device, train_local
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
 
@@ -104,7 +105,7 @@ class GradientAscentFedAvg(ObservingFedAvg):
         replay_set = population.subset(list(range(2 * third, 2 * third + size)))
         stand_in = population.subset(list(range(size)) + list(range(third, third + size)))
         is_member = [True] * size + [False] * size
-        recipe = TrainRecipe.from_scenario(self.scenario)
+        recipe = defended_recipe(self.scenario)
         results = []
         for steps, lr in self.params.candidates:
             candidate = self.params.model_copy(update={"steps": steps, "lr": lr})

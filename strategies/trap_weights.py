@@ -69,8 +69,15 @@ class TrapParams(BaseModel):
 
 
 def trappable_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Residual blocks of the encoder (torchvision BasicBlock/Bottleneck layout), in forward order."""
-    blocks = [(f"encoder.{name}", m) for name, m in model.encoder.named_modules()
+    """Residual blocks of the encoder (torchvision BasicBlock/Bottleneck layout), in forward order.
+    Found by name: an `encoder` sub-module (smp's) holding blocks with conv1/bn1/conv2/bn2 — a
+    plug-in model without them is refused at validation (`TrapWeights.problems`)."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(f"trap-weights plants detectors in the residual blocks of an `encoder` sub-module "
+                         f"(smp's ResNet-family encoders: conv1/bn1/conv2/bn2); {type(model).__name__} has no "
+                         "`encoder`; expected model.family smp with a ResNet-family encoder")
+    blocks = [(f"encoder.{name}", m) for name, m in encoder.named_modules()
               if all(isinstance(getattr(m, a, None), nn.Module) for a in ("conv1", "bn1", "conv2", "bn2"))]
     if not blocks:
         raise ValueError(f"trap-weights: the encoder of {type(model).__name__} has no residual blocks "
@@ -224,7 +231,7 @@ class TrapWeights(ObservingFedAvg):
         try:
             trappable_blocks(build_model(scenario.model, in_channels=1, num_classes=2))
         except ValueError as error:
-            out.append(("model.encoder", str(error)))
+            out.append(("model.encoder" if scenario.model.family == "smp" else "model.family", str(error)))
         return out
 
     def attack_rounds(self) -> list[int]:

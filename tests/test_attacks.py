@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmia.attacks import ATTACKS
-from fedmia.data.plan import MembershipLedger, build_plan
+from fedmia.data.plan import build_plan
 from fedmia.evaluation import membership_metrics
 from fedmia.models import build_model, get_weights
 from fedmia.attacks.base import QueryAPI

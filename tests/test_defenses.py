@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 from fedmia.attacks.base import PROBABILITY_FLOOR, QueryAPI, summaries_from_probabilities
 from fedmia.data.datasets import load_dataset
-from fedmia.defenses.dp import epsilon_spent, noise_for_budget, to_dp_compatible, train_local_dp
+from fedmia.defenses.dp import noise_for_budget, to_dp_compatible, train_local_dp
+from fedmia.defenses.dp_accounting import epsilon_spent
 from fedmia.defenses.output import api_probabilities
 from fedmia.models import build_model, get_weights
 from fedmia.runner import run_scenario

@@ -115,6 +115,7 @@ def test_a_users_own_package_runs_through_ray_and_a_worker_without_it_stops_the_
     assert Transcript.load(tmp_path / "with" / "transcript").rounds[0].notes.attacked == "example-scaled-broadcast"
     assert json.loads(Transcript.load(tmp_path / "with" / "transcript").rounds[0].config.popitem()[1]["plugins"]) == {
         "fedmia.datasets/example-squares": ["fedmia-example-plugins", "0.2.0"],
+        "fedmia.models/smp": ["fedmia", "0.1.0"],
         "fedmia.defenses/example-flip": ["fedmia-example-plugins", "0.2.0"]}
 
     import os
@@ -133,3 +134,23 @@ def test_a_users_own_package_runs_through_ray_and_a_worker_without_it_stops_the_
     assert message.startswith("round 1: ") and "cannot resolve the plug-ins the scenario names" in message
     assert "unknown defense 'example-flip'" in message and "site/partition" in message
     assert state(tmp_path / "without") == "unfinished"
+
+
+def test_no_module_outside_the_defenses_reads_a_named_defense_block():
+    """The core names no plug-in: defenses act through their stage's hooks (query, recipe, norm,
+    aggregation, accounting), so no module outside fedmia/defenses/ reads `.defenses.<key>`."""
+    import re
+
+    from fedmia.defenses import DEFENSES
+
+    keys = "|".join(re.escape(k) for k in DEFENSES.names())
+    pattern = re.compile(rf"\.defenses\.(?:{keys})\b|defenses\.root\[|\.defenses\.get\(")
+    offenders = []
+    for path in [*(REPO / "fedmia").rglob("*.py"), *(REPO / "strategies").rglob("*.py")]:
+        if "defenses" in path.relative_to(REPO).parts[:2]:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if pattern.search(code) and not code.strip().startswith(('"', "'", "`")):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)

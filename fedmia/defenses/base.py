@@ -25,6 +25,7 @@ from fedmia.registry import Registry
 
 STAGES = ("received model", "local batch", "local loss", "local gradients", "local training", "aggregation",
           "release", "query")
+LOCAL_STAGES = STAGES[:5]  # a client's own training; `conflicts` are declared between these
 
 
 class ModelRefused(RuntimeError):
@@ -43,6 +44,21 @@ class Defense:
     # aggregation stage: the server sees only an aggregate of the clients' updates (SecAgg+), so
     # clients send updates (they quantise finely) and update attacks read the aggregate
     hides_client_updates: ClassVar[bool] = False
+    # the model the federation trains has no BatchNorm (models' `norm: auto` asks every defense)
+    needs_group_norm: ClassVar[bool] = False
+
+    @property
+    def audited_client(self) -> int | None:
+        """The client that trains on gradient canaries for an empirical check of ε, if any."""
+        return None
+
+    def privacy_report(self, scenario, plan, transcript) -> dict | None:
+        """The guarantee this defense gives (metrics.json `privacy`: ε from its accountants)."""
+        return None
+
+    def recipe(self, recipe):
+        """Local loss stage: the training recipe under this defense (e.g. smoothed targets)."""
+        return recipe
 
     def __init__(self, params: BaseModel):
         self.params = params
@@ -111,6 +127,17 @@ def register_defense(key: str, acts_on: str):
         return DEFENSES.register(key)(cls)
 
     return add
+
+
+def defended_recipe(scenario):
+    """The clients' training recipe with every active defense's `recipe` hook applied — what
+    clients, reference and shadow models all train with."""
+    from fedmia.training import TrainRecipe
+
+    recipe = TrainRecipe.from_scenario(scenario)
+    for defense in active(scenario):
+        recipe = defense.recipe(recipe)
+    return recipe
 
 
 def active(scenario) -> list[Defense]:

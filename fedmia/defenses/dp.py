@@ -29,12 +29,13 @@ import torch
 from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
-from torch.nn import functional as F
 
 from fedmia.data.records import Records
 from fedmia.defenses import clipping
 from fedmia.defenses.audit import dirac_rows
 from fedmia.defenses.base import Defense, Params, register_defense
+from fedmia.defenses.norms import to_dp_compatible  # noqa: F401  (re-exported)
+from fedmia.training import TrainRecipe, augment_batch, record_losses, set_lr
 
 
 class DPParams(Params):
@@ -64,11 +65,23 @@ class DifferentialPrivacy(Defense):
     server's aggregation in Flower's clipping-and-noise strategy."""
 
     Params = DPParams
+    # per-sample gradients (local) and clipped whole updates (central) both need a model without
+    # BatchNorm's batch mixing and running statistics
+    needs_group_norm = True
 
     def __init__(self, params):
         super().__init__(params)
         if params.mode == "central":
             self.acts_on = "aggregation"
+
+    @property
+    def audited_client(self) -> int | None:
+        return self.params.audit_client if self.params.audit_canaries else None
+
+    def privacy_report(self, scenario, plan, transcript) -> dict:
+        from fedmia.defenses.dp_accounting import accounted  # dp-accounting only where ε is computed
+
+        return accounted(self.params, scenario, plan, transcript)
 
     def describe(self) -> str:
         p = self.params
@@ -119,7 +132,7 @@ class DifferentialPrivacy(Defense):
             max_grad_norm=self.params.max_grad_norm, seed=run.seed, device=run.device, momentum=recipe.momentum,
             weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
             transform=run.transform_batch, canaries=run.canaries, canary_norm=run.canary_norm,
-            engine=self.params.engine)
+            engine=self.params.engine, recipe=recipe)
 
     # ---- central mode: the server's aggregation --------------------------------------------
     def wrap_strategy(self, strategy, scenario):
@@ -174,17 +187,6 @@ def _released(wrapper: type) -> type:
 
 
 
-def to_dp_compatible(model: nn.Module) -> nn.Module:
-    """BatchNorm → GroupNorm (Opacus's own fix), and nothing in place on hooked outputs."""
-    from opacus.validators import ModuleValidator  # opacus is imported where used: it pulls in
-    # scipy.stats (~1 s per process), which every Ray worker would pay in runs without DP
-    model = ModuleValidator.fix(model)
-    errors = ModuleValidator.validate(model, strict=False)
-    if errors:
-        raise ValueError(f"model cannot be trained with DP-SGD: {errors[0]}")
-    return model
-
-
 def local_dp_delta(scenario: object, n_records: int) -> float:
     return scenario.defenses.dp.delta or 1.0 / (10 * n_records)
 
@@ -216,19 +218,6 @@ def noise_for_budget(target_epsilon: float, delta: float, q: float, total_steps:
                                 steps=total_steps, accountant="rdp")
 
 
-def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> float:
-    """ε after the (noise_multiplier, sample_rate, steps) entries of `history`."""
-    if not history:
-        return 0.0
-    if any(noise == 0 for noise, _, _ in history):
-        return math.inf  # clipping without noise: no DP guarantee at all
-    from opacus.accountants import RDPAccountant
-
-    accountant = RDPAccountant()
-    accountant.history = list(history)
-    return float(accountant.get_epsilon(delta=delta))
-
-
 @functools.cache
 def _bookkeeping_optimizer() -> type:
     """Opacus's `DPOptimizerFastGradientClipping`, taking each step's clipped sum as it is.
@@ -254,14 +243,24 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
                    optimizer_name: str, noise_multiplier: float, max_grad_norm: float, seed: int,
                    device: torch.device, momentum: float = 0.9, weight_decay: float = 0.0,
                    label_smoothing: float = 0.0, transform=None, canaries: np.ndarray | None = None,
-                   canary_norm: float = 0.0, engine: Literal["auto", "bookkeeping", "torch.func"] = "auto") -> dict:
+                   canary_norm: float = 0.0, engine: Literal["auto", "bookkeeping", "torch.func"] = "auto",
+                   recipe=None) -> dict:
     """DP-SGD epochs; returns the last epoch's mean loss and what the accountant needs.
     `canaries`: coordinates of gradient canaries this client holds (fedmia/defenses/audit.py);
     each joins a Poisson batch with the records' rate and is clipped and noised like them.
     `transform`: a per-record batch transform (crop); label smoothing and weight decay apply as
     in plain training (the per-sample loss includes the smoothing). `engine`: how the clipped sum
-    is computed (module docstring); `auto` takes book-keeping wherever the model allows it."""
+    is computed (module docstring); `auto` takes book-keeping wherever the model allows it.
+    `recipe` (a `fedmia.training.TrainRecipe`): its loss — per record, `record_losses` — and its
+    learning-rate schedule; its augmentation comes through `transform` (a LocalRun's applies it),
+    or, without one, is applied here. Without a recipe: cross-entropy at a constant lr."""
     from opacus.optimizers import DPOptimizer
+
+    if recipe is None:
+        recipe = TrainRecipe(epochs, batch_size, lr, optimizer_name, momentum, weight_decay, label_smoothing)
+    if transform is None and recipe.augments:
+        augment_rng = np.random.default_rng(seed)
+        transform = lambda x, y: augment_batch(x, y, recipe, augment_rng)  # noqa: E731
 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -285,7 +284,7 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
 
     def loss_of_one(p, x, y):
         out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
-        return F.cross_entropy(out, y.unsqueeze(0), label_smoothing=label_smoothing)
+        return record_losses(out, y.unsqueeze(0), recipe).sum()
 
     # One vmapped pass gives each record's gradient and its loss: no second forward for the log.
     per_sample_grads = vmap(grad_and_value(loss_of_one), in_dims=(None, 0, 0))
@@ -293,9 +292,10 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
     q = sample_rate(len(records), batch_size)
     steps = steps_per_epoch(len(records), batch_size)
     last_loss = float("nan")
-    for _ in range(epochs):
+    for epoch in range(epochs):
         total, seen = 0.0, 0
-        for _ in range(steps):
+        for step in range(steps):
+            set_lr(optimizer, recipe, epoch, step, steps)
             chosen = torch.nonzero(torch.rand(len(records), generator=generator) < q).flatten()
             drawn = canaries[(torch.rand(len(canaries), generator=generator) < q).numpy()] \
                 if canaries is not None and len(canaries) else np.zeros(0, dtype=np.int64)
@@ -314,8 +314,7 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
                 else:
                     x, y = batch
                     sums, losses, _ = clipping.clipped_gradient_sum(
-                        model, x, lambda out: F.cross_entropy(out, y, reduction="none", label_smoothing=label_smoothing)
-                        .flatten(1).mean(1), max_grad_norm)
+                        model, x, lambda out: record_losses(out, y, recipe), max_grad_norm)
                     total += float(losses.sum())
                 if rows is not None:  # each canary row is clipped like a record's gradient
                     factor = float(clipping.clip_factors(torch.tensor(canary_norm), max_grad_norm))

@@ -4,6 +4,7 @@ Hintersdorf et al. find lowers over-confidence). `label_smoothing: 0.1` is short
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pydantic import Field
@@ -27,3 +28,6 @@ class LabelSmoothing(Defense):
 
     def describe(self) -> str:
         return f"label smoothing {self.params.epsilon}"
+
+    def recipe(self, recipe):
+        return dataclasses.replace(recipe, label_smoothing=self.params.epsilon)

@@ -11,7 +11,7 @@ from fedmia.defenses import active
 from fedmia.evaluation.isolation import isolation_metrics
 from fedmia.evaluation.privacy import privacy_metrics
 from fedmia.evaluation.metrics import membership_metrics
-from fedmia.models import scenario_model, set_weights
+from fedmia.models import describe_model, scenario_model, set_weights
 from fedmia.training import evaluate_utility, pick_device
 
 
@@ -84,7 +84,7 @@ def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]
             "members": int(sum(len(c) for c in plan.clients)) if plan.ledger is not None else None,
             "rounds": scenario.federation.rounds,
             "local_epochs": scenario.federation.local_epochs,
-            "model": f"{model.arch}/{model.encoder} (depth {model.encoder_depth})",
+            "model": describe_model(model),
             "server": scenario.server.strategy,
             "defenses": describe_defenses(scenario),
             "fpr_convention": "TPR at FPR strictly below each level (the LiRA paper's)",

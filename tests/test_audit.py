@@ -1,0 +1,141 @@
+"""`fedmia audit`: threat models composed into shared runs, the report in a real browser, the
+release gate's exit code and JUnit XML, and a second invocation that trains nothing.
+
+One audit folder (tiny federation, one seed: two runs — the honest server's, read by the
+black-box and client-updates threat models, and the trap-weights server's) serves every test
+that needs runs; the rest plan or validate without training."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+from conftest import TINY, deep_update
+from typer.testing import CliRunner
+
+from fedmia import audit
+from fedmia.cli import app
+from fedmia.scenario import ScenarioError
+from fedmia.validation import parse_scenario
+
+SCENARIO = deep_update(TINY, {"name": "tiny-audit", "evaluation": {"ood": ["heldout"]}})
+
+
+def _metrics_stamps(folder):
+    return {str(p): p.stat().st_mtime_ns for p in sorted(folder.rglob("metrics.json"))}
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """One audit with a passing gate (`all: {auc: 1.0}`: no AUC exceeds 1)."""
+    base = tmp_path_factory.mktemp("audit")
+    (base / "scenario.yaml").write_text(yaml.safe_dump(SCENARIO))
+    (base / "pass.yaml").write_text("all: {auc: 1.0}\n")
+    before = audit.RUNS_TRAINED
+    result = CliRunner().invoke(app, ["audit", str(base / "scenario.yaml"), "--seeds", "1", "--out", str(base / "out"),
+                                      "--gate", str(base / "pass.yaml"), "--junit", str(base / "pass.xml")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return {"base": base, "out": base / "out", "output": result.output, "trained": audit.RUNS_TRAINED - before}
+
+
+def test_one_run_per_distinct_training_and_a_passing_gate(audited):
+    out = audited["out"]
+    assert audited["trained"] == 2  # honest (black-box + client-updates together) and trap-weights
+    report = json.loads((out / "audit.json").read_text())
+    groups = {tuple(g["threat_models"]): g["attacks"] for g in report["groups"]}
+    assert set(groups) == {("black-box", "client-updates"), ("trap-weights",)}
+    # the honest server's black-box and update attacks read the same federation
+    assert {"loss", "update-loss-drop", "source-inference"} <= set(groups[("black-box", "client-updates")])
+    rows = {r["threat_model"]: r for r in report["rows"]}
+    assert not rows["secagg-isolation"]["applies"] and "SecAgg+ is off" in rows["secagg-isolation"]["why_not"]
+    assert rows["black-box"]["runs"] == rows["client-updates"]["runs"]
+    for name in ("black-box", "client-updates", "trap-weights"):
+        best = rows[name]["strongest"]
+        assert best in rows[name]["attacks"] and rows[name]["attacks"][best]["auc"]["high"] is not None
+        assert all(len(d) == 64 for d in rows[name]["scenario_sha256"])
+    suite = ET.parse(audited["base"] / "pass.xml").getroot()
+    assert suite.get("failures") == "0" and len(suite.findall("testcase")) == 4  # one per threat model
+    assert suite.find("testcase[@classname='secagg-isolation']/skipped") is not None
+    assert "upper end of the run's 95% bootstrap interval" in audited["output"] and "gate: PASS" in audited["output"]
+
+
+def test_second_invocation_trains_nothing_and_a_failing_gate_exits_1(audited):
+    base, out = audited["base"], audited["out"]
+    stamps = _metrics_stamps(out / "runs")
+    assert len(stamps) == 2
+    (base / "fail.yaml").write_text("all: {auc: 0.0}\ntrap-weights: {tpr_at_fpr.0.01: 0.0}\n")
+    before = audit.RUNS_TRAINED
+    result = CliRunner().invoke(app, ["audit", str(base / "scenario.yaml"), "--seeds", "1", "--out", str(out),
+                                      "--gate", str(base / "fail.yaml"), "--gate-on", "point",
+                                      "--junit", str(base / "fail.xml")])
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    assert audit.RUNS_TRAINED == before and _metrics_stamps(out / "runs") == stamps
+    assert "0 trained, 2 reused" in result.output and "gate: FAIL (judged on the point estimate" in result.output
+    suite = ET.parse(base / "fail.xml").getroot()
+    failures = suite.findall("testcase/failure")
+    assert int(suite.get("failures")) == len(failures) >= 3
+    trap = suite.find("testcase[@classname='trap-weights'][@name='tpr_at_fpr.0.01 <= 0']/failure")
+    assert trap is not None and "exceeds the ceiling 0" in trap.get("message")
+    assert re.search(r"auc = 0\.\d{4} .*exceeds the ceiling 0", failures[0].get("message"))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs headless Chromium (apt-get install chromium)")
+def test_report_renders_in_headless_chromium_self_contained(audited, tmp_path):
+    page = audited["out"] / "audit.html"
+    text = page.read_text()
+    assert "<script" not in text.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text, re.IGNORECASE)  # nothing to fetch
+    assert "@media print" in text
+    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
+             "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "CONSOLE" not in dom.stderr, dom.stderr[-2000:]  # no console message (an error would be one)
+    for section in audit.SECTIONS:
+        assert f'id="{section}"' in dom.stdout, section
+    images = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", dom.stdout)
+    assert len(images) >= 3 and all(src.startswith("data:image/png;base64,") for src in images)
+    shot = tmp_path / "audit.png"
+    done = subprocess.run([*flags, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", done.stderr[-2000:]
+
+
+def test_gate_file_errors_name_file_key_and_expected_values(audited):
+    base = audited["base"]
+    cases = {"typo.yaml": ("black-bx: {auc: 0.5}\n", "black-bx: unknown threat model; expected one of: all, black-box"),
+             "metric.yaml": ("all: {tpr_at_fpr.0.05: 0.1}\n", "all.tpr_at_fpr.0.05: unknown metric; expected one of: "
+                             "auc, balanced_accuracy, tpr_at_fpr.0.001, tpr_at_fpr.0.01"),
+             "type.yaml": ("all: {auc: high}\n", "all.auc:")}
+    for name, (text, message) in cases.items():
+        (base / name).write_text(text)
+        result = CliRunner().invoke(app, ["audit", str(base / "scenario.yaml"), "--seeds", "1", "--out",
+                                          str(base / "never"), "--gate", str(base / name)])
+        assert result.exit_code == 2 and f"{base / name}: {message}" in result.stderr, result.output
+    assert not (base / "never").exists()  # refused before anything ran
+
+
+def test_what_if_rows_and_applicability_without_training(tmp_path):
+    scenario = parse_scenario(SCENARIO, "tiny")
+    what_if = tmp_path / "what-if.yaml"
+    what_if.write_text(yaml.safe_dump([{"label": "secagg", "defenses": {"secagg": True}},
+                                       {"label": "argmax", "defenses": {"output": {"mode": "argmax"}}}]))
+    rows, groups, _ = audit.plan(scenario, audit.load_what_if(what_if), "tiny", tmp_path / "out")
+    applies = {(r.threat_model, r.defense): r.why_not is None for r in rows}
+    assert applies[("client-updates", "secagg")] is False and applies[("secagg-isolation", "secagg")] is True
+    assert applies[("secagg-isolation", "scenario")] is False and applies[("client-updates", "argmax")] is True
+    isolation = next(g for g in groups if g.defense == "secagg" and g.threat_models == ["secagg-isolation"])
+    assert isolation.scenario.server.params() == {"isolate_client": 0} and isolation.scenario.defenses.secagg
+    assert [a["name"] for a in isolation.attacks] == ["trap-weights"]
+    assert len(groups) == 2 + 3 + 2  # scenario, argmax: honest + trap; secagg: black-box, trap, isolation
+    assert len({str(g.folder) for g in groups}) == len(groups)
+    what_if.write_text(yaml.safe_dump([{"label": "scenario", "defenses": {}}, {"defenses": {}}]))
+    with pytest.raises(ScenarioError) as caught:
+        audit.load_what_if(what_if)
+    assert "0.label" in str(caught.value) and "1: expected {label" in str(caught.value)
