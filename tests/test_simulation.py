@@ -71,6 +71,8 @@ def test_ray_simulation_two_clients_records_a_transcript(write_scenario, tmp_pat
     assert not [p for p in child_pids() if alive(p) and "ray" in Path(f"/proc/{p}/cmdline").read_text()]
 
 
+# slow: the multi-site loopback test (tests/test_deployment.py) runs the same app through `flwr run`
+@pytest.mark.slow
 def test_flwr_run_runs_the_same_app(write_scenario, tmp_path):
     """`flwr run .` on the local simulation SuperLink; every process it starts is stopped by PID."""
     scenario_path = write_scenario()

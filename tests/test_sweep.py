@@ -72,6 +72,9 @@ def test_sweep_runs_points_and_reuses_finished_ones(tmp_path, write_scenario, st
     assert stamps == [(tmp_path / "out" / f"point-0{i}" / "metrics.json").stat().st_mtime_ns for i in (0, 1)]
 
 
+# slow: tests/test_audit.py replicates (one seed) and reuses a finished run; the across-seed
+# summary is tested on metrics without training (tests/test_run_folders.py)
+@pytest.mark.slow
 def test_replicate_runs_independent_seeds_and_summarises_them(tmp_path, write_scenario, stops_its_processes):
     """`fedmia replicate`: two federations with seeds 0 and 1 (different members and targets),
     a mean and t-interval per figure, and a rerun that reuses both."""
