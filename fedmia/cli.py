@@ -482,6 +482,22 @@ def audit(
 
 
 @app.command()
+def schema(out_file: Optional[Path] = typer.Option(None, "--out", help="write it to this file (default: print it)")) -> None:
+    """Write the scenario's JSON Schema, for editors that complete and check scenario keys."""
+    import json
+
+    from fedmia.io import write_text_atomic
+    from fedmia.scenario import json_schema
+
+    text = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if out_file is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomic(out_file, text)
+        typer.echo(f"wrote {out_file}")
+
+
+@app.command()
 def describe(name: str = typer.Argument(..., help="a plug-in's name (`fedmia list`)")) -> None:
     """Show a plug-in's family, package, description and parameters (type, default, meaning)."""
     from fedmia.registry import UnknownNameError, offered

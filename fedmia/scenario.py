@@ -425,3 +425,17 @@ def parse_schema(raw: Any, source: str = "<scenario>") -> Scenario:
         return Scenario.model_validate(raw)
     except ValidationError as error:
         raise ScenarioError(source, [describe_pydantic_error(e) for e in error.errors()]) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The scenario's JSON Schema (what `fedmia schema` writes and editors complete and check
+    keys against): `Scenario.model_json_schema()`, with `attacks` items accepting the `- loss`
+    shorthand (a string) that the schema's before-validator turns into `{name: loss}`."""
+    schema = Scenario.model_json_schema()
+    attacks = schema["properties"]["attacks"]
+    attacks["items"] = {"anyOf": [
+        {"type": "string", "description": "shorthand for {name: ...}: a registered attack with its defaults"},
+        attacks["items"],
+    ]}
+    return schema
+

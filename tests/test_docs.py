@@ -220,10 +220,37 @@ def test_docs_fedmia_commands_parse():
 
 # ---------------------------------------------------------------- the committed JSON schema
 def test_committed_json_schema_is_current():
+    """`fedmia schema` writes the schema the shipped scenarios name; the committed copy is it."""
+    import subprocess
+    import sys
+
     expected = _reference_module().schema_text()
+    written = subprocess.run([sys.executable, "-m", "fedmia.cli", "schema"], capture_output=True, text=True,
+                             cwd=REPO, timeout=60)
+    assert written.returncode == 0 and written.stdout == expected
     assert SCHEMA_FILE.read_text() == expected, (
         "docs/scenario.schema.json differs from the schema in fedmia/scenario.py; regenerate it with "
-        "`python docs/hooks/reference.py schema > docs/scenario.schema.json`")
+        "`fedmia schema --out docs/scenario.schema.json`")
+
+
+def test_cli_help_reads_as_sentences_and_version_prints():
+    """Docstring line breaks do not reach the help (each command's summary is one sentence, not
+    cut where its docstring wrapped), and --version names fedmia's version and its libraries'."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    env = {**__import__("os").environ, "COLUMNS": "200"}
+    shown = subprocess.run([sys.executable, "-m", "fedmia.cli", "--help"], capture_output=True, text=True,
+                           cwd=REPO, env=env, timeout=60).stdout
+    rows = [line.strip("│ ").strip() for line in shown.splitlines() if line.startswith("│ ")]
+    commands = [row for row in rows if row and not row.startswith("-")]
+    assert len(commands) >= 12
+    for row in commands:  # at 200 columns every summary fits on its own line, ending its sentence
+        assert row.endswith("."), row
+    printed = subprocess.run([sys.executable, "-m", "fedmia.cli", "--version"], capture_output=True, text=True,
+                             cwd=REPO, timeout=60).stdout
+    assert printed.startswith(f"fedmia {version('fedmia')} torch ") and "flwr " in printed
 
 
 def _shipped_scenarios() -> list[Path]:

@@ -210,17 +210,10 @@ def scenario_markdown() -> str:
 
 
 def scenario_json_schema() -> dict:
-    """`Scenario.model_json_schema()`, with `attacks` items accepting the `- loss` shorthand (a
-    string) that the schema's before-validator turns into `{name: loss}`."""
-    from fedmia.scenario import Scenario
+    """The scenario's JSON Schema, as `fedmia schema` writes it (fedmia.scenario.json_schema)."""
+    from fedmia.scenario import json_schema
 
-    schema = Scenario.model_json_schema()
-    attacks = schema["properties"]["attacks"]
-    attacks["items"] = {"anyOf": [
-        {"type": "string", "description": "shorthand for {name: ...}: a registered attack with its defaults"},
-        attacks["items"],
-    ]}
-    return schema
+    return json_schema()
 
 
 def schema_text() -> str:
