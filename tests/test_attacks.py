@@ -159,3 +159,22 @@ def test_query_stage_defenses_reach_reference_attacks(overfit_setup, tmp_path, e
         results = run_attacks(defended, adversary_view(defended, transcript))
         for name in ("lira-online", "rmia"):
             assert not np.allclose(plain_results[name].scores, results[name].scores), (block, name)
+
+
+def test_update_gradient_batched_cosines_equal_the_one_at_a_time_ones(overfit_setup, monkeypatch):
+    """update-gradient takes per-record gradients with torch.func in batches; the cosines are
+    the record-by-record autograd ones (float32 rounding apart)."""
+    import fedmia.attacks.updates as updates
+
+    scenario, plan, transcript = overfit_setup
+    view = adversary_view(scenario, transcript)
+    sent, returned = transcript.initial, transcript.rounds[0].aggregate
+    batched = updates.UpdateGradient._cosines(view, plan.targets, sent, returned)
+
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("vmap refused")  # what a model torch.func cannot vmap raises
+
+    monkeypatch.setattr(updates, "_batched_cosines", refuse)
+    one_at_a_time = updates.UpdateGradient._cosines(view, plan.targets, sent, returned)
+    np.testing.assert_allclose(batched, one_at_a_time, atol=1e-5)
+    assert np.ptp(batched) > 1e-3  # not a constant: the records' gradients differ

@@ -147,6 +147,10 @@ class UpdateGradient(Attack):
         params = dict(model.named_parameters())
         positions = [i for i, name in enumerate(names) if name in params]
         update = torch.cat([torch.as_tensor(sent[i] - returned[i]).flatten() for i in positions]).to(view.device)
+        try:  # per-record gradients in batches: the same cosines, several times faster than one at a time
+            return _batched_cosines(model, [names[i] for i in positions], records, update, view.device)
+        except RuntimeError:  # a model torch.func cannot vmap: one record at a time
+            pass
         ordered = [params[names[i]] for i in positions]
         cosines = np.empty(len(records))
         for row in range(len(records)):
@@ -157,6 +161,32 @@ class UpdateGradient(Attack):
                               for g, p in zip(grads, ordered)])
             cosines[row] = float(F.cosine_similarity(flat, update, dim=0))
         return cosines
+
+
+def _batched_cosines(model, names: list[str], records: Records, update: torch.Tensor, device) -> np.ndarray:
+    """cos(∇ℓ(θ; x), update) for every record, per-record gradients taken by `torch.func.vmap`
+    over batches sized to ~256 MB of gradients (the model is in eval mode: BatchNorm uses its
+    running statistics, so records do not mix). Parameters no loss reaches get zero gradients,
+    as `allow_unused` gives them in the one-at-a-time loop."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {name: p.detach() for name, p in model.named_parameters() if name in set(names)}
+    buffers = dict(model.named_buffers())
+
+    def loss(p, x, y):
+        logits = functional_call(model, {**p, **buffers}, (x[None],))
+        return F.cross_entropy(logits, y[None])
+
+    per_record = vmap(grad(loss), in_dims=(None, 0, 0))
+    size = max(1, int(256e6 // (4 * max(update.numel(), 1))))
+    out = []
+    for start in range(0, len(records), size):
+        x = torch.as_tensor(records.images[start : start + size]).to(device)
+        y = torch.as_tensor(records.masks[start : start + size]).to(device).long()
+        grads = per_record(params, x, y)
+        flat = torch.cat([grads[name].flatten(1) for name in names], dim=1)
+        out.append(F.cosine_similarity(flat, update[None].to(flat.dtype), dim=1).cpu())
+    return torch.cat(out).double().numpy() if out else np.empty(0)
 
 
 @register_attack("source-inference")
