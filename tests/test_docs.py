@@ -178,44 +178,35 @@ def _fedmia_lines(text: str) -> list[list[str]]:
     return out
 
 
-def test_readme_fedmia_commands_parse():
+def _check_command_lines(lines: list[list[str]], where: str, helps: dict[str, str]) -> None:
+    """Each `fedmia SUBCOMMAND ...` line: its `--help` succeeds and names every `--flag` used."""
     from typer.testing import CliRunner
 
     from fedmia.cli import app
 
-    lines = _fedmia_lines(README.read_text())
-    assert len(lines) >= 5, "expected the README's fedmia commands in ```bash blocks"
     runner = CliRunner()
-    helps: dict[str, str] = {}
     for words in lines:
         command = words[1]
         if command not in helps:
             result = runner.invoke(app, [command, "--help"], terminal_width=200)
-            assert result.exit_code == 0, f"`fedmia {command} --help` failed: {result.output}"
+            assert result.exit_code == 0, f"{where}: `fedmia {command} --help` failed: {result.output}"
             helps[command] = result.output
         for flag in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
             assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[command]), \
-                f"README: `{' '.join(words)}`: `fedmia {command}` has no option {flag}"
+                f"{where}: `{' '.join(words)}`: `fedmia {command}` has no option {flag}"
+
+
+def test_readme_fedmia_commands_parse():
+    lines = _fedmia_lines(README.read_text())
+    assert len(lines) >= 5, "expected the README's fedmia commands in ```bash blocks"
+    _check_command_lines(lines, "README", {})
 
 
 def test_docs_fedmia_commands_parse():
     """The same for the command lines quoted in docs/*.md."""
-    from typer.testing import CliRunner
-
-    from fedmia.cli import app
-
-    runner = CliRunner()
     helps: dict[str, str] = {}
     for page in sorted((REPO / "docs").glob("*.md")):
-        for words in _fedmia_lines(page.read_text()):
-            command = words[1]
-            if command not in helps:
-                result = runner.invoke(app, [command, "--help"], terminal_width=200)
-                assert result.exit_code == 0, f"{page.name}: `fedmia {command} --help` failed"
-                helps[command] = result.output
-            for flag in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
-                assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[command]), \
-                    f"{page.name}: `{' '.join(words)}`: `fedmia {command}` has no option {flag}"
+        _check_command_lines(_fedmia_lines(page.read_text()), page.name, helps)
 
 
 # ---------------------------------------------------------------- the committed JSON schema
