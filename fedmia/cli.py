@@ -500,10 +500,9 @@ def schema(out_file: Optional[Path] = typer.Option(None, "--out", help="write it
 @app.command()
 def describe(name: str = typer.Argument(..., help="a plug-in's name (`fedmia list`)")) -> None:
     """Show a plug-in's family, package, description and parameters (type, default, meaning)."""
-    from fedmia.registry import UnknownNameError, offered
+    from fedmia.registry import FAMILIES, UnknownNameError, offered
 
-    families = [("dataset", "fedmia.datasets"), ("model family", "fedmia.models"), ("server strategy", "fedmia.strategies"),
-                ("attack", "fedmia.attacks"), ("defense", "fedmia.defenses")]
+    families = [(f.kind, f.group) for f in FAMILIES]
     found = [(kind, group) for kind, group in families if name in offered(group)]
     if not found:
         known = sorted({n for _, group in families for n in offered(group)})
@@ -531,12 +530,10 @@ def describe(name: str = typer.Argument(..., help="a plug-in's name (`fedmia lis
 
 @app.command("list")
 def list_components() -> None:
-    """List the plug-ins on offer — datasets, strategies, attacks, defenses — with the package of each, and smp's architectures."""
-    from fedmia.registry import entry_points_of, distribution_of, offered
+    """List the plug-ins on offer — datasets, partitioners, models, strategies, attacks, defenses, OOD sets, threat models — with the package of each, and smp's architectures."""
+    from fedmia.registry import FAMILIES, entry_points_of, distribution_of, offered
 
-    for title, group in [("datasets", "fedmia.datasets"), ("model families", "fedmia.models"),
-                         ("strategies", "fedmia.strategies"), ("attacks", "fedmia.attacks"),
-                         ("defenses", "fedmia.defenses"), ("threat models", "fedmia.threat_models")]:
+    for title, group in [(f.title, f.group) for f in FAMILIES]:
         points = entry_points_of(group)
         by_package: dict[str, list[str]] = {}
         for name in offered(group):  # metadata only: nothing is imported

@@ -175,7 +175,7 @@ def _run_scenario(shipped: str, path: str) -> Scenario:
     text (simulation), its base64 (`fedmia deploy`) or a file path (`flwr run` of a file)."""
     if shipped.startswith("{"):
         return scenario_from_canonical(shipped)
-    return scenario_from_run_config({"scenario-b64": shipped, "scenario": path})
+    return scenario_from_run_config({"scenario-b64": shipped, "scenario": path}, client=True)
 
 
 def make_client_fn(scenario: Scenario | None = None, layout: ClientLayout | None = None):

@@ -63,9 +63,9 @@ class LocalDeployment:
                     str(self.tls_dir / "server.pem"), "--ssl-keyfile", str(self.tls_dir / "server.key")]
         return ["--root-certificates", str(self.tls_dir / "ca.crt")]
 
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
         out = open(self.workdir / log, "w")
-        proc = subprocess.Popen(args, cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=self.workdir, env=env or self.env, stdout=out, stderr=subprocess.STDOUT)
         self.processes.append(proc)
         return proc
 
@@ -99,8 +99,10 @@ class LocalDeployment:
                 "--superlink", f"127.0.0.1:{self.superlink_port}", "--node-config", self.node_config(partition),
                 "--host", "127.0.0.1", "--port", str(free_port())]
 
-    def spawn_supernode(self, partition: int, private_key: Path | None = None, log: str | None = None) -> subprocess.Popen:
-        return self._spawn(self.supernode_command(partition, private_key), log or f"supernode-{partition}.log")
+    def spawn_supernode(self, partition: int, private_key: Path | None = None, log: str | None = None,
+                        env: dict | None = None) -> subprocess.Popen:
+        """`env`: the SuperNode's environment, if not the deployment's (a site with other packages)."""
+        return self._spawn(self.supernode_command(partition, private_key), log or f"supernode-{partition}.log", env)
 
     def register(self, public_key: Path) -> None:
         """`flwr supernode register`: the SuperLink's Control API learns one SuperNode's key."""

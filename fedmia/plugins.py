@@ -18,9 +18,11 @@ def named_plugins(scenario: Scenario) -> list[tuple[str, str, str, str]]:
     """(key path, entry-point group, family, name) of every plug-in the scenario names."""
     named = [("data.dataset", "fedmia.datasets", "dataset", scenario.data.dataset),
              ("model.family", "fedmia.models", "model family", scenario.model.family),
-             ("server.strategy", "fedmia.strategies", "server strategy", scenario.server.strategy)]
+             ("server.strategy", "fedmia.strategies", "server strategy", scenario.server.strategy),
+             ("data.partition.kind", "fedmia.partitioners", "partitioner", scenario.data.partition.kind)]
     named += [(f"attacks.{i}.name", "fedmia.attacks", "attack", spec.name) for i, spec in enumerate(scenario.attacks)]
     named += [(f"defenses.{key}", "fedmia.defenses", "defense", key) for key in scenario.defenses.root]
+    named += [(f"evaluation.ood.{i}", "fedmia.ood_sets", "OOD set", name) for i, name in enumerate(scenario.evaluation.ood)]
     return named
 
 
@@ -31,7 +33,8 @@ class PluginMissing(RuntimeError):
 
 
 MARK = "cannot resolve the plug-ins the scenario names"  # no quote: Flower may repr() the message
-CLIENT_GROUPS = ("fedmia.datasets", "fedmia.models", "fedmia.defenses")  # the families a client runs
+# the families a client runs (a client builds the plan: it partitions the members itself)
+CLIENT_GROUPS = ("fedmia.datasets", "fedmia.models", "fedmia.defenses", "fedmia.partitioners")
 
 
 def plugin_manifest(scenario: Scenario) -> dict[str, list[str]]:
@@ -74,6 +77,21 @@ def refusal_in(message: str) -> str | None:
     return line.rstrip("'\">) ").strip()
 
 
+def failure_texts(failures) -> list[str]:
+    """Each failure of a round as text: an exception (simulation) or the error a client's reply
+    carries (deployment)."""
+    return [str(f if isinstance(f, BaseException) else f[1].status.message) for f in failures]
+
+
+def stop_if_refused(server_round: int, messages: list[str]) -> None:
+    """Raise PluginMissing when a client of this round refused for want of a plug-in: a client
+    that would train without a named defense stops the run, naming it. `messages` whole: the
+    refusal starts the client's message, which a long list of missing plug-ins makes long."""
+    refused = [r for r in map(refusal_in, messages) if r]
+    if refused:
+        raise PluginMissing(f"round {server_round}: {refused[0]}")
+
+
 def where() -> str:
     """This process, as a refusal names it: its host and pid (a client adds its site or partition)."""
     import os
@@ -87,16 +105,9 @@ def plugin_parameters(group: str, name: str) -> tuple[str, str, list[tuple[str, 
     `fedmia describe` shows; imports the plug-in's module."""
     import inspect
 
-    from fedmia.registry import _REGISTRIES
+    from fedmia.registry import family
 
-    registry = _REGISTRIES.get(group)
-    if registry is None:  # the family's registry lives in its package: import it
-        import importlib
-
-        importlib.import_module({"fedmia.datasets": "fedmia.data.datasets", "fedmia.models": "fedmia.models",
-                                 "fedmia.attacks": "fedmia.attacks",
-                                 "fedmia.defenses": "fedmia.defenses", "fedmia.strategies": "strategies"}[group])
-        registry = _REGISTRIES[group]
+    registry = family(group).registry()
     entry = registry.get(name)
     target = getattr(entry, "cls", entry)
     params = getattr(entry, "params_model", None) or getattr(target, "Params", None)

@@ -17,7 +17,9 @@ scenario names it (`get`). fedmia's own plug-ins are registered the same way, in
 from __future__ import annotations
 
 import functools
+import importlib
 import types
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Callable, Generic, TypeVar
 
@@ -66,6 +68,38 @@ def offered(group: str) -> list[str]:
     this process by an import (a notebook's, a test's) — without importing any plug-in module."""
     registry = _REGISTRIES.get(group)
     return registry.names() if registry is not None else sorted(entry_points_of(group))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family of plug-ins: its entry-point group, what one is called, and the module that
+    holds its registry (imported only when the registry itself is needed)."""
+
+    group: str
+    kind: str
+    title: str
+    home: str
+
+    def registry(self) -> "Registry":
+        if self.group not in _REGISTRIES:
+            importlib.import_module(self.home)
+        return _REGISTRIES[self.group]
+
+
+FAMILIES = (
+    Family("fedmia.datasets", "dataset", "datasets", "fedmia.data.datasets"),
+    Family("fedmia.partitioners", "partitioner", "partitioners", "fedmia.data.partition"),
+    Family("fedmia.models", "model family", "model families", "fedmia.models"),
+    Family("fedmia.strategies", "server strategy", "strategies", "strategies"),
+    Family("fedmia.attacks", "attack", "attacks", "fedmia.attacks"),
+    Family("fedmia.defenses", "defense", "defenses", "fedmia.defenses"),
+    Family("fedmia.ood_sets", "OOD set", "OOD sets", "fedmia.data.ood"),
+    Family("fedmia.threat_models", "threat model", "threat models", "fedmia.threat_models"),
+)
+
+
+def family(group: str) -> Family:
+    return next(f for f in FAMILIES if f.group == group)
 
 
 class Registry(Generic[T]):

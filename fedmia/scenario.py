@@ -37,8 +37,8 @@ class Strict(BaseModel):
 
 
 class PartitionSpec(Strict):
-    kind: Literal["iid", "dirichlet"] = Field("iid", description="iid: members shuffled and split evenly; "
-                                              "dirichlet: label-skewed, each class split ~ Dir(alpha)")
+    kind: str = Field("iid", description="a partitioner (`fedmia list`): iid, members shuffled and split evenly; "
+                      "dirichlet, label-skewed, each class split ~ Dir(alpha)")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = skewed")
 
 
@@ -211,9 +211,9 @@ class EvaluationSpec(Strict):
     )
     targets: TargetSpec = Field(default_factory=TargetSpec, description="how many member and non-member targets "
                                 "the attacks score")
-    ood: list[Literal["heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes"]] = Field(
+    ood: list[str] = Field(
         default_factory=lambda: ["heldout", "noise", "other-dataset", "scaled", "permuted", "optimised-fakes"],
-        description="non-member sets whose false-positive rate is reported ([] to skip)",
+        description="non-member sets whose false-positive rate is reported (OOD sets, `fedmia list`; [] to skip)",
     )
     ood_count: int = Field(100, ge=1, description="records per out-of-distribution set")
     ood_steps: int = Field(40, ge=1, le=1000, description="gradient steps per batch of optimised fakes "

@@ -241,15 +241,16 @@ def load_scenario(path: str | Path) -> Scenario:
     return parse_scenario(read_yaml(path), str(path))
 
 
-def scenario_from_run_config(run_config) -> Scenario:
+def scenario_from_run_config(run_config, client: bool = False) -> Scenario:
     """The scenario of a `flwr run`: sent whole (`scenario-b64`, by `fedmia deploy`), else the
-    file at `scenario`, read where the app runs."""
+    file at `scenario`, read where the app runs (`client`: by a ClientApp, which refuses what it
+    cannot resolve)."""
     import base64
 
     encoded = str(run_config.get("scenario-b64", "") or "")
     if encoded:
         return scenario_from_canonical(base64.b64decode(encoded).decode("utf-8"))
-    return load_scenario(str(run_config["scenario"]))
+    return (client_scenario_file if client else load_scenario)(str(run_config["scenario"]))
 
 
 def encode_for_run_config(scenario: Scenario) -> str:
@@ -264,7 +265,32 @@ def scenario_from_canonical(canonical: str) -> Scenario:
     whole `plugin_problems`: that imports every attack and strategy (scipy, scikit-learn,
     matplotlib) and builds a probe model — ~1.3 s in each Ray worker's start, before its first fit."""
     scenario = Scenario.model_validate_json(canonical)
-    problems = defense_block_problems(scenario)
-    if problems:  # a defense this process cannot resolve is never dropped: the client would train without it
-        raise PluginMissing(f"{where()} {MARK}: " + "; ".join(f"{key}: {what}" for key, what in problems))
+    refuse_missing(client_name_problems(scenario))
+    # a defense this process cannot resolve is never dropped: the client would train without it
+    refuse_missing(defense_block_problems(scenario))
     return scenario
+
+
+def client_name_problems(scenario: Scenario) -> list[tuple[str, str]]:
+    """Names of the plug-ins a client runs (dataset, partitioner, model family, defenses) that
+    this process's packages do not offer (metadata only)."""
+    from fedmia.plugins import CLIENT_GROUPS
+    from fedmia.registry import UnknownNameError, offered
+
+    return [(where_, str(UnknownNameError(kind, name, offered(group))))
+            for where_, group, kind, name in named_plugins(scenario)
+            if group in CLIENT_GROUPS and name not in offered(group)]
+
+
+def refuse_missing(problems: list[tuple[str, str]]) -> None:
+    """A client's refusal: PluginMissing naming every plug-in this process lacks."""
+    if problems:
+        raise PluginMissing(f"{where()} {MARK}: " + "; ".join(f"{key}: {what}" for key, what in problems))
+
+
+def client_scenario_file(path: str | Path) -> Scenario:
+    """A `flwr run` of a file, read by a client: a plug-in the file names that this process
+    lacks is a refusal (the server resolved it), not a scenario error."""
+    scenario = parse_schema(read_yaml(path), str(path))
+    refuse_missing(client_name_problems(scenario))
+    return validate(scenario, str(path))

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from fedmia.transcript import Reply, RoundView, Transcript
 from fedmia.data.knowledge import AdversaryKnowledge, adversary_knowledge
 from fedmia.defenses import active
-from fedmia.plugins import PluginMissing, plugin_manifest, refusal_in
+from fedmia.plugins import failure_texts, plugin_manifest, stop_if_refused
 from strategies import register_strategy
 
 
@@ -146,11 +146,9 @@ class ObservingFedAvg(FedAvg):
         view.failures = len(failures)
         if failures:
             # the end of a Ray error says what the client raised; its start is boilerplate
-            view.failure_messages = [str(f if isinstance(f, BaseException) else f[1].status.message)[-400:]
-                                      for f in failures]
-            refused = [r for r in map(refusal_in, view.failure_messages) if r]
-            if refused:  # a client that would train without a named defense: stop the run, naming it
-                raise PluginMissing(f"round {server_round}: {refused[0]}")
+            messages = failure_texts(failures)
+            view.failure_messages = [m[-400:] for m in messages]
+            stop_if_refused(server_round, messages)
         if not results:
             self.end_round(view)
             return None, {}

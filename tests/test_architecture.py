@@ -33,11 +33,16 @@ def plugins(example_plugins):
 
     for registry, name in ((ATTACKS, "example-median-pixel-loss"), (DATASETS, "example-squares"),
                            (DEFENSES, "example-flip"), (strategies.STRATEGIES, "example-scaled-broadcast")):
-        assert name in registry.names() and registry.package(name) == ("fedmia-example-plugins", "0.2.0")
+        assert name in registry.names() and registry.package(name) == ("fedmia-example-plugins", "0.3.0")
+    from fedmia.data.ood import OOD_SETS
+    from fedmia.data.partition import PARTITIONERS
+
+    for registry, name in ((OOD_SETS, "example-inverted"), (PARTITIONERS, "example-round-robin")):
+        assert name in registry.names() and registry.package(name) == ("fedmia-example-plugins", "0.3.0")
     return {name: importlib.import_module(f"fedmia_example.{name}") for name in ("attack", "strategy", "dataset", "defense")}
 
 
-def test_a_new_attack_strategy_dataset_and_defense_are_one_file_each(plugins, tmp_path):
+def test_a_new_attack_strategy_dataset_defense_partitioner_and_ood_set_are_one_file_each(plugins, tmp_path):
     from fedmia.data.plan import build_plan
     from fedmia.local import client_recipe, local_training
     from fedmia.models import get_weights, scenario_model
@@ -48,13 +53,18 @@ def test_a_new_attack_strategy_dataset_and_defense_are_one_file_each(plugins, tm
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(deep_update(TINY, {
-        "data": {"dataset": "example-squares", "options": {}},
+        "data": {"dataset": "example-squares", "options": {}, "partition": {"kind": "example-round-robin"}},
         "server": {"strategy": "example-scaled-broadcast", "factor": 0.5},
         "defenses": {"example-flip": {"probability": 1.0}},
         "attacks": ["loss", "example-median-pixel-loss"]})))
     scenario = load_scenario(path)
     plan = build_plan(scenario)
-    assert plan.info.name == "example-squares" and len(plan.clients) == 2
+    assert plan.info.name == "example-squares" and [len(c) for c in plan.clients] == [6, 6]  # round robin
+    from fedmia.data.ood import make_ood_set
+
+    inverted = make_ood_set("example-inverted", plan.heldout, plan.info, count=3, seed=0)
+    assert list(inverted.ids) == ["ood-example-inverted:00000", "ood-example-inverted:00001", "ood-example-inverted:00002"]
+    assert inverted.images.shape[1:] == plan.heldout.images.shape[1:] and inverted.images.min() >= 0
     strategy = make_strategy(scenario)
     assert type(strategy).strategy_name == "example-scaled-broadcast" and strategy.params.factor == 0.5
     model = scenario_model(scenario, plan.info, seed=0)

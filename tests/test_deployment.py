@@ -117,6 +117,41 @@ def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its
     assert sorted((r["metrics"]["partition-id"], r["num_examples"]) for r in replies) == [(0, 8), (1, 8), (2, 8)]
 
 
+def test_a_users_plug_ins_run_on_loopback_and_a_supernode_without_them_stops_the_run(
+        example_plugins, write_scenario, tmp_path, stops_its_processes, monkeypatch):
+    """The example package (dataset, partitioner, strategy, defense, attack, OOD set) through
+    the deployment engine; then site 1's SuperNode is replaced by one whose machine lacks the
+    package: its ClientApp refuses, naming the defense and the site, and the server fails the
+    run with that line — no client trains without the defense, and the folder never reads as
+    finished."""
+    import os
+
+    from fedmia.runfolder import state
+    from test_plugins import EXAMPLE
+
+    without = os.environ.get("PYTHONPATH", "")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(example_plugins), without) if p))
+    scenario = write_scenario(EXAMPLE)
+    with local_deployment(2, tmp_path / "deploy") as deployment:
+        result = deployment.run(scenario, tmp_path / "with", timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        site_1 = deployment.processes[2]
+        site_1.terminate()  # SIGTERM: the SuperNode signs off from the SuperLink
+        site_1.wait(timeout=60)
+        bare = {**deployment.env, "PYTHONPATH": without}
+        deployment.spawn_supernode(1, log="supernode-1-without.log", env=bare)
+        refused = deployment.run(scenario, tmp_path / "without", timeout=300)
+        started = [p.pid for p in deployment.processes]
+    assert not [pid for pid in started if alive(pid)]
+    metrics = json.loads((tmp_path / "with" / "metrics.json").read_text())
+    assert metrics["setup"]["defenses"] == "flip (p 1.0)" and metrics["ood_sets"] == {"heldout": 4, "example-inverted": 4}
+    assert set(metrics["attacks"]) == {"loss", "example-median-pixel-loss"}
+    said = refused.stdout + refused.stderr
+    assert "cannot resolve the plug-ins the scenario names" in said and "example-flip" in said, said[-3000:]
+    assert "site/partition 1" in said
+    assert state(tmp_path / "without") != "finished"
+
+
 def test_compose_file_matches_the_tested_loopback_setup(tmp_path):
     """No Docker engine here: the compose file uses Flower's images of the installed version and
     the flags of the loopback deployment tested above (TLS, SuperNode authentication, one node

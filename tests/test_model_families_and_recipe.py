@@ -167,7 +167,7 @@ def test_a_plug_in_family_trains_in_a_real_run_and_trap_weights_refuses_it(
     from fedmia.models import MODEL_FAMILIES
     from fedmia.runner import run_scenario
 
-    assert MODEL_FAMILIES.package("example-tiny-unet") == ("fedmia-example-plugins", "0.2.0")
+    assert MODEL_FAMILIES.package("example-tiny-unet") == ("fedmia-example-plugins", "0.3.0")
     scenario = load_scenario(write_scenario(TINY_UNET))
     metrics = run_scenario(scenario, tmp_path / "run")
     assert 0 <= metrics["utility"]["dice"] <= 1 and 0 <= metrics["attacks"]["loss"]["auc"] <= 1

@@ -16,8 +16,17 @@ import pytest
 
 from conftest import REPO
 
-FAMILIES = {"fedmia.attacks": "fedmia.attacks", "fedmia.defenses": "fedmia.defenses",
-            "fedmia.strategies": "strategies", "fedmia.datasets": "fedmia.data"}
+# each family's group → the modules (packages: every module in them) where fedmia's own live
+FAMILIES = {"fedmia.attacks": ["fedmia.attacks"], "fedmia.defenses": ["fedmia.defenses"],
+            "fedmia.strategies": ["strategies"], "fedmia.datasets": ["fedmia.data"],
+            "fedmia.partitioners": ["fedmia.data"], "fedmia.models": ["fedmia.models"],
+            "fedmia.ood_sets": ["fedmia.data", "fedmia.evaluation"], "fedmia.threat_models": ["fedmia.threat_models"]}
+
+
+def test_every_family_is_tested():
+    from fedmia.registry import FAMILIES as DECLARED
+
+    assert {f.group for f in DECLARED} == set(FAMILIES)
 
 
 @pytest.mark.parametrize("group", list(FAMILIES))
@@ -26,9 +35,13 @@ def test_every_built_in_plug_in_is_an_entry_point_of_fedmia(group):
     fedmia's metadata offers in the group (nothing registered by an import line only)."""
     from fedmia.registry import _REGISTRIES
 
-    package = importlib.import_module(FAMILIES[group])
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
+    from fedmia.registry import FAMILIES as DECLARED
+
+    assert group in {f.group for f in DECLARED}
+    for home in FAMILIES[group]:
+        package = importlib.import_module(home)
+        for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
+            importlib.import_module(f"{package.__name__}.{module.name}")
     registered = {name for name, entry in _REGISTRIES[group]._entries.items()
                   if getattr(entry, "cls", entry).__module__.startswith(("fedmia.", "strategies."))}
     ours = {point.name for point in entry_points(group=group) if point.dist.metadata["Name"] == "fedmia"}
@@ -85,12 +98,13 @@ def test_list_shows_each_plug_in_with_its_package(example_plugins):
                             cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())
-    assert "example-median-pixel-loss (fedmia-example-plugins 0.2.0)" in text
+    assert "example-median-pixel-loss (fedmia-example-plugins 0.3.0)" in text
     assert "trap-weights, update-gradient, update-loss-drop (fedmia 0.1.0)" in text
-    assert "example-coarse-scores, example-flip (fedmia-example-plugins 0.2.0)" in text
+    assert "example-coarse-scores, example-flip (fedmia-example-plugins 0.3.0)" in text
 
 
-EXAMPLE = {"data": {"dataset": "example-squares", "options": {}},
+EXAMPLE = {"data": {"dataset": "example-squares", "options": {}, "partition": {"kind": "example-round-robin"}},
+           "evaluation": {"ood": ["heldout", "example-inverted"], "ood_count": 4},
            "server": {"strategy": "example-scaled-broadcast", "factor": 1.0},
            "defenses": {"example-flip": {"probability": 1.0}},
            "attacks": ["loss", "example-median-pixel-loss"]}
@@ -112,11 +126,13 @@ def test_a_users_own_package_runs_through_ray_and_a_worker_without_it_stops_the_
     metrics = run_scenario(scenario, tmp_path / "with")
     assert metrics["setup"]["defenses"] == "flip (p 1.0)"
     assert set(metrics["attacks"]) == {"loss", "example-median-pixel-loss"}
+    assert metrics["ood_sets"] == {"heldout": 4, "example-inverted": 4}
     assert Transcript.load(tmp_path / "with" / "transcript").rounds[0].notes.attacked == "example-scaled-broadcast"
     assert json.loads(Transcript.load(tmp_path / "with" / "transcript").rounds[0].config.popitem()[1]["plugins"]) == {
-        "fedmia.datasets/example-squares": ["fedmia-example-plugins", "0.2.0"],
+        "fedmia.datasets/example-squares": ["fedmia-example-plugins", "0.3.0"],
         "fedmia.models/smp": ["fedmia", "0.1.0"],
-        "fedmia.defenses/example-flip": ["fedmia-example-plugins", "0.2.0"]}
+        "fedmia.defenses/example-flip": ["fedmia-example-plugins", "0.3.0"],
+        "fedmia.partitioners/example-round-robin": ["fedmia-example-plugins", "0.3.0"]}
 
     import os
 

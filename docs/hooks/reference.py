@@ -316,10 +316,14 @@ def registered() -> dict[str, dict[str, Any]]:
     import strategies
     from fedmia.attacks import ATTACKS
     from fedmia.data.datasets import DATASETS
+    from fedmia.data.ood import OOD_SETS
+    from fedmia.data.partition import PARTITIONERS
     from fedmia.defenses import DEFENSES
 
     return {
         "datasets": {name: DATASETS.get(name) for name in DATASETS.names()},
+        "partitioners": {name: PARTITIONERS.get(name) for name in PARTITIONERS.names()},
+        "ood sets": {name: OOD_SETS.get(name) for name in OOD_SETS.names()},
         "attacks": {name: ATTACKS.get(name) for name in ATTACKS.names()},
         "defenses": {name: DEFENSES.get(name) for name in DEFENSES.names()},
         "strategies": {name: strategies.STRATEGIES.get(name) for name in strategies.STRATEGIES.names()},
@@ -330,9 +334,12 @@ def _registries() -> dict[str, Any]:
     import strategies
     from fedmia.attacks import ATTACKS
     from fedmia.data.datasets import DATASETS
+    from fedmia.data.ood import OOD_SETS
+    from fedmia.data.partition import PARTITIONERS
     from fedmia.defenses import DEFENSES
 
-    return {"datasets": DATASETS, "attacks": ATTACKS, "defenses": DEFENSES, "strategies": strategies.STRATEGIES}
+    return {"datasets": DATASETS, "attacks": ATTACKS, "defenses": DEFENSES, "strategies": strategies.STRATEGIES,
+            "partitioners": PARTITIONERS, "ood sets": OOD_SETS}
 
 
 def _package_line(family: str, name: str) -> list[str]:
@@ -372,6 +379,10 @@ def plugins_markdown() -> str:
             lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in defaults.items()]
             lines.append("")
 
+    lines += ["## Partitioners", "", "Named by `data.partition.kind`.", ""]
+    for name, fn in plugins["partitioners"].items():
+        lines += [f"### `{name}`", "", *_package_line("partitioners", name), _doc(fn), ""]
+
     lines += ["## Attacks", "", "Named in `attacks:` (`- NAME`, or `- {name: NAME, label: ..., PARAM: ...}`).", ""]
     for name, cls in plugins["attacks"].items():
         access = getattr(cls, "access", "black-box")
@@ -387,6 +398,10 @@ def plugins_markdown() -> str:
                 f"`{other}` ({_cell(why)})" for other, why in conflicts.items()) + "."]
         lines += ["", *_package_line("defenses", name), _doc(cls), ""]
         lines += _params_table(cls.Params)
+
+    lines += ["## OOD sets", "", "Named in `evaluation.ood` (`[]` for none); `evaluation.ood_count` records each.", ""]
+    for name, fn in plugins["ood sets"].items():
+        lines += [f"### `{name}`", "", *_package_line("ood sets", name), _doc(fn), ""]
 
     lines += ["## Strategies", "", "Named by `server.strategy`; parameters are the other keys of `server:`.", ""]
     for name, entry in plugins["strategies"].items():

@@ -1,13 +1,18 @@
-"""Out-of-distribution non-member sets, to measure how often an attack flags strangers as members.
+"""Non-member sets whose false-positive rate the evaluator reports: held-out records and sets
+far from the data, to measure how often an attack flags strangers as members.
 
-Every kind returns Records shaped like the reference (same channels and size) with ids
-f"ood-{kind}:{i:05d}". Masks stay meaningful where the kind allows, so loss-based attacks can
-still score them.
+A set is a plug-in of the `fedmia.ood_sets` entry-point group (`evaluation.ood` names them): one
+function registered with `@register_ood_set(name)` that turns an `OODRequest` into
+`(images, masks)` shaped like the reference (same channels and size), or into whole `Records`
+(a set of real records keeps their ids). Masks stay meaningful where the kind allows, so
+loss-based attacks can still score them. The evaluator names no set: it asks for each one the
+scenario lists.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -15,22 +20,51 @@ from fedmia.data.datasets import load_dataset, resize_images, resize_masks
 from fedmia.data.records import DatasetInfo, Records, make_ids
 from fedmia.registry import Registry
 
-OOD_KINDS = ("noise", "other-dataset", "scaled", "permuted")
 SCALE_FACTOR = 3.0  # `scaled`: brightness blown up until most structure saturates
 
-# A maker: (reference, info, count, rng, seed) -> (images, masks).
-Maker = Callable[[Records, DatasetInfo, int, np.random.Generator, int], "tuple[np.ndarray, np.ndarray]"]
-_MAKERS: Registry[Maker] = Registry("ood kind")
+
+@dataclass(frozen=True)
+class OODRequest:
+    """What a set is made from. `reference`: the held-out records (never trained on);
+    `spare`: those of them that are not targets; `model`/`device`: the served model, for sets
+    made against it (None where the caller has none); `steps`: `evaluation.ood_steps`."""
+
+    reference: Records
+    info: DatasetInfo
+    count: int
+    seed: int
+    rng: np.random.Generator
+    spare: Records | None = None
+    model: Any = None
+    device: Any = None
+    steps: int = 40
 
 
-def make_ood_set(kind: str, reference: Records, info: DatasetInfo, *, count: int, seed: int) -> Records:
-    maker = _MAKERS.get(kind)
+# A maker: OODRequest -> (images, masks) or Records.
+Maker = Callable[[OODRequest], "tuple[np.ndarray, np.ndarray] | Records"]
+OOD_SETS: Registry[Maker] = Registry("OOD set", "fedmia.ood_sets")
+register_ood_set = OOD_SETS.register
+
+
+def make_ood_set(kind: str, reference: Records, info: DatasetInfo, *, count: int, seed: int,
+                 spare: Records | None = None, model: Any = None, device: Any = None, steps: int = 40) -> Records:
+    """The set `kind` (`count` records shaped like `reference`), ids f"ood-{kind}:{i:05d}" unless
+    the set is made of real records."""
+    maker = OOD_SETS.get(kind)
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"ood: count must be an integer >= 1, found {count!r}")
     if len(reference) == 0:
         raise ValueError("ood: the reference records are empty")
-    images, masks = maker(reference, info, int(count), np.random.default_rng(seed), seed)
-    return Records(images, masks, make_ids(f"ood-{kind}", int(count)))
+    request = OODRequest(reference, info, int(count), seed, np.random.default_rng(seed),
+                         spare if spare is not None else reference, model, device, steps)
+    made = maker(request)
+    if isinstance(made, Records):
+        return made
+    images, masks = made
+    if images.shape[1:] != reference.images.shape[1:]:
+        raise RuntimeError(f"OOD set {kind!r} made images of shape {images.shape[1:]}, "
+                           f"expected {reference.images.shape[1:]} like the reference")
+    return Records(images, masks, make_ids(f"ood-{kind}", len(images)))
 
 
 def _pick(reference: Records, count: int, rng: np.random.Generator) -> Records:
@@ -39,16 +73,26 @@ def _pick(reference: Records, count: int, rng: np.random.Generator) -> Records:
     return reference.subset(rng.choice(len(reference), size=count, replace=replace))
 
 
-@_MAKERS.register("noise")
-def _noise(reference: Records, info: DatasetInfo, count: int, rng: np.random.Generator, seed: int):
-    _, c, h, w = reference.images.shape
+@register_ood_set("heldout")
+def _heldout(request: OODRequest) -> Records:
+    """In-distribution non-members that are not targets: the reference row of the table."""
+    return request.spare.subset(np.arange(min(request.count, len(request.spare))))
+
+
+@register_ood_set("noise")
+def _noise(request: OODRequest):
+    """Uniform noise images with all-background masks."""
+    rng, count = request.rng, request.count
+    _, c, h, w = request.reference.images.shape
     images = rng.random((count, c, h, w), dtype=np.float32)
     return images, np.zeros((count, h, w), dtype=np.int64)  # noise holds no object: all background
 
 
-@_MAKERS.register("other-dataset")
-def _other_dataset(reference: Records, info: DatasetInfo, count: int, rng: np.random.Generator, seed: int):
-    _, c, h, w = reference.images.shape
+@register_ood_set("other-dataset")
+def _other_dataset(request: OODRequest):
+    """Records of another procedural dataset (shapes, or digits-scenes for shapes), resized."""
+    info, count, seed = request.info, request.count, request.seed
+    _, c, h, w = request.reference.images.shape
     other_name = "digits-scenes" if info.name == "shapes" else "shapes"
     # Procedural datasets need at least 16 px; generate at least that, then resize to the reference.
     other, _ = load_dataset(other_name, records=count, image_size=max(16, h, w), seed=seed)
@@ -60,15 +104,18 @@ def _other_dataset(reference: Records, info: DatasetInfo, count: int, rng: np.ra
     return images, np.minimum(masks, info.num_classes - 1)
 
 
-@_MAKERS.register("scaled")
-def _scaled(reference: Records, info: DatasetInfo, count: int, rng: np.random.Generator, seed: int):
-    picked = _pick(reference, count, rng)
+@register_ood_set("scaled")
+def _scaled(request: OODRequest):
+    """Held-out records with their brightness multiplied by 3, clipped to [0, 1]."""
+    picked = _pick(request.reference, request.count, request.rng)
     return np.clip(picked.images * SCALE_FACTOR, 0.0, 1.0), picked.masks.copy()
 
 
-@_MAKERS.register("permuted")
-def _permuted(reference: Records, info: DatasetInfo, count: int, rng: np.random.Generator, seed: int):
-    picked = _pick(reference, count, rng)
+@register_ood_set("permuted")
+def _permuted(request: OODRequest):
+    """Held-out records with their pixels (and mask) shuffled: same histogram, no structure."""
+    rng = request.rng
+    picked = _pick(request.reference, request.count, rng)
     n, c, h, w = picked.images.shape
     images = picked.images.reshape(n, c, h * w).copy()
     masks = picked.masks.reshape(n, h * w).copy()
@@ -79,5 +126,3 @@ def _permuted(reference: Records, info: DatasetInfo, count: int, rng: np.random.
         masks[i] = masks[i][order]
     return images.reshape(n, c, h, w), masks.reshape(n, h, w)
 
-
-assert tuple(sorted(OOD_KINDS)) == tuple(_MAKERS.names()), "OOD_KINDS and the registered makers disagree"

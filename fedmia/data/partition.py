@@ -1,4 +1,8 @@
-"""Split record indices among federated clients: evenly (`iid`) or label-skewed (`dirichlet`)."""
+"""Split record indices among federated clients: evenly (`iid`) or label-skewed (`dirichlet`).
+
+A partitioner is a plug-in of the `fedmia.partitioners` entry-point group
+(`data.partition.kind` names it): one function registered with `@register_partitioner(name)`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from fedmia.registry import Registry
 # A partitioner: (labels, num_clients, rng, alpha, min_per_client) -> one index array per client.
 Partitioner = Callable[[np.ndarray, int, np.random.Generator, float, int], "list[np.ndarray]"]
 
-PARTITIONERS: Registry[Partitioner] = Registry("partition")
+PARTITIONERS: Registry[Partitioner] = Registry("partitioner", "fedmia.partitioners")
+register_partitioner = PARTITIONERS.register
 
 DIRICHLET_ATTEMPTS = 100
 
@@ -49,19 +54,21 @@ def partition(
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-@PARTITIONERS.register("iid")
+@register_partitioner("iid")
 def _iid(
     labels: np.ndarray, num_clients: int, rng: np.random.Generator, alpha: float, min_per_client: int
 ) -> list[np.ndarray]:
+    """Members shuffled and split evenly."""
     # Sizes differ by at most one, so min_per_client holds given the check in `partition`.
     return np.array_split(rng.permutation(len(labels)), num_clients)
 
 
-@PARTITIONERS.register("dirichlet")
+@register_partitioner("dirichlet")
 def _dirichlet(
     labels: np.ndarray, num_clients: int, rng: np.random.Generator, alpha: float, min_per_client: int
 ) -> list[np.ndarray]:
-    """Each class's records go to clients in proportions ~ Dir(alpha): small alpha, strong skew."""
+    """Each class's records go to clients in proportions ~ Dir(alpha) (`data.partition.alpha`):
+    small alpha, strong skew."""
     if not alpha > 0:
         raise ValueError(f"partition: dirichlet alpha must be > 0, found {alpha!r}")
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]

@@ -164,6 +164,8 @@ def _released(wrapper: type) -> type:
         def aggregate_fit(self, server_round, results, failures):
             from flwr.common import parameters_to_ndarrays
 
+            from fedmia.plugins import failure_texts, stop_if_refused
+
             parameters, metrics = super().aggregate_fit(server_round, results, failures)
             view = self.strategy.current_view
             if parameters is not None:
@@ -172,8 +174,9 @@ def _released(wrapper: type) -> type:
                     view.state.clipping_norm = float(self.clipping_norm)
             elif failures and not view.failures:  # Flower's wrapper refuses a round with any failure
                 view.failures = len(failures)
-                view.failure_messages = [str(f if isinstance(f, BaseException) else f[1].status.message)[-400:]
-                                         for f in failures]
+                messages = failure_texts(failures)
+                view.failure_messages = [m[-400:] for m in messages]
+                stop_if_refused(server_round, messages)
             self.strategy.end_round(view)
             return parameters, metrics
 
