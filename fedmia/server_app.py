@@ -98,6 +98,8 @@ def run_federation(grid, context: Context, scenario: Scenario,
             wait_for_clients(grid, scenario)
             legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)
             DefaultWorkflow(fit_workflow=fit_workflow(scenario))(grid, legacy)
+        for view in strategy.transcript.rounds:  # one whose federated evaluation never came
+            strategy.end_round(view, evaluated=True)
     return strategy.transcript
 
 

@@ -141,6 +141,9 @@ class RoundView(_Released):
     failures: int = 0
     failure_messages: list[str] = field(default_factory=list)  # the end of each client's error
     round_s: float | None = None  # wall time of the round on the server
+    # the clients' own evaluation of the round's model (federation.federated_evaluation): loss,
+    # dice, miou, clients, failures
+    federated_evaluation: dict | None = None
     notes: AttackNotes = field(default_factory=AttackNotes)
     state: ResumeState = field(default_factory=ResumeState)
 
@@ -236,6 +239,7 @@ class Transcript:
                                    "config": {str(k): v for k, v in view.config.items()},
                                    "replies": replies, "failures": view.failures,
                                    "failure_messages": view.failure_messages, "round_s": view.round_s,
+                                   "federated_evaluation": view.federated_evaluation,
                                    "notes": view.notes.to_json(), "state": view.state.to_json(),
                                    "has_aggregate": view.aggregate is not None}
         previous = {}
@@ -259,6 +263,7 @@ class Transcript:
         for entry in index["rounds"]:
             view = RoundView(entry["round"], failures=entry["failures"],
                              failure_messages=entry.get("failure_messages", []), round_s=entry.get("round_s"),
+                             federated_evaluation=entry.get("federated_evaluation"),
                              notes=AttackNotes.from_json(entry.get("notes", {})),
                              state=ResumeState(**entry.get("state", {})))
             view.config = {int(node): cfg for node, cfg in entry["config"].items()}

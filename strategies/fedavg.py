@@ -177,13 +177,27 @@ class ObservingFedAvg(FedAvg):
             self.end_round(view)
         return ndarrays_to_parameters(new_global), metrics
 
-    def end_round(self, view: RoundView) -> None:
-        """The round is final (checkpoint, progress): once per round, failed ones too."""
+    def end_round(self, view: RoundView, evaluated: bool = False) -> None:
+        """The round is final (checkpoint, progress): once per round, failed ones too. With
+        federated evaluation a round with a new model ends after its evaluation (`evaluated`)."""
         if view.round in self._ended_rounds:
             return
+        if self.scenario.federation.federated_evaluation != "off" and view.aggregate is not None and not evaluated:
+            return  # aggregate_evaluate ends it, with the clients' figures in its view
         self._ended_rounds.add(view.round)
         if self.on_round_end is not None:
             self.on_round_end(view)
+
+    def aggregate_evaluate(self, server_round: int, results, failures):
+        """Federated evaluation (`federation.federated_evaluation`): the clients' example-weighted
+        loss, Dice and mIoU of the round's global model on their own records, kept in the round's
+        view (and so in the transcript and metrics.json's utility rounds)."""
+        loss, metrics = super().aggregate_evaluate(server_round, results, failures)
+        view = self._view(server_round + self.round_offset)
+        view.federated_evaluation = {"loss": loss, **{k: metrics[k] for k in ("dice", "miou") if k in metrics},
+                                     "clients": len(results), "failures": len(failures)}
+        self.end_round(view, evaluated=True)
+        return loss, metrics
 
     def next_global(self, server_round: int, started_from, mean_update):
         """FedAvg: where the clients started plus their example-weighted mean update (with one

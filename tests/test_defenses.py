@@ -143,8 +143,12 @@ def test_local_dp_run_reports_epsilon_per_client(write_scenario, tmp_path, stops
 
 
 def test_central_dp_noises_the_released_model(write_scenario, tmp_path, stops_its_processes):
+    """Central DP with adaptive clipping (Flower's wrapper; fixed clipping is the same wrapper
+    without the norm's update): the released model is noised, and the clipping norm — state a
+    resumed run must continue from — is kept per round and picked up by a resumed strategy."""
     scenario = load_scenario(write_scenario(_with(
-        defenses={"dp": {"mode": "central", "noise_multiplier": 1.0, "clipping_norm": 0.5}})))
+        defenses={"dp": {"mode": "central", "noise_multiplier": 1.0, "clipping_norm": 0.5, "clipping": "adaptive",
+                         "clipped_count_stddev": 1.0}})))
     metrics = run_scenario(scenario, tmp_path / "run")
     privacy = metrics["privacy"]
     assert privacy["mode"] == "central" and math.isfinite(privacy["epsilon"])
@@ -156,6 +160,14 @@ def test_central_dp_noises_the_released_model(write_scenario, tmp_path, stops_it
     update = [a - s for a, s in zip(last.aggregate, sent)]
     mean_reply_update = last.observed_update  # what the clipped replies averaged to, before noise
     assert not all(np.allclose(a, b) for a, b in zip(update, mean_reply_update))
+
+    from fedmia.server_app import make_strategy
+
+    saved = Transcript.load(tmp_path / "run" / "transcript")
+    norms = [view.state.clipping_norm for view in saved.rounds]
+    assert all(n is not None and n > 0 for n in norms) and norms[0] != 0.5  # adapted after round 1
+    saved.rounds = saved.rounds[:1]  # as if killed after round 1: the resumed wrapper starts from its norm
+    assert make_strategy(scenario, resume_from=saved).clipping_norm == norms[0]
 
 
 def test_secagg_matches_plain_training_and_survives_a_dropout(write_scenario, tmp_path, stops_its_processes):

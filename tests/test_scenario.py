@@ -66,6 +66,8 @@ def test_defaults_are_filled_in(write_scenario):
          "defenses.dp.sigma", "unknown key"),
         ({"defenses": {"dp": {"mode": "central", "noise_multiplier": 1.0, "engine": "torch.func"}}}, None,
          "defenses.dp.engine", "expected auto in central mode"),
+        ({"defenses": {"dp": {"mode": "central", "noise_multiplier": 1.0, "clipping": "adaptive"}}}, None,
+         "defenses.dp.clipped_count_stddev", "needs a clipped-count noise std above 0.5; found 0.1"),
         ({"model": {"arch": "Linknet", "encoder_depth": 5}, "data": {"image_size": 32},
           "defenses": {"dp": {"mode": "local", "noise_multiplier": 1.0, "engine": "bookkeeping"}}}, None,
          "defenses.dp.engine", "ConvTranspose2d"),

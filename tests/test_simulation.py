@@ -42,16 +42,24 @@ def check_run_folder(folder: Path, scenario) -> dict:
 def test_ray_simulation_two_clients_records_a_transcript(write_scenario, tmp_path, stops_its_processes):
     # keep_transcript: final over two rounds (with one round it would equal `all`): the update
     # attack reads every round's replies, then the run folder keeps only the last round's
-    scenario = load_scenario(write_scenario({"federation": {"rounds": 2}, "runtime": {"keep_transcript": "final"},
+    # federated_evaluation: sampled — the clients' own figures of each round's model are recorded
+    scenario = load_scenario(write_scenario({"federation": {"rounds": 2, "federated_evaluation": "sampled"},
+                                             "runtime": {"keep_transcript": "final"},
                                              "attacks": ["loss", "entropy", "update-loss-drop"]}))
     metrics = run_scenario(scenario, tmp_path / "run")
     check_run_folder(tmp_path / "run", scenario)
     assert metrics["utility"]["rounds"][-1]["clients"] == 2
+    for row in metrics["utility"]["rounds"]:
+        federated = row["federated"]
+        assert federated["clients"] == 2 and federated["failures"] == 0
+        assert 0 <= federated["dice"] <= 1 and federated["loss"] > 0
     assert metrics["attacks"]["update-loss-drop"]["n_members"] > 0  # it read the replies before the pruning
 
     transcript = Transcript.load(tmp_path / "run" / "transcript")
     assert len(transcript.rounds) == 2
     first, second = transcript.rounds
+    # the checkpoint of round 1 was written after its evaluation, with it
+    assert first.federated_evaluation == metrics["utility"]["rounds"][0]["federated"]
     assert all(r.weights is None for r in first.replies) and len(first.replies) == 2  # metadata kept
     assert all(r.weights is not None for r in second.replies)
     assert first.aggregate is not None and second.aggregate is not None
@@ -145,6 +153,31 @@ def test_too_few_supernodes_fail_within_the_timeout_naming_the_numbers(write_sce
     with pytest.raises(ClientsMissing, match=r"needs 2 clients .* but 1 SuperNode\(s\) connected within 2 s"):
         run_scenario(scenario, tmp_path / "run", supernodes=1)
     assert time.monotonic() - started < 60  # Flower's client manager alone would wait a day
+
+
+def test_client_crash_prob_crashes_that_share_of_clients_the_same_way_every_run(write_scenario):
+    """`faults.client_crash_prob`: each (round, client) draws once from the scenario's seed — the
+    share of crashes is the probability, and a rerun (or a resumed run) crashes the same ones.
+    The crash itself takes the path of the planned crashes that the resume and SecAgg+ tests run."""
+    from fedmia.client_app import InjectedCrash, inject_faults
+
+    def crashes(probability: float, seed: int = 0) -> list[bool]:
+        scenario = load_scenario(write_scenario({"seed": seed, "faults": {"client_crash_prob": probability}}))
+        out = []
+        for server_round in range(1, 301):
+            for client in range(2):
+                try:
+                    inject_faults(scenario, server_round, client)
+                    out.append(False)
+                except InjectedCrash as crash:
+                    assert f"client {client} in round {server_round}" in str(crash)
+                    out.append(True)
+        return out
+
+    drawn = crashes(0.3)
+    assert abs(np.mean(drawn) - 0.3) < 0.07  # 600 draws: the binomial's 99.9% band is about ±0.06
+    assert crashes(0.3) == drawn and crashes(0.3, seed=1) != drawn
+    assert not any(crashes(0.0)) and all(crashes(1.0))
 
 
 def test_run_simulation_is_called_by_one_adapter_only():

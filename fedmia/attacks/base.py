@@ -170,19 +170,31 @@ def pixel_summaries(model: nn.Module, records: Records, *, device, batch_size: i
 
 
 @dataclass
+class RecoveredUpdate:
+    """One client's update as an attack recovered it (model inconsistency): the evaluator
+    compares it with the update the client really computed. `update`: parameter position →
+    recovered delta, for the `attacked_positions`; `sent`: the weights the server sent that node."""
+
+    round: int
+    target_node: int
+    attacked_positions: list[int]
+    update: dict[int, np.ndarray]
+    sent: list[np.ndarray]
+
+
+@dataclass
 class AttackResult:
     """What one attack hands the evaluator: scores (higher = more likely a member), its own
     decision threshold (or None), owners for source inference, or why it was skipped.
-    `extras` carries what the evaluator needs beyond scores (e.g. the isolated client and the
-    recovered update, to compare with the true one); `scope_client` restricts its membership
-    figures to one client's members against every non-member."""
+    `recovered`: an update the attack recovered, to compare with the true one; `scope_client`
+    restricts its membership figures to one client's members against every non-member."""
 
     scores: np.ndarray | None = None
     threshold: float | None = None
     owners: np.ndarray | None = None
     skipped: str | None = None
     scope_client: int | None = None
-    extras: dict = field(default_factory=dict)
+    recovered: RecoveredUpdate | None = None
     attack: "Attack | None" = field(default=None, repr=False)  # with `view`: to score the OOD sets
     view: "AdversaryView | None" = field(default=None, repr=False)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fedmia.models import get_weights
-from fedmia.attacks.base import AdversaryView, Attack, AttackResult, register_attack
+from fedmia.attacks.base import AdversaryView, Attack, AttackResult, RecoveredUpdate, register_attack
 from fedmia.attacks.updates import NeedsClientUpdates
 from fedmia.data.records import Records
 
@@ -58,9 +58,8 @@ class IsolatedUpdateLossDrop(Attack):
         membership figures are that client's members against the non-members."""
         result = super().result(view)
         result.scope_client = self.target_client
-        result.extras = {"round": self.round_view.round, "target_node": self.target_node,
-                         "attacked_positions": self.attacked_positions,
-                         "recovered_update": self.recovered_update, "sent": self.sent}
+        result.recovered = RecoveredUpdate(self.round_view.round, self.target_node, list(self.attacked_positions),
+                                           self.recovered_update, self.sent)
         return result
 
 

@@ -35,7 +35,7 @@ from fedmia.defenses import clipping
 from fedmia.defenses.audit import dirac_rows
 from fedmia.defenses.base import Defense, Params, register_defense
 from fedmia.defenses.norms import to_dp_compatible  # noqa: F401  (re-exported)
-from fedmia.training import TrainRecipe, augment_batch, record_losses, set_lr
+from fedmia.training import TrainRecipe, augment_batch, make_optimizer, record_losses, set_lr
 
 
 class DPParams(Params):
@@ -49,6 +49,9 @@ class DPParams(Params):
     max_grad_norm: float = Field(1.0, gt=0, description="local: per-sample gradient clip")
     clipping_norm: float = Field(1.0, gt=0, description="central: per-client update clip")
     clipping: Literal["fixed", "adaptive"] = Field("fixed", description="central mode only")
+    clipped_count_stddev: float | None = Field(
+        None, gt=0, description="central adaptive clipping: std of the noise on the count of clipped updates "
+        "(Andrew et al. 2021); must exceed noise_multiplier / 2; default: sampled clients / 20, Flower's")
     delta: float | None = Field(None, gt=0, lt=1, description="default: 1 / (records per client) / 10 (local), "
                                 "1 / clients / 10 (central)")
     audit_canaries: int = Field(100, ge=0, description="gradient canaries in one client's training, each "
@@ -103,6 +106,15 @@ class DifferentialPrivacy(Defense):
                         f"central mode, found {p.engine}"))
         if p.mode == "local" and scenario.model.norm == "batch":
             out.append(("model.norm", "local DP-SGD needs per-sample gradients; expected group or auto, found batch"))
+        if p.mode == "central" and p.clipping == "adaptive" and p.noise_multiplier:
+            # the update's noise and the clipped count's share the privacy budget: Flower solves
+            # 1/σ² = 1/σ_update² + 1/(2·σ_count)², which has no solution unless σ < 2·σ_count
+            stddev = p.clipped_count_stddev or scenario.clients_per_round / 20
+            if p.noise_multiplier >= 2 * stddev:
+                out.append(("defenses.dp.clipped_count_stddev",
+                            f"adaptive clipping with noise_multiplier {p.noise_multiplier} needs a clipped-count "
+                            f"noise std above {p.noise_multiplier / 2:g}; found {stddev:g}"
+                            f"{' (the default: sampled clients / 20)' if p.clipped_count_stddev is None else ''}"))
         if p.audit_canaries and p.audit_client >= scenario.federation.clients:
             out.append(("defenses.dp.audit_client", f"expected a partition-id below federation.clients "
                         f"({scenario.federation.clients}), found {p.audit_client}"))
@@ -125,14 +137,11 @@ class DifferentialPrivacy(Defense):
                  f"model also has {others[0]}{more}; expected auto or torch.func")]
 
     def train(self, run) -> dict:
-        recipe = run.recipe
         return train_local_dp(
-            run.model, run.records, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-            optimizer_name=recipe.optimizer, noise_multiplier=local_noise_multiplier(run.scenario, len(run.records)),
-            max_grad_norm=self.params.max_grad_norm, seed=run.seed, device=run.device, momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
+            run.model, run.records, run.recipe, noise_multiplier=local_noise_multiplier(run.scenario, len(run.records)),
+            max_grad_norm=self.params.max_grad_norm, seed=run.seed, device=run.device,
             transform=run.transform_batch, canaries=run.canaries, canary_norm=run.canary_norm,
-            engine=self.params.engine, recipe=recipe)
+            engine=self.params.engine)
 
     # ---- central mode: the server's aggregation --------------------------------------------
     def wrap_strategy(self, strategy, scenario):
@@ -149,7 +158,8 @@ class DifferentialPrivacy(Defense):
             adapted = [v.state.clipping_norm for v in strategy.transcript.rounds if v.state.clipping_norm is not None]
             return _released(DifferentialPrivacyServerSideAdaptiveClipping)(
                 strategy, noise_multiplier=p.noise_multiplier, num_sampled_clients=scenario.clients_per_round,
-                initial_clipping_norm=adapted[-1] if adapted else p.clipping_norm)
+                initial_clipping_norm=adapted[-1] if adapted else p.clipping_norm,
+                clipped_count_stddev=p.clipped_count_stddev)
         return _released(DifferentialPrivacyServerSideFixedClipping)(
             strategy, noise_multiplier=p.noise_multiplier, clipping_norm=p.clipping_norm,
             num_sampled_clients=scenario.clients_per_round)
@@ -183,6 +193,9 @@ def _released(wrapper: type) -> type:
         @property
         def transcript(self):
             return self.strategy.transcript
+
+        def end_round(self, view, evaluated: bool = False) -> None:
+            self.strategy.end_round(view, evaluated)
 
     Released.__name__ = f"Released{wrapper.__name__}"
     return Released
@@ -242,25 +255,30 @@ def _bookkeeping_optimizer() -> type:
     return BookkeepingDPOptimizer
 
 
-def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_size: int, lr: float,
-                   optimizer_name: str, noise_multiplier: float, max_grad_norm: float, seed: int,
-                   device: torch.device, momentum: float = 0.9, weight_decay: float = 0.0,
-                   label_smoothing: float = 0.0, transform=None, canaries: np.ndarray | None = None,
-                   canary_norm: float = 0.0, engine: Literal["auto", "bookkeeping", "torch.func"] = "auto",
-                   recipe=None) -> dict:
+def train_local_dp(model: nn.Module, records: Records, recipe: TrainRecipe | None = None, *,
+                   noise_multiplier: float, max_grad_norm: float, seed: int, device: torch.device,
+                   transform=None, canaries: np.ndarray | None = None, canary_norm: float = 0.0,
+                   engine: Literal["auto", "bookkeeping", "torch.func"] = "auto",
+                   epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+                   optimizer_name: str | None = None, momentum: float = 0.9, weight_decay: float = 0.0,
+                   label_smoothing: float = 0.0) -> dict:
     """DP-SGD epochs; returns the last epoch's mean loss and what the accountant needs.
     `canaries`: coordinates of gradient canaries this client holds (fedmia/defenses/audit.py);
     each joins a Poisson batch with the records' rate and is clipped and noised like them.
     `transform`: a per-record batch transform (crop); label smoothing and weight decay apply as
     in plain training (the per-sample loss includes the smoothing). `engine`: how the clipped sum
     is computed (module docstring); `auto` takes book-keeping wherever the model allows it.
-    `recipe` (a `fedmia.training.TrainRecipe`): its loss — per record, `record_losses` — and its
-    learning-rate schedule; its augmentation comes through `transform` (a LocalRun's applies it),
-    or, without one, is applied here. Without a recipe: cross-entropy at a constant lr."""
+    `recipe` (a `fedmia.training.TrainRecipe`, what every other local loop trains with): its
+    epochs, batch size, optimiser (`make_optimizer`, which Opacus wraps), loss — per record,
+    `record_losses` — and learning-rate schedule; its augmentation comes through `transform` (a
+    LocalRun's applies it), or, without one, is applied here. Without a recipe, one is made from
+    the keyword arguments (cross-entropy at a constant lr). Batches are DP's own: Poisson-sampled
+    at rate batch/N, which the accountant assumes — not the shuffled minibatches of plain training."""
     from opacus.optimizers import DPOptimizer
 
     if recipe is None:
         recipe = TrainRecipe(epochs, batch_size, lr, optimizer_name, momentum, weight_decay, label_smoothing)
+    epochs, batch_size = recipe.epochs, recipe.batch_size
     if transform is None and recipe.augments:
         augment_rng = np.random.default_rng(seed)
         transform = lambda x, y: augment_batch(x, y, recipe, augment_rng)  # noqa: E731
@@ -269,10 +287,7 @@ def train_local_dp(model: nn.Module, records: Records, *, epochs: int, batch_siz
     torch.manual_seed(seed)
     model.to(device).train()
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if optimizer_name == "sgd":
-        base = torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        base = torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay)
+    base = make_optimizer(model, recipe)  # the same optimiser as every other local loop
     # Book-keeping clipping (fedmia/defenses/clipping.py) where the model is made of layers it
     # knows: no per-sample gradient is materialised, so Opacus's fast-clipping optimizer only
     # noises the clipped sum. Otherwise per-sample gradients from torch.func, clipped by Opacus.

@@ -34,17 +34,17 @@ def true_update(scenario, plan, round_view, node_id: int, partition: int) -> lis
 def isolation_metrics(scenario, plan, result, scores: np.ndarray, is_member: np.ndarray) -> dict:
     """The recovered update against the true one, and the attack on the isolated client's
     members (the scores given, already scoped) against the same attack on the true update."""
-    extras = result.extras
+    found = result.recovered
     target = result.scope_client
-    round_view = next(r for r in result.view.transcript.rounds if r.round == extras["round"])
-    truth = true_update(scenario, plan, round_view, extras["target_node"], target)
-    positions = extras["attacked_positions"]
-    recovered = np.concatenate([extras["recovered_update"][i].ravel() for i in positions])
+    round_view = next(r for r in result.view.transcript.rounds if r.round == found.round)
+    truth = true_update(scenario, plan, round_view, found.target_node, target)
+    positions = found.attacked_positions
+    recovered = np.concatenate([found.update[i].ravel() for i in positions])
     actual = np.concatenate([truth[i].ravel() for i in positions]).astype(np.float64)
     cosine = float(recovered @ actual / (np.linalg.norm(recovered) * np.linalg.norm(actual) + 1e-30))
     owners = plan.ledger.client_of(plan.targets.ids)
     keep = (owners == target) | (owners == -1)
-    sent = extras["sent"]
+    sent = found.sent
     true_model = [s + d for s, d in zip(sent, truth)]
     model = scenario_model(scenario, plan.info)
     device = pick_device(scenario.runtime.device)

@@ -29,7 +29,9 @@ def utility_per_round(scenario, plan, transcript) -> list[dict]:
         rounds.append({"round": view.round, "dice": utility["dice"], "miou": utility["miou"],
                        "loss": utility["loss"], "clients": len(view.replies), "failures": view.failures,
                        # clients whose receive-side check refused the model they were sent
-                       "refused": sum(1 for r in view.replies if r.metrics.get("refused"))})
+                       "refused": sum(1 for r in view.replies if r.metrics.get("refused")),
+                       # the clients' own figures on their own (member) records, when asked for
+                       **({"federated": view.federated_evaluation} if view.federated_evaluation else {})})
     return rounds
 
 
@@ -57,7 +59,7 @@ def membership_section(scenario, ledger, target_ids, results: dict, num_clients:
             row["scope"] = f"client {result.scope_client}'s members vs all non-members"
         attacks[name] = row
         curves[name] = (scores, labels)
-        if "recovered_update" in result.extras and plan is not None and plan.clients:
+        if result.recovered is not None and plan is not None and plan.clients:
             out["isolation"] = isolation_metrics(scenario, plan, result, scores, labels)
         if result.owners is not None:
             out["source_inference"] = {**source_inference_metrics(result.owners, owners, num_clients),
