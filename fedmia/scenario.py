@@ -150,7 +150,8 @@ class FederationSpec(Strict):
     )
     federated_evaluation: Literal["off", "sampled"] = Field(
         "off", description="clients also evaluate the global model on their own records: off (utility "
-        "is measured on held-out data by the evaluator), or as many clients as train each round")
+        "is measured on held-out data by the evaluator), or as many clients as train each round (their "
+        "weighted loss, Dice and mIoU: metrics.json utility.rounds[].federated)")
 
 
 class AttackSpec(BaseModel):
