@@ -516,13 +516,17 @@ def describe(name: str = typer.Argument(..., help="a plug-in's name (`fedmia lis
         package, doc, params = plugin_parameters(group, name)
         out.print(f"[bold]{name}[/] — {kind} ({package})")
         if doc:
-            out.print(doc)
+            from rich.markup import escape
+
+            out.print(escape(doc))
         if params:
             table = Table(show_header=True, header_style="bold")
             for column in ("parameter", "type", "default", "meaning"):
                 table.add_column(column, overflow="fold")
-            for row in params:
-                table.add_row(*row)
+            from rich.markup import escape
+
+            for row in params:  # escaped: "[lo, hi]" or "list[float]" is text, not rich markup
+                table.add_row(*map(escape, row))
             out.print(table)
         else:
             out.print("[dim]no parameters[/]")

@@ -188,7 +188,10 @@ def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
             problems.append((where, str(error)))
             return False
 
-    check("data.dataset", lambda: datasets.DATASETS.get(scenario.data.dataset))
+    if check("data.dataset", lambda: datasets.DATASETS.get(scenario.data.dataset)):
+        options_model = getattr(datasets.DATASETS.get(scenario.data.dataset), "Params", None)
+        if options_model is not None:  # a loader without one checks its options itself, when it loads
+            problems += _params_problems(options_model, scenario.data.options, "data.options")[1]
     ok = check("model.arch", lambda: models.check_architecture(scenario.model.arch))
     ok &= check("model.encoder", lambda: models.check_encoder(scenario.model.encoder))
     probe: list = []  # the probe model, for the defenses' model checks below

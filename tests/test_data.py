@@ -116,11 +116,32 @@ def test_load_dataset_reports_bad_arguments():
         load_dataset("digits-scenes", records=2, image_size=8, seed=0)
     with pytest.raises(ValueError, match="shapes: unknown option.*'nosie'"):
         load_dataset("shapes", records=2, image_size=32, seed=0, options={"nosie": 0.1})
-    with pytest.raises(ValueError, match="shapes: noise must be a number >= 0"):
+    with pytest.raises(ValueError, match="shapes: noise: Input should be greater than or equal to 0, found -1"):
         load_dataset("shapes", records=2, image_size=32, seed=0, options={"noise": -1})
     with pytest.raises(ValueError, match="records must be an integer >= 1"):
         load_dataset("shapes", records=0, image_size=32, seed=0)
     assert {"digits-scenes", "shapes", "folder"} <= set(DATASETS.names())
+
+
+def test_validate_checks_data_options_against_the_datasets_params(write_scenario):
+    """`data.options` meets the dataset's `Params` when the scenario is validated, each problem
+    at its key — as attacks' and strategies' parameters do — not first when the data is loaded."""
+    from typer.testing import CliRunner
+
+    from fedmia.cli import app
+    from fedmia.scenario import ScenarioError
+    from fedmia.validation import load_scenario
+
+    path = write_scenario({"data": {"options": {"binary": "yes", "nosie": 0.1}}})
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    problems = dict(caught.value.problems)
+    assert "valid boolean" in problems["data.options.binary"]
+    assert "unknown key" in problems["data.options.nosie"]
+
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}: data.options.binary" in result.stderr and f"{path}: data.options.nosie" in result.stderr
 
 
 # ---------------------------------------------------------------- folder

@@ -80,7 +80,13 @@ def test_every_plugin_parameter_has_a_description():
         entry = strategies.STRATEGIES.get(name)
         if _shipped(entry.cls):
             models[f"strategy {name} ({entry.params_model.__module__})"] = entry.params_model
-    assert len(models) >= 30, f"expected the shipped attacks, defenses and strategies, found {sorted(models)}"
+    from fedmia.data.datasets import DATASETS
+
+    for name in DATASETS.names():
+        loader = DATASETS.get(name)
+        if _shipped(loader):
+            models[f"dataset {name} ({loader.__module__})"] = loader.Params  # every shipped dataset has one
+    assert len(models) >= 33, f"expected the shipped attacks, defenses and strategies, found {sorted(models)}"
     missing = [f"{where}: {field}" for where, model in models.items() for field in _undescribed(model, "", set())]
     assert not missing, "plug-in parameters without a description:\n" + "\n".join(missing)
 

@@ -185,7 +185,7 @@ def test_sixteen_bit_images_are_windowed(tmp_path):
     _plan_of(out)
 
     for bad in ([3000, 1000], "hist", {"percentile": [50, 101]}, [1, "x"]):
-        with pytest.raises(ValueError, match="window must be"):
+        with pytest.raises(ValueError, match=r"folder: window: expected \[lo, hi\]"):
             load_dataset("folder", records=1, image_size=16, seed=0, options={**options, "window": bad})
     with pytest.raises(ValueError, match="axis slice NIfTI volumes"):
         load_dataset("folder", records=1, image_size=16, seed=0, options={**options, "axis": 1})
@@ -226,7 +226,7 @@ def test_palette_masks_map_colours_to_classes(tmp_path):
 
     with pytest.raises(ValueError, match="mask_mode 'binary' has classes 0 and 1; set mask_mode: index"):
         load_dataset("folder", records=1, image_size=16, seed=0, options={"path": str(root), "palette": PALETTE})
-    with pytest.raises(ValueError, match="palette colour 'red'"):
+    with pytest.raises(ValueError, match="palette: colour 'red'"):
         load_dataset("folder", records=1, image_size=16, seed=0, options={"path": str(root), "palette": {"red": 1}})
 
 

@@ -352,9 +352,13 @@ def _package_line(family: str, name: str) -> list[str]:
 
 
 def params_models() -> dict[str, type[BaseModel]]:
-    """`family name` → the plug-in's parameter model, for every attack, defense and strategy."""
+    """`family name` → the plug-in's parameter model, for every dataset (that declares one),
+    attack, defense and strategy."""
     plugins = registered()
     out: dict[str, type[BaseModel]] = {}
+    for name, loader in plugins["datasets"].items():
+        if getattr(loader, "Params", None) is not None:
+            out[f"dataset {name}"] = loader.Params
     for name, cls in plugins["attacks"].items():
         out[f"attack {name}"] = cls.Params
     for name, cls in plugins["defenses"].items():
@@ -373,11 +377,8 @@ def plugins_markdown() -> str:
     lines += ["## Datasets", "", "Named by `data.dataset`; options go in `data.options`.", ""]
     for name, loader in plugins["datasets"].items():
         lines += [f"### `{name}`", "", *_package_line("datasets", name), _doc(loader), ""]
-        defaults = getattr(inspect.getmodule(loader), "DEFAULTS", None)
-        if isinstance(defaults, dict) and defaults:
-            lines += ["| option | default |", "|---|---|"]
-            lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in defaults.items()]
-            lines.append("")
+        if getattr(loader, "Params", None) is not None:  # a loader without one reads its options itself
+            lines += _params_table(loader.Params)
 
     lines += ["## Partitioners", "", "Named by `data.partition.kind`.", ""]
     for name, fn in plugins["partitioners"].items():

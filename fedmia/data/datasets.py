@@ -1,7 +1,12 @@
 """The dataset registry and its front door, `load_dataset`.
 
-Each dataset module registers a loader with `@DATASETS.register(name)`. A loader is called as
-`loader(records=..., image_size=..., seed=..., options={...})` and returns `(Records, DatasetInfo)`.
+Each dataset module registers a loader with `@register_dataset(name, Params)`: `Params` is the
+pydantic model of its options (a `DatasetParams`: unknown keys and wrong types are refused, every
+field described — `fedmia describe NAME` and the generated reference list them). A loader is
+called as `loader(records=..., image_size=..., seed=..., options=...)` and returns
+`(Records, DatasetInfo)`; `options` is the scenario's `data.options` validated into an instance
+of its `Params`. A loader registered with plain `@DATASETS.register(name)` declares no model and
+gets `options` as a dict, to check itself (`read_options` and the `*_option` helpers below).
 A loader that can read part of its pool cheaply also takes `rows=` (positions in the
 `records`-long pool, in the order wanted): a client then loads only its own records. Loaders
 without it still work — `load_dataset` loads the pool and takes the rows.
@@ -17,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fedmia.data.records import DatasetInfo, Records
 from fedmia.registry import Registry
@@ -26,6 +32,40 @@ Loader = Callable[..., "tuple[Records, DatasetInfo]"]
 DATASETS: Registry[Loader] = Registry("dataset", "fedmia.datasets")
 
 
+class DatasetParams(BaseModel):
+    """Base of a dataset's options model. Strict, as YAML writes them: `true` is no integer and
+    "3" no number; an unknown key is refused (a typo fails loudly)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def register_dataset(name: str, params: type[BaseModel]) -> Callable[[Loader], Loader]:
+    """Register a loader under `name` whose options are validated by `params` (kept as `loader.Params`)."""
+
+    def add(loader: Loader) -> Loader:
+        loader.Params = params
+        return DATASETS.register(name)(loader)
+
+    return add
+
+
+def dataset_options(name: str, params: type[BaseModel], options: dict) -> BaseModel:
+    """`options` validated by dataset `name`'s `params` model; ValueError naming each bad option."""
+    try:
+        return params.model_validate(options)
+    except ValidationError as error:
+        from fedmia.scenario import describe_pydantic_error
+
+        problems = []
+        for detail in error.errors():
+            key = ".".join(map(str, detail["loc"]))
+            if detail["type"] == "extra_forbidden":
+                problems.append(f"unknown option {key!r}; expected some of: {', '.join(params.model_fields)}")
+            else:
+                problems.append("{}: {}".format(*describe_pydantic_error(detail)))
+        raise ValueError(f"{name}: " + "; ".join(problems)) from None
+
+
 def load_dataset(
     name: str, *, records: int, image_size: int, seed: int, options: dict | None = None,
     rows: np.ndarray | None = None,
@@ -33,7 +73,9 @@ def load_dataset(
     """Load `records` records of dataset `name` at `image_size`×`image_size` — or, with `rows`,
     only those records of that pool (the same arrays as the pool's `subset(rows)`).
 
-    Raises UnknownNameError for an unregistered name and ValueError for bad arguments or options.
+    `options` reach the loader validated by its `Params` (a model instance), or as a dict for a
+    loader without one. Raises UnknownNameError for an unregistered name and ValueError for bad
+    arguments or options.
     """
     loader = DATASETS.get(name)
     int_option(name, "records", records, minimum=1)
@@ -41,7 +83,9 @@ def load_dataset(
     int_option(name, "seed", seed, minimum=0)  # numpy seed sequences reject negative seeds
     if options is not None and not isinstance(options, dict):
         raise ValueError(f"{name}: options must be a dict, found {type(options).__name__}")
-    kwargs = {"records": records, "image_size": image_size, "seed": seed, "options": dict(options or {})}
+    params = getattr(loader, "Params", None)
+    options = dict(options or {}) if params is None else dataset_options(name, params, options or {})
+    kwargs = {"records": records, "image_size": image_size, "seed": seed, "options": options}
     if rows is not None:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= records):
@@ -60,7 +104,8 @@ def load_dataset(
 
 
 def read_options(dataset: str, options: dict, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Merge `options` over `defaults`, rejecting keys the dataset does not know (typos fail loudly)."""
+    """For a loader without `Params`: merge `options` over `defaults`, rejecting keys the dataset
+    does not know (typos fail loudly)."""
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise ValueError(

@@ -10,8 +10,9 @@ import functools
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
-from fedmia.data.datasets import DATASETS, float_option, int_option, read_options, require_image_size
+from fedmia.data.datasets import DatasetParams, register_dataset, require_image_size
 from fedmia.data.records import DatasetInfo, Records, make_ids
 
 NAME = "digits-scenes"
@@ -29,14 +30,19 @@ def _digit_bank() -> tuple[np.ndarray, np.ndarray]:
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
 
 
-@DATASETS.register(NAME)
+class DigitsScenesParams(DatasetParams):
+    max_digits: int = Field(3, ge=1, description="each scene holds 1..max_digits digits (fewer where the "
+                            "canvas is too crowded to place one)")
+    noise: float = Field(0.05, ge=0, description="standard deviation of the Gaussian pixel noise added to "
+                         "each scene (intensities lie in 0..1)")
+
+
+@register_dataset(NAME, DigitsScenesParams)
 def load_digits_scenes(
-    *, records: int, image_size: int, seed: int, options: dict, rows: np.ndarray | None = None
+    *, records: int, image_size: int, seed: int, options: DigitsScenesParams, rows: np.ndarray | None = None
 ) -> tuple[Records, DatasetInfo]:
-    opts = read_options(NAME, options, {"max_digits": 3, "noise": 0.05})
     require_image_size(NAME, image_size, 16)
-    max_digits = int_option(NAME, "max_digits", opts["max_digits"], minimum=1)
-    noise = float_option(NAME, "noise", opts["noise"], minimum=0.0)
+    max_digits, noise = options.max_digits, options.noise
 
     digits, labels = _digit_bank()
     rows = np.arange(records) if rows is None else rows

@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
-from fedmia.data.datasets import (
-    DATASETS,
-    bool_option,
-    float_option,
-    read_options,
-    require_image_size,
-)
+from fedmia.data.datasets import DatasetParams, register_dataset, require_image_size
 from fedmia.data.records import DatasetInfo, Records, make_ids
 
 NAME = "shapes"
 
 
-@DATASETS.register(NAME)
-def load_shapes(*, records: int, image_size: int, seed: int, options: dict,
+class ShapesParams(DatasetParams):
+    noise: float = Field(0.1, ge=0, description="standard deviation of the Gaussian pixel noise added to "
+                         "each image (intensities lie in 0..1)")
+    binary: bool = Field(False, description="true: 1-3 lesions on the background (2 classes: background, "
+                         "lesion); false: an organ holding 0-2 lesions (3 classes)")
+
+
+@register_dataset(NAME, ShapesParams)
+def load_shapes(*, records: int, image_size: int, seed: int, options: ShapesParams,
                 rows: np.ndarray | None = None) -> tuple[Records, DatasetInfo]:
-    opts = read_options(NAME, options, {"noise": 0.1, "binary": False})
     require_image_size(NAME, image_size, 16)
-    noise = float_option(NAME, "noise", opts["noise"], minimum=0.0)
-    binary = bool_option(NAME, "binary", opts["binary"])
+    noise, binary = options.noise, options.binary
 
     scene = _lesion_scene if binary else _organ_scene
     rows = np.arange(records) if rows is None else rows
