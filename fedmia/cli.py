@@ -145,6 +145,37 @@ def run(
               f"wall {metrics['timing']['wall_s']:.1f} s)")
 
 
+@app.command("audit-model")
+def audit_model(
+    checkpoint: Path = typer.Argument(..., help="the trained model's weights: a state dict file or an smp "
+                                      "save_pretrained folder"),
+    scenario: Path = typer.Argument(..., help="scenario YAML with data.sites and data.auditor (the auditor's "
+                                    "folders), the model's architecture and the recipe it was trained with"),
+    manifests: Optional[Path] = typer.Option(None, "--manifests", help="folder of manifests (`fedmia manifest`) "
+                                             "of the records the model trained on: membership figures at once"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/NAME)"),
+    force: bool = typer.Option(False, "--force", help="a run folder that holds a run: move that run aside first"),
+) -> None:
+    """Audit a model you already trained: every black-box attack, the OOD sets and utility on the auditor's folders, into the same run folder and report as a federation's."""
+    from fedmia.evaluation import summary_table
+    from fedmia.runner import audit_trained_model
+
+    from fedmia.data.sites import ManifestError
+    from fedmia.runfolder import RunFolderError
+
+    parsed = _load_or_exit(scenario)
+    folder = out_dir or Path("runs") / parsed.name
+    try:
+        metrics = audit_trained_model(parsed, checkpoint, folder, manifests=manifests, console=out, force=force)
+    except (ScenarioError, RunFolderError, ManifestError) as error:  # a checkpoint that does not fit, ...
+        typer.echo(str(error), err=True)
+        raise typer.Exit(USAGE_ERROR)
+    out.print(summary_table(metrics))
+    pending = "" if manifests is not None else (" — membership pending: `fedmia evaluate "
+                                                f"{folder} --manifests DIR` with the training records' manifests")
+    out.print(f"run folder: {folder}  (report: {folder / 'report.md'}){pending}")
+
+
 def _validate_while_ray_starts(path: Path, verbose: bool, *, folder: Optional[Path], force: bool):
     """The scenario, validated with its data checked, while Ray starts (~3 s that then overlap
     the imports and checks), if the file passes the schema and the plan's own checks (no torch

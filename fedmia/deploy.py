@@ -43,6 +43,8 @@ class LocalDeployment:
     # one `--node-config` per SuperNode; default: Flower's partition-id/num-partitions (a
     # multi-site audit gives each its site and its own folder: `site_node_configs`)
     node_configs: list[str] | None = None
+    # a SuperNode's own environment, by partition, where it differs (a site with other packages)
+    node_envs: dict[int, dict] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.auth and self.tls_dir is None:
@@ -80,7 +82,7 @@ class LocalDeployment:
             if self.auth:  # the operator registers each hospital's public key before it joins
                 key = supernode_keys(self.workdir / "keys", f"supernode-{k}")
                 self.register(key.with_suffix(".pub"))
-            self.spawn_supernode(k, key)
+            self.spawn_supernode(k, key, env=self.node_envs.get(k))
 
     def node_config(self, partition: int) -> str:
         if self.node_configs is not None:

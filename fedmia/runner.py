@@ -107,3 +107,47 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
     if result.flower_error is not None:
         raise result.flower_error
     return metrics
+
+
+def audit_trained_model(scenario: Scenario, checkpoint: Path, out_dir: Path, *, manifests: Path | None = None,
+                        console: Console | None = None, force: bool = False) -> dict:
+    """Audit a model trained outside fedmia: `checkpoint` (a state dict, or an smp
+    `save_pretrained` folder) is the released model, as if it were a federation's last global
+    model. `scenario` is a multi-site one (`data.sites`, `data.auditor`): the auditor's folders
+    give the targets, the population and the test set; `model` the architecture the checkpoint
+    fits; `federation` the recipe reference and shadow models train with. Every black-box
+    attack, the OOD sets and utility run as after a simulated federation, into the same run
+    folder; attacks that read client updates are skipped (there are none). With `manifests`
+    (one per site: the records the model trained on, `fedmia manifest`), the membership figures
+    follow at once, as `fedmia evaluate` would join them."""
+    from fedmia.evaluation.manifests import evaluate_with_manifests
+    from fedmia.models import get_weights, scenario_model, weight_names
+    from fedmia.transcript import RoundView, Transcript
+
+    from fedmia.scenario import ScenarioError
+    from fedmia.validation import parse_scenario
+
+    started = time.perf_counter()
+    if not scenario.data.multi_site or scenario.data.auditor is None:
+        raise ScenarioError("<audit-model>", [("data.auditor", "auditing a trained model reads the auditor's "
+                                               "folders: expected data.sites and data.auditor (targets, "
+                                               "population, test), as `fedmia init` writes them")])
+    raw = scenario.resolved()
+    raw["model"]["init"] = str(Path(checkpoint).resolve())
+    # validated again with the checkpoint as the model's weights: a misfit names the tensor
+    audited = parse_scenario(raw, f"{checkpoint} (model.init of {scenario.name})")
+    if manifests is not None:  # a manifest problem stops the audit before it starts
+        from fedmia.data.sites import read_manifests
+
+        read_manifests(Path(manifests), [site.name for site in audited.data.sites])
+    out_dir = Path(out_dir)
+    prepare_run_folder(out_dir, audited, force=force)
+    model = scenario_model(audited, build_plan(audited).info)  # holds the checkpoint's weights
+    weights = get_weights(model)
+    transcript = Transcript(weight_names(model), weights)
+    transcript.rounds.append(RoundView(1, aggregate=[w.copy() for w in weights]))  # the release, no replies
+    metrics = finish_run(audited, transcript, out_dir, timing={"simulation_s": 0.0}, console=console,
+                         started=started)
+    if manifests is not None:
+        metrics = evaluate_with_manifests(audited, out_dir, manifests)
+    return metrics

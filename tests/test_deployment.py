@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmia.deploy import alive, local_deployment, self_signed_certificates, supernode_keys
+from fedmia.deploy import LocalDeployment, alive, local_deployment, self_signed_certificates, supernode_keys
 
 
 # TLS alone is a subset of "tls+auth" (same certificates, same transport); one run covers both.
@@ -116,40 +116,57 @@ def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its
     replies = json.loads((tmp_path / "deployed" / "transcript" / "index.json").read_text())["rounds"][0]["replies"]
     assert sorted((r["metrics"]["partition-id"], r["num_examples"]) for r in replies) == [(0, 8), (1, 8), (2, 8)]
 
+    # the federation's last model saved as a plain state dict and audited as a model trained
+    # elsewhere (`fedmia audit-model`): the same figures
+    import torch
 
-def test_a_users_plug_ins_run_on_loopback_and_a_supernode_without_them_stops_the_run(
+    from fedmia.models import build_model, set_weights
+    from fedmia.transcript import Transcript
+
+    model = build_model(scenario.model, in_channels=3, num_classes=2)
+    set_weights(model, Transcript.load(tmp_path / "sim" / "transcript").final)
+    torch.save(model.state_dict(), tmp_path / "final.pt")
+    result = runner.invoke(app, ["audit-model", str(tmp_path / "final.pt"), str(tmp_path / "sim" / "scenario.yaml"),
+                                 "--manifests", str(tmp_path / "manifests"), "--out", str(tmp_path / "model-audit")])
+    assert result.exit_code == 0, result.output
+    audited = json.loads((tmp_path / "model-audit" / "metrics.json").read_text())
+    for key in ("attacks", "ood", "ood_at_tpr50", "ground_truth"):
+        assert audited[key] == sim[key], key
+    assert audited["utility"]["dice"] == sim["utility"]["dice"]
+
+
+def test_a_supernode_without_the_users_plug_ins_stops_the_run_naming_them(
         example_plugins, write_scenario, tmp_path, stops_its_processes, monkeypatch):
-    """The example package (dataset, partitioner, strategy, defense, attack, OOD set) through
-    the deployment engine; then site 1's SuperNode is replaced by one whose machine lacks the
-    package: its ClientApp refuses, naming the defense and the site, and the server fails the
-    run with that line — no client trains without the defense, and the folder never reads as
-    finished."""
+    """The example package (dataset, partitioner, strategy, defense, attack, OOD set) on a
+    loopback deployment where site 0's machine has it and site 1's does not: the ServerApp and
+    site 0's ClientApp run its plug-ins, site 1's ClientApp refuses, naming them and itself, and
+    the server fails the run with that line — no client trains without the defense, and the
+    folder never reads as finished. (The package's whole run, attacks and OOD set included:
+    tests/test_plugins.py through Ray.)"""
     import os
 
     from fedmia.runfolder import state
     from test_plugins import EXAMPLE
 
-    without = os.environ.get("PYTHONPATH", "")
+    # an earlier in-process Ray run may have put every sys.path entry, the package's too, there
+    without = os.pathsep.join(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                              if p and p != str(example_plugins))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(example_plugins), without) if p))
     scenario = write_scenario(EXAMPLE)
-    with local_deployment(2, tmp_path / "deploy") as deployment:
-        result = deployment.run(scenario, tmp_path / "with", timeout=300)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        site_1 = deployment.processes[2]
-        site_1.terminate()  # SIGTERM: the SuperNode signs off from the SuperLink
-        site_1.wait(timeout=60)
-        bare = {**deployment.env, "PYTHONPATH": without}
-        deployment.spawn_supernode(1, log="supernode-1-without.log", env=bare)
-        refused = deployment.run(scenario, tmp_path / "without", timeout=300)
-        started = [p.pid for p in deployment.processes]
-    assert not [pid for pid in started if alive(pid)]
-    metrics = json.loads((tmp_path / "with" / "metrics.json").read_text())
-    assert metrics["setup"]["defenses"] == "flip (p 1.0)" and metrics["ood_sets"] == {"heldout": 4, "example-inverted": 4}
-    assert set(metrics["attacks"]) == {"loss", "example-median-pixel-loss"}
+    deployment = LocalDeployment(2, tmp_path / "deploy")
+    deployment.node_envs = {1: {**deployment.env, "PYTHONPATH": without}}  # site 1 lacks the package
+    try:
+        deployment.start()
+        refused = deployment.run(scenario, tmp_path / "run", timeout=300)
+    finally:
+        deployment.stop()
+    assert not [p.pid for p in deployment.processes if alive(p.pid)]
     said = refused.stdout + refused.stderr
     assert "cannot resolve the plug-ins the scenario names" in said and "example-flip" in said, said[-3000:]
-    assert "site/partition 1" in said
-    assert state(tmp_path / "without") != "finished"
+    assert "site/partition 1" in said and "site/partition 0" not in said
+    assert state(tmp_path / "run") != "finished"
+    site_0 = (tmp_path / "deploy" / "supernode-0.log").read_text()
+    assert "cannot resolve" not in site_0 and "Traceback" not in site_0  # site 0 trained with the plug-ins
 
 
 def test_compose_file_matches_the_tested_loopback_setup(tmp_path):

@@ -342,3 +342,80 @@ def test_a_nifti_audit_runs_end_to_end(tmp_path):
     assert (out / "metrics.json").is_file()
     ledger = yaml.safe_load((out / "ledger.json").read_text())["owner"]
     assert len({_scan(i) for i in ledger}) == 9  # every slice of every scan, owned as its scan
+
+
+def test_audit_model_audits_a_checkpoint_trained_by_a_plain_pytorch_loop(tmp_path):
+    """A model trained outside fedmia — a plain PyTorch loop on one hospital's folder, saved as a
+    state dict — audited with the auditor's folders and that hospital's manifest: the same run
+    folder as a federation's (finished, report, intervals), membership joined at once. A
+    checkpoint of another architecture, a manifest missing, a scenario without the auditor's
+    folders: each one line, exit 2. (That the figures equal those of the same model reached
+    through a federation: tests/test_deployment.py's multi-site test.)"""
+    import json
+
+    import torch
+
+    from fedmia.cli import app
+    from fedmia.data.sites import load_folder_records, write_example_audit
+    from fedmia.models import build_model
+    from fedmia.runfolder import state
+    from fedmia.scenario import Scenario
+
+    data = write_example_audit(tmp_path / "data", sites=("trainer",), per_site=12, shared=4, others=6,
+                               population=8, test=6, size=(40, 36))
+    raw = {"name": "trained-elsewhere", "seed": 0,
+           "data": {"dataset": "folder", "image_size": 32, "options": {"channels": 3, "mask_mode": "binary"},
+                    "sites": [{"name": "trainer"}],
+                    "auditor": {k: str(data / "auditor" / k) for k in ("targets", "population", "test")}},
+           "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 2},
+           "federation": {"clients": 1, "rounds": 1, "local_epochs": 1, "batch_size": 4},
+           "attacks": ["loss", "entropy", "lira-offline"],
+           "evaluation": {"tpr_at_fpr": [0.1], "ood": ["heldout", "noise"], "ood_count": 3}}
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(raw))
+    scenario = Scenario.model_validate(raw)
+
+    # the hospital's own training: plain PyTorch, nothing of fedmia's training code
+    records = load_folder_records(scenario.data, data / "trainer")
+    model = build_model(scenario.model, in_channels=3, num_classes=2, seed=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    images, masks = torch.as_tensor(records.images), torch.as_tensor(records.masks).long()
+    model.train()
+    for _ in range(15):
+        for start in range(0, len(images), 4):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images[start:start + 4]), masks[start:start + 4]).backward()
+            optimizer.step()
+    torch.save(model.state_dict(), tmp_path / "trained.pt")
+
+    runner = CliRunner()
+    made = runner.invoke(app, ["manifest", str(data / "trainer"), "--site", "trainer",
+                               "--out", str(tmp_path / "manifests" / "trainer.json")])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["audit-model", str(tmp_path / "trained.pt"), str(tmp_path / "audit.yaml"),
+                                 "--manifests", str(tmp_path / "manifests"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert state(tmp_path / "run") == "finished" and (tmp_path / "run" / "report.md").stat().st_size > 0
+    assert metrics["setup"]["targets"] == {"members": 4, "nonmembers": 6}  # the 4 the trainer shared
+    for name in ("loss", "entropy", "lira-offline"):  # lira-offline: reference models with the recipe
+        row = metrics["attacks"][name]
+        assert 0 <= row["ci"]["auc"][0] <= row["auc"] <= row["ci"]["auc"][1] <= 1
+    assert set(metrics["ood_at_tpr50"]["loss"]) == {"heldout", "noise"}
+    assert 0 <= metrics["utility"]["dice"] <= 1 and len(metrics["utility"]["rounds"]) == 1
+    saved = yaml.safe_load((tmp_path / "run" / "scenario.yaml").read_text())
+    assert saved["model"]["init"] == str((tmp_path / "trained.pt").resolve())  # what was audited
+
+    deeper = build_model(scenario.model.model_copy(update={"encoder_depth": 3}), in_channels=3, num_classes=2)
+    torch.save(deeper.state_dict(), tmp_path / "other.pt")
+    for args, expected in [
+        (["audit-model", str(tmp_path / "other.pt"), str(tmp_path / "audit.yaml"), "--out", str(tmp_path / "x")],
+         "does not fit"),
+        (["audit-model", str(tmp_path / "trained.pt"), str(tmp_path / "audit.yaml"), "--out", str(tmp_path / "y"),
+          "--manifests", str(tmp_path / "nothing")], "nothing"),
+    ]:
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 2 and expected in refused.output, refused.output
+    del raw["data"]["auditor"], raw["data"]["sites"]
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(raw))
+    refused = runner.invoke(app, ["audit-model", str(tmp_path / "trained.pt"), str(tmp_path / "pool.yaml")])
+    assert refused.exit_code == 2 and "data.auditor" in refused.output, refused.output

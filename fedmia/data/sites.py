@@ -82,7 +82,10 @@ def write_manifest(folder: Path, site: str, out: Path, images: str = "images", m
 
 
 class ManifestError(ValueError):
-    """A manifest folder that cannot give a defensible ground truth (message names the file)."""
+    """A manifest folder that cannot give a defensible ground truth (message names the file);
+    a usage problem: exit 2."""
+
+    exit_code = 2
 
 
 def read_manifests(folder: Path, site_names: list[str]) -> tuple[dict[str, int], dict[str, int]]:

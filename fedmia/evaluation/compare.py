@@ -19,10 +19,7 @@ from fedmia.evaluation.metrics import paired_difference
 from fedmia.evaluation.plots import plot_roc
 from fedmia.evaluation.report import with_interval
 from fedmia.io import write_json_atomic, write_text_atomic
-
-
-class RunFolderError(ValueError):
-    pass
+from fedmia.runfolder import RunFolderError  # noqa: F401  (re-exported: one error for an unusable run folder)
 
 
 def read_run_json(path: Path) -> dict:
