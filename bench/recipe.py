@@ -1,18 +1,20 @@
 """Does the training recipe change leakage? The quickstart federation with (a) today's recipe
 (cross-entropy, no augmentation), (b) `federation.loss: dice+ce`, (c) `federation.augment:
 {flips: true, rot90: true}`, each over three seeds; the `loss` attack's AUC and the final Dice,
-as mean and 95% t-interval across seeds (the same interval `fedmia replicate` reports).
+as mean and 95% t-interval across seeds (the same interval `fedmia replicate` reports), and each
+variant's paired difference from today's recipe (same seed: same data, partition and initial
+model; only the recipe differs), mean and 95% t-interval of the per-seed differences.
 
     python bench/recipe.py [scenarios/quickstart.yaml] [--seeds 3] [--out runs/bench-recipe]
 
 About 15 minutes on 2 cores (nine federations; OOD sets off, only the `loss` attack). Each run
-keeps its folder under --out, so a second call re-measures nothing that already finished.
+keeps its folder under --out; a second call reuses a run only where its completion record
+matches the scenario (`fedmia.sweep.run_or_reuse`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from fedmia.runner import run_scenario
+from fedmia.sweep import run_or_reuse
 from fedmia.validation import load_scenario, parse_scenario
 
 VARIANTS = {
@@ -61,20 +63,29 @@ def main() -> None:
                                 "evaluation": {"ood": []}})
             raw["name"] = f"{base['name']}-{label.split(':')[0].split()[0]}-{seed}"
             scenario = parse_scenario(raw, f"{args.scenario} ({label}, seed {seed})")
-            folder = args.out / raw["name"]
-            metrics_file = folder / "metrics.json"
-            if metrics_file.exists():
-                metrics = json.loads(metrics_file.read_text())
-            else:
-                metrics = run_scenario(scenario, folder, force=True)
+            metrics, _ = run_or_reuse(args.out / raw["name"], scenario)
             auc.append(metrics["attacks"]["loss"]["auc"])
             dice.append(metrics["utility"]["dice"])
             print(f"{label}, seed {seed}: loss AUC {auc[-1]:.3f}, Dice {dice[-1]:.3f}", file=sys.stderr)
-        rows.append((label, t_interval(auc), t_interval(dice)))
-    print(f"| recipe | `loss` AUC | Dice |  ({args.seeds} seeds, mean [95% t-interval])")
-    print("|---|---|---|")
-    for label, (a, al, ah), (d, dl, dh) in rows:
-        print(f"| {label} | {a:.3f} [{al:.3f}, {ah:.3f}] | {d:.3f} [{dl:.3f}, {dh:.3f}] |")
+        rows.append((label, auc, dice))
+    print(f"| recipe | `loss` AUC | Dice | ΔAUC vs today (paired) | ΔDice vs today (paired) |"
+          f"  ({args.seeds} seeds, mean [95% t-interval])")
+    print("|---|---|---|---|---|")
+    _, base_auc, base_dice = rows[0]
+    for label, auc, dice in rows:
+        cells = [label, cell(t_interval(auc)), cell(t_interval(dice))]
+        if auc is base_auc:
+            cells += ["—", "—"]
+        else:
+            cells += [cell(t_interval([a - b for a, b in zip(auc, base_auc)]), signed=True),
+                      cell(t_interval([d - b for d, b in zip(dice, base_dice)]), signed=True)]
+        print("| " + " | ".join(cells) + " |")
+
+
+def cell(interval: tuple[float, float, float], signed: bool = False) -> str:
+    mean, low, high = interval
+    form = "{:+.3f}" if signed else "{:.3f}"
+    return f"{form.format(mean)} [{form.format(low)}, {form.format(high)}]"
 
 
 if __name__ == "__main__":

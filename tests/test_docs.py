@@ -105,6 +105,8 @@ def test_readme_quick_start_keeps_the_ci_commands():
 
 
 # ---------------------------------------------------------------- (c) the docs build
+# slow: .ci/run builds the same site with `mkdocs build --strict` before the tests
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None,
                     reason="mkdocs is not installed (pip install -e '.[dev]')")
 def test_docs_build_strictly_with_the_generated_reference(tmp_path):

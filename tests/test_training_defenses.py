@@ -129,6 +129,9 @@ def test_training_defense_problems_are_named(write_scenario, changes, where):
     assert where in str(error.value)
 
 
+# slow: each defense's local training runs above and in tests/test_architecture.py's pair table;
+# the federated run adds no server-side difference for these client-side defenses
+@pytest.mark.slow
 def test_federated_run_with_crop_mixup_and_minmax(write_scenario, tmp_path, stops_its_processes):
     scenario = load_scenario(write_scenario({
         "data": {"public": 8},

@@ -84,8 +84,10 @@ def test_receive_check_refuses_a_model_whose_units_answer_to_a_few_of_its_record
     set_weights(model, honest)
 
 
-# without SecAgg+ is slow: the secure case runs the same strategy and attack through the aggregate
-@pytest.mark.parametrize("secure", [pytest.param(False, marks=pytest.mark.slow), True])
+# Both slow: tests/test_audit.py runs the trap-weights threat model through a real federation
+# (strategy, detectors, trap attack), and the units' behaviour is tested above without Ray.
+@pytest.mark.parametrize("secure", [pytest.param(False, marks=pytest.mark.slow),
+                                    pytest.param(True, marks=pytest.mark.slow)])
 def test_trap_weights_in_a_flower_simulation(write_scenario, tmp_path, stops_its_processes, secure):
     extra = {"server": {"strategy": "trap-weights", **({"isolate_client": 1} if secure else {})},
              "attacks": ["trap-weights"]}
