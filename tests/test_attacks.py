@@ -162,14 +162,22 @@ def test_query_stage_defenses_reach_reference_attacks(overfit_setup, tmp_path, e
 
 
 def test_update_gradient_batched_cosines_equal_the_one_at_a_time_ones(overfit_setup, monkeypatch):
-    """update-gradient takes per-record gradients with torch.func in batches; the cosines are
-    the record-by-record autograd ones (float32 rounding apart)."""
+    """update-gradient takes per-record gradients with torch.func in batches, once for every
+    client sent the same model; the cosines are the record-by-record autograd ones, client by
+    client (float32 rounding apart)."""
     import fedmia.attacks.updates as updates
 
     scenario, plan, transcript = overfit_setup
     view = adversary_view(scenario, transcript)
-    sent, returned = transcript.initial, transcript.rounds[0].aggregate
+    sent = transcript.initial
+    rng = np.random.default_rng(0)
+    returned = [transcript.rounds[0].aggregate,
+                [w + rng.normal(0, 1e-3, w.shape).astype(w.dtype) if w.dtype.kind == "f" else w for w in sent]]
     batched = updates.UpdateGradient._cosines(view, plan.targets, sent, returned)
+    assert batched.shape == (len(plan.targets), 2)
+    for k, weights in enumerate(returned):  # one client at a time: the same column
+        np.testing.assert_allclose(batched[:, k], updates.UpdateGradient._cosines(view, plan.targets, sent, [weights])[:, 0],
+                                   atol=1e-5)
 
     def refuse(*_args, **_kwargs):
         raise RuntimeError("vmap refused")  # what a model torch.func cannot vmap raises

@@ -196,9 +196,11 @@ def test_clients_run_on_both_nodes_of_a_two_node_ray_cluster(write_scenario, tmp
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"})
+    # the nodes on the machine's own address, as `ray start` would: given 127.0.0.1:PORT, `ray.init`
+    # rewrites it to that address, where a head bound to 127.0.0.1 does not answer (measured)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         scenario = load_scenario(write_scenario({
             "federation": {"rounds": 2}, "attacks": ["loss"],

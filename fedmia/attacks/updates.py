@@ -134,40 +134,57 @@ class UpdateGradient(Attack):
     def score(self, view: AdversaryView, records: Records) -> np.ndarray:
         best = np.full(len(records), -np.inf)
         for round_view in selected_rounds(view, self.params.rounds):
-            for reply in round_view.replies:
-                sent = round_view.sent[reply.node_id]
-                cosines = self._cosines(view, records, sent, reply.weights)
-                best = np.maximum(best, cosines)
+            for sent, returned in _by_broadcast(round_view):
+                best = np.maximum(best, self._cosines(view, records, sent, returned).max(axis=1))
         return best
 
     @staticmethod
-    def _cosines(view: AdversaryView, records: Records, sent, returned) -> np.ndarray:
+    def _cosines(view: AdversaryView, records: Records, sent, returned: list) -> np.ndarray:
+        """cos(∇ℓ(θ_sent; x), θ_sent − θ_k) for every record (rows) and every client k that was
+        sent θ_sent (columns): a record's gradient is taken once for all of them."""
         model = view.model_with(sent)
         names = list(model.state_dict().keys())
         params = dict(model.named_parameters())
         positions = [i for i, name in enumerate(names) if name in params]
-        update = torch.cat([torch.as_tensor(sent[i] - returned[i]).flatten() for i in positions]).to(view.device)
+        updates = torch.stack([torch.cat([torch.as_tensor(sent[i] - weights[i]).flatten() for i in positions])
+                               for weights in returned]).to(view.device)
+        updates = F.normalize(updates.float(), dim=1)
         try:  # per-record gradients in batches: the same cosines, several times faster than one at a time
-            return _batched_cosines(model, [names[i] for i in positions], records, update, view.device)
+            return _batched_cosines(model, [names[i] for i in positions], records, updates, view.device)
         except RuntimeError:  # a model torch.func cannot vmap: one record at a time
             pass
         ordered = [params[names[i]] for i in positions]
-        cosines = np.empty(len(records))
+        cosines = np.empty((len(records), len(returned)))
         for row in range(len(records)):
             x = torch.as_tensor(records.images[row : row + 1]).to(view.device)
             y = torch.as_tensor(records.masks[row : row + 1]).to(view.device).long()
             grads = torch.autograd.grad(F.cross_entropy(model(x), y), ordered, allow_unused=True)
             flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
                               for g, p in zip(grads, ordered)])
-            cosines[row] = float(F.cosine_similarity(flat, update, dim=0))
+            cosines[row] = (updates @ F.normalize(flat.float(), dim=0)).cpu().numpy()
         return cosines
 
 
-def _batched_cosines(model, names: list[str], records: Records, update: torch.Tensor, device) -> np.ndarray:
-    """cos(∇ℓ(θ; x), update) for every record, per-record gradients taken by `torch.func.vmap`
-    over batches sized to ~256 MB of gradients (the model is in eval mode: BatchNorm uses its
-    running statistics, so records do not mix). Parameters no loss reaches get zero gradients,
-    as `allow_unused` gives them in the one-at-a-time loop."""
+def _by_broadcast(round_view: RoundView) -> list[tuple[list, list]]:
+    """The round's replies grouped by the model each client was sent: (sent, [returned, ...]). An
+    honest server sends one model to all, so one group; a tailoring server, one per variant."""
+    groups: list[tuple[list, list]] = []
+    for reply in round_view.replies:
+        sent = round_view.sent[reply.node_id]
+        for known, returned in groups:
+            if known is sent or all(np.array_equal(a, b) for a, b in zip(known, sent)):
+                returned.append(reply.weights)
+                break
+        else:
+            groups.append((sent, [reply.weights]))
+    return groups
+
+
+def _batched_cosines(model, names: list[str], records: Records, updates: torch.Tensor, device) -> np.ndarray:
+    """cos(∇ℓ(θ; x), update_k) for every record and every (unit-norm) update row, per-record
+    gradients taken by `torch.func.vmap` over batches sized to ~256 MB of gradients (the model is
+    in eval mode: BatchNorm uses its running statistics, so records do not mix). Parameters no
+    loss reaches get zero gradients, as `allow_unused` gives them in the one-at-a-time loop."""
     from torch.func import functional_call, grad, vmap
 
     params = {name: p.detach() for name, p in model.named_parameters() if name in set(names)}
@@ -178,15 +195,15 @@ def _batched_cosines(model, names: list[str], records: Records, update: torch.Te
         return F.cross_entropy(logits, y[None])
 
     per_record = vmap(grad(loss), in_dims=(None, 0, 0))
-    size = max(1, int(256e6 // (4 * max(update.numel(), 1))))
+    size = max(1, int(256e6 // (4 * max(updates.shape[1], 1))))
     out = []
     for start in range(0, len(records), size):
         x = torch.as_tensor(records.images[start : start + size]).to(device)
         y = torch.as_tensor(records.masks[start : start + size]).to(device).long()
         grads = per_record(params, x, y)
-        flat = torch.cat([grads[name].flatten(1) for name in names], dim=1)
-        out.append(F.cosine_similarity(flat, update[None].to(flat.dtype), dim=1).cpu())
-    return torch.cat(out).double().numpy() if out else np.empty(0)
+        flat = F.normalize(torch.cat([grads[name].flatten(1) for name in names], dim=1).float(), dim=1)
+        out.append((flat @ updates.T).cpu())
+    return torch.cat(out).double().numpy() if out else np.empty((0, updates.shape[0]))
 
 
 @register_attack("source-inference")
