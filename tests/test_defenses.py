@@ -135,7 +135,7 @@ def test_local_dp_run_reports_epsilon_per_client(write_scenario, tmp_path, stops
     assert privacy["epsilon"] == min(privacy["accountants"].values())
     assert privacy["epsilon"] == max(c["epsilon"] for c in privacy["per_client"].values())
     audit = privacy["audit"]  # gradient canaries in client 0's DP-SGD, one-run lower bound
-    assert audit["canaries"] == 100 and audit["observed"] == "audited client's update"
+    assert audit["canaries"] == 1000 and audit["observed"] == "audited client's update"
     assert 0 <= audit["epsilon_lower"] <= audit["epsilon_accountant"]
     names = Transcript.load(tmp_path / "run" / "transcript").weight_names
     assert not any("running_var" in n for n in names)  # GroupNorm, not BatchNorm
@@ -216,20 +216,37 @@ def _audited_dp_sgd(noise_used: float, noise_claimed: float, canaries: int = 200
                                        replies=[Reply(7, 16, {"partition-id": 0}, get_weights(model))]))
     trainable = [names.index(n) for n, p in model.named_parameters() if p.requires_grad]
     scores, source = canary_scores(transcript, trainable, drawn.coordinates, partition=0)
-    delta = 1e-5
-    epsilon = min(local_epsilons([(noise_claimed, stats["dp-sample-rate"], stats["dp-steps"])], delta).values())
-    return audit_metrics(scores, drawn.inserted, delta, epsilon, source)
+    history = [(noise_claimed, stats["dp-sample-rate"], stats["dp-steps"])]
+    return audit_metrics(scores, drawn.inserted, 1e-5, lambda d: min(local_epsilons(history, d).values()), source)
 
 
 def test_one_run_audit_respects_the_accountant_and_catches_noise_at_the_wrong_scale():
     honest = _audited_dp_sgd(noise_used=4.0, noise_claimed=4.0)
     assert honest["observed"] == "audited client's update"
-    assert honest["epsilon_lower"] <= honest["epsilon_accountant"], honest
+    assert honest["epsilon_lower"] <= honest["epsilon_accountant"] and honest["consistent"], honest
+    assert [t["delta"] for t in honest["tests"]] == pytest.approx([1e-5, 1e-7, 1e-9, 1e-11])
     # A bug that applies 1/100 of the noise the accountant was told about: the canaries stand out
     # and the lower bound exceeds the claimed ε.
     broken = _audited_dp_sgd(noise_used=0.04, noise_claimed=4.0)
     assert broken["epsilon_lower"] > broken["epsilon_accountant"], broken
-    assert broken["correct"] >= 0.95 * broken["guesses"]
+    assert broken["correct"] >= 0.95 * broken["guesses"] and not broken["consistent"]
+    assert broken["gap"] < 1  # the accountant claims less than the run is shown to spend
+
+
+def test_the_empirical_bound_has_power_where_the_accountant_allows_it():
+    """dp-local's audit as the issue found it: 100 canaries, all 50 guesses right, tested only at
+    δ = 0.004, bounded ε below by 1.25. A thousand canaries (the default now) tested at four δ
+    fixed in advance, Bonferroni-corrected, bound it by more than 3× that."""
+    from fedmia.evaluation.audit import audit_metrics, one_run_epsilon_lower
+
+    assert one_run_epsilon_lower(100, 50, 50, 0.004) == pytest.approx(1.254, abs=1e-3)
+    inserted = np.arange(1000) % 2 == 0
+    perfect = np.where(inserted, 1.0, -1.0) + np.linspace(0, 0.1, 1000)  # every guess right
+    result = audit_metrics(perfect, inserted, 0.004, lambda d: 15.0 + math.log(0.004 / d), "test")
+    assert result["correct"] == result["guesses"] == 500
+    assert result["epsilon_lower"] > 3 * 1.254 and result["delta"] < 0.004
+    assert result["gap"] == pytest.approx(result["epsilon_accountant"] / result["epsilon_lower"])
+    assert result["tests"][0]["epsilon_lower"] == 0.0  # at δ = 0.004, 2mδ = 8 swamps the test
 
 
 def test_one_run_bound_matches_the_paper():

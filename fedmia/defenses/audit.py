@@ -39,20 +39,19 @@ def trainable_dimension(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def dirac_rows(params: dict[str, torch.Tensor], coordinates: np.ndarray, norm: float) -> dict[str, torch.Tensor]:
-    """Per-sample gradient rows of the canaries at `coordinates`: one row per canary, per
-    parameter tensor (k, *shape), `norm` at its coordinate and zero elsewhere."""
-    k = len(coordinates)
-    rows, offset = {}, 0
+def dirac_sum(params: dict[str, torch.Tensor], coordinates: np.ndarray, value: float) -> dict[str, torch.Tensor]:
+    """The summed gradient of the canaries at `coordinates` (distinct: a draw without
+    replacement), per parameter tensor: `value` at each coordinate, zero elsewhere. Dense and
+    model-sized once, not once per canary: a thousand canaries cost what one does."""
+    out, offset = {}, 0
     for name, p in params.items():
-        block = torch.zeros((k, p.numel()), dtype=p.dtype, device=p.device)
+        flat = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
         inside = (coordinates >= offset) & (coordinates < offset + p.numel())
         if inside.any():
-            which = torch.as_tensor(np.flatnonzero(inside))
-            block[which, torch.as_tensor(coordinates[inside] - offset)] = norm
-        rows[name] = block.view(k, *p.shape)
+            flat[torch.as_tensor(coordinates[inside] - offset)] = value
+        out[name] = flat.view(p.shape)
         offset += p.numel()
-    return rows
+    return out
 
 
 def add_canary_gradient(params: dict[str, torch.Tensor], coordinates: np.ndarray, norm: float, scale: float) -> None:
@@ -60,10 +59,9 @@ def add_canary_gradient(params: dict[str, torch.Tensor], coordinates: np.ndarray
     1 / batch size, so each canary weighs like one record of the batch)."""
     if len(coordinates) == 0:
         return
-    summed = dirac_rows(params, coordinates, norm)
+    summed = dirac_sum(params, coordinates, norm * scale)
     for name, p in params.items():
-        extra = summed[name].sum(0) * scale
-        p.grad = extra if p.grad is None else p.grad + extra
+        p.grad = summed[name] if p.grad is None else p.grad + summed[name]
 
 
 def audit_canaries(scenario, model: torch.nn.Module) -> Canaries | None:

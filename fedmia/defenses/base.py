@@ -56,6 +56,10 @@ class Defense:
         """The guarantee this defense gives (metrics.json `privacy`: ε from its accountants)."""
         return None
 
+    def epsilon_at(self, scenario, transcript, delta: float, client: int | None = None) -> float | None:
+        """ε of the guarantee at any δ (the empirical check tests at several), or None."""
+        return None
+
     def recipe(self, recipe):
         """Local loss stage: the training recipe under this defense (e.g. smoothed targets)."""
         return recipe

@@ -32,7 +32,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedmia.data.records import Records
 from fedmia.defenses import clipping
-from fedmia.defenses.audit import dirac_rows
+from fedmia.defenses.audit import dirac_sum
 from fedmia.defenses.base import Defense, Params, register_defense
 from fedmia.defenses.norms import to_dp_compatible  # noqa: F401  (re-exported)
 from fedmia.training import TrainRecipe, augment_batch, make_optimizer, record_losses, set_lr
@@ -54,7 +54,7 @@ class DPParams(Params):
         "(Andrew et al. 2021); must exceed noise_multiplier / 2; default: sampled clients / 20, Flower's")
     delta: float | None = Field(None, gt=0, lt=1, description="default: 1 / (records per client) / 10 (local), "
                                 "1 / clients / 10 (central)")
-    audit_canaries: int = Field(100, ge=0, description="gradient canaries in one client's training, each "
+    audit_canaries: int = Field(1000, ge=0, description="gradient canaries in one client's training, each "
                                 "inserted by a coin flip, for an empirical lower bound on ε (0: no audit)")
     audit_client: int = Field(0, ge=0, description="partition-id of the client that carries the canaries")
     engine: Literal["auto", "bookkeeping", "torch.func"] = Field(
@@ -85,6 +85,11 @@ class DifferentialPrivacy(Defense):
         from fedmia.defenses.dp_accounting import accounted  # dp-accounting only where ε is computed
 
         return accounted(self.params, scenario, plan, transcript)
+
+    def epsilon_at(self, scenario, transcript, delta: float, client: int | None = None) -> float:
+        from fedmia.defenses.dp_accounting import epsilon_at
+
+        return epsilon_at(self.params, scenario, transcript, delta, client)
 
     def describe(self) -> str:
         p = self.params
@@ -235,6 +240,24 @@ def noise_for_budget(target_epsilon: float, delta: float, q: float, total_steps:
 
 
 @functools.cache
+def _per_sample_optimizer() -> type:
+    """Opacus's `DPOptimizer`, whose clipped sum also takes `p.canary_sum` where a step set one:
+    the gradient canaries' clipped gradients, already summed (fedmia/defenses/audit.py). As
+    per-sample rows each canary would be a model-sized tensor; a thousand of them do not fit."""
+    from opacus.optimizers import DPOptimizer
+
+    class CanaryDPOptimizer(DPOptimizer):
+        def clip_and_accumulate(self) -> None:
+            super().clip_and_accumulate()
+            for p in self.params:
+                if getattr(p, "canary_sum", None) is not None:
+                    p.summed_grad = p.summed_grad + p.canary_sum
+                    p.canary_sum = None
+
+    return CanaryDPOptimizer
+
+
+@functools.cache
 def _bookkeeping_optimizer() -> type:
     """Opacus's `DPOptimizerFastGradientClipping`, taking each step's clipped sum as it is.
     Opacus's `accumulate` deep-copies every `p.grad` into `p.summed_grad` (it may be called for
@@ -274,7 +297,6 @@ def train_local_dp(model: nn.Module, records: Records, recipe: TrainRecipe | Non
     LocalRun's applies it), or, without one, is applied here. Without a recipe, one is made from
     the keyword arguments (cross-entropy at a constant lr). Batches are DP's own: Poisson-sampled
     at rate batch/N, which the accountant assumes — not the shuffled minibatches of plain training."""
-    from opacus.optimizers import DPOptimizer
 
     if recipe is None:
         recipe = TrainRecipe(epochs, batch_size, lr, optimizer_name, momentum, weight_decay, label_smoothing)
@@ -295,7 +317,7 @@ def train_local_dp(model: nn.Module, records: Records, recipe: TrainRecipe | Non
     if engine == "bookkeeping" and not supported:
         raise ValueError("book-keeping clipping needs a model of Conv2d, Linear and GroupNorm layers only")
     bookkeeping = engine == "bookkeeping" or (engine == "auto" and supported)
-    dp_optimizer = _bookkeeping_optimizer() if bookkeeping else DPOptimizer
+    dp_optimizer = _bookkeeping_optimizer() if bookkeeping else _per_sample_optimizer()
     optimizer = dp_optimizer(base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                              expected_batch_size=batch_size, generator=generator)
     buffers = {name: b for name, b in model.named_buffers()}
@@ -325,7 +347,10 @@ def train_local_dp(model: nn.Module, records: Records, recipe: TrainRecipe | Non
                     x, y = transform(x, y)
                 batch = x.to(device), y.to(device)
                 seen += len(chosen)
-            rows = dirac_rows(params, drawn, canary_norm) if len(drawn) else None
+            canary_sum = None  # the drawn canaries' gradients, each clipped like a record's, summed
+            if len(drawn):
+                factor = float(clipping.clip_factors(torch.tensor(canary_norm), max_grad_norm))
+                canary_sum = dirac_sum(params, drawn, factor * canary_norm)
             if bookkeeping:
                 if batch is None:  # an empty Poisson batch: noise only
                     sums = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -334,22 +359,20 @@ def train_local_dp(model: nn.Module, records: Records, recipe: TrainRecipe | Non
                     sums, losses, _ = clipping.clipped_gradient_sum(
                         model, x, lambda out: record_losses(out, y, recipe), max_grad_norm)
                     total += float(losses.sum())
-                if rows is not None:  # each canary row is clipped like a record's gradient
-                    factor = float(clipping.clip_factors(torch.tensor(canary_norm), max_grad_norm))
-                    sums = {name: s + factor * rows[name].sum(0) for name, s in sums.items()}
+                if canary_sum is not None:
+                    sums = {name: s + canary_sum[name] for name, s in sums.items()}
                 for name, p in params.items():
                     p.grad = sums[name]
-            elif batch is None and rows is None:  # an empty Poisson batch still costs a (noise-only) step
-                for p in params.values():
-                    p.grad_sample = torch.zeros((1, *p.shape), device=device)
             else:
-                grads = {name: torch.zeros((0, *p.shape), device=device) for name, p in params.items()}
-                if batch is not None:
+                if batch is None:  # an empty Poisson batch still costs a (noise-only) step
+                    grads = {name: torch.zeros((1, *p.shape), device=device) for name, p in params.items()}
+                else:
                     detached = {k: v.detach() for k, v in params.items()}
                     grads, losses = per_sample_grads(detached, *batch)
                     total += float(losses.sum())
                 for name, p in params.items():
-                    p.grad_sample = grads[name] if rows is None else torch.cat([grads[name], rows[name]])
+                    p.grad_sample = grads[name]
+                    p.canary_sum = None if canary_sum is None else canary_sum[name]
             optimizer.step()
         last_loss = total / max(seen, 1)
     return {"train-loss": last_loss, "dp-noise-multiplier": noise_multiplier, "dp-sample-rate": q,

@@ -110,6 +110,33 @@ def _headline(accountants: dict[str, float]) -> tuple[float, str]:
     return accountants[best], best
 
 
+def _local_histories(transcript) -> tuple[dict[int, list], dict[int, int]]:
+    """Per client: its (noise multiplier, sample rate, steps) per round of DP-SGD, and the records
+    it trained on, as its replies report them."""
+    history: dict[int, list] = {}
+    sizes: dict[int, int] = {}
+    for view in transcript.rounds:
+        for reply in view.replies:
+            m = reply.metrics
+            if "dp-steps" in m:
+                sizes[int(m["partition-id"])] = int(reply.num_examples)
+                history.setdefault(int(m["partition-id"]), []).append(
+                    (float(m["dp-noise-multiplier"]), float(m["dp-sample-rate"]), int(m["dp-steps"])))
+    return history, sizes
+
+
+def epsilon_at(dp, scenario, transcript, delta: float, client: int | None = None) -> float:
+    """The headline ε (the tightest accountant, as `accounted` reports it) at any δ: of the
+    federation (central) or of `client`'s records (local). The empirical check compares its
+    lower bound with this at the δ it tests."""
+    if dp.mode == "central":
+        rounds = sum(1 for r in transcript.rounds if r.aggregate is not None and r.replies)
+        return _headline(central_epsilons(dp.noise_multiplier, scenario.federation.clients,
+                                          scenario.clients_per_round, rounds, delta))[0]
+    entries = _local_histories(transcript)[0].get(client)
+    return _headline(local_epsilons(entries, delta))[0] if entries else math.inf
+
+
 def accounted(dp, scenario, plan, transcript) -> dict:
     """ε of the run under `dp` (the validated block): central (per client, replace-one) or local
     (per record, every client's rounds of DP-SGD steps as its replies report them)."""
@@ -130,15 +157,7 @@ def accounted(dp, scenario, plan, transcript) -> dict:
                              "just updated, not the one it clipped with; when the norm shrinks the noise "
                              "is smaller than σ·C assumes and these ε are optimistic")
         return out
-    history: dict[int, list] = {}
-    sizes: dict[int, int] = {}  # records per client: what it trained on, as its replies say
-    for view in transcript.rounds:
-        for reply in view.replies:
-            m = reply.metrics
-            if "dp-steps" in m:
-                sizes[int(m["partition-id"])] = int(reply.num_examples)
-                history.setdefault(int(m["partition-id"]), []).append(
-                    (float(m["dp-noise-multiplier"]), float(m["dp-sample-rate"]), int(m["dp-steps"])))
+    history, sizes = _local_histories(transcript)
     per_client = {}
     for k, entries in sorted(history.items()):
         delta = dp.delta or 1.0 / (10 * (len(plan.clients[k]) if plan.clients else sizes[k]))

@@ -17,32 +17,36 @@ def privacy_metrics(scenario, plan, transcript) -> dict | None:
     defenses = active(scenario)
     out = next((report for d in defenses if (report := d.privacy_report(scenario, plan, transcript)) is not None),
                None)
-    audited = next((d.audited_client for d in defenses if d.audited_client is not None), None)
-    if out is not None and audited is not None:
-        out["audit"] = _audit(scenario, transcript, out, audited)
+    auditing = next((d for d in defenses if d.audited_client is not None), None)
+    if out is not None and auditing is not None:
+        out["audit"] = _audit(scenario, transcript, out, auditing)
     return out
 
 
-def _audit(scenario, transcript, accounted: dict, audit_client: int) -> dict:
-    """The empirical lower bound from the run's gradient canaries (fedmia/evaluation/audit.py)."""
+def _audit(scenario, transcript, accounted: dict, defense) -> dict:
+    """The empirical lower bound from the run's gradient canaries (fedmia/evaluation/audit.py),
+    against the defense's own ε at each δ it is tested at."""
     from fedmia.defenses.audit import audit_canaries
     from fedmia.data.plan import build_plan
     from fedmia.evaluation.audit import audit_metrics, canary_scores
     from fedmia.models import scenario_model
 
+    audit_client = defense.audited_client
     model = scenario_model(scenario, build_plan(scenario).info)
     canaries = audit_canaries(scenario, model)
     names = transcript.weight_names
     trainable = [names.index(n) for n, p in model.named_parameters() if p.requires_grad]
-    scores, source = canary_scores(transcript, trainable, canaries.coordinates, audit_client,
-                                   replies=accounted["mode"] == "local")
-    if accounted["mode"] == "local":
-        client = accounted["per_client"].get(str(audit_client), {})
-        epsilon, delta = client.get("epsilon", math.inf), client.get("delta", accounted["delta"])
+    local = accounted["mode"] == "local"
+    scores, source = canary_scores(transcript, trainable, canaries.coordinates, audit_client, replies=local)
+    if local:
+        delta = accounted["per_client"].get(str(audit_client), {}).get("delta", accounted["delta"])
     else:
-        epsilon, delta = accounted["epsilon"], accounted["delta"]
-    result = audit_metrics(scores, canaries.inserted, delta, epsilon, source)
+        delta = accounted["delta"]
+
+    def epsilon_at(d: float) -> float:
+        value = defense.epsilon_at(scenario, transcript, d, audit_client if local else None)
+        return math.inf if value is None else value
+
+    result = audit_metrics(scores, canaries.inserted, delta, epsilon_at, source)
     result["client"] = audit_client
     return result
-
-

@@ -109,7 +109,9 @@ def figures(metrics: RunMetrics) -> dict[str, float]:
     if metrics.privacy is not None:
         out["privacy.epsilon"] = metrics.privacy.epsilon
         audit = getattr(metrics.privacy, "audit", None) or {}
-        out["privacy.audit.epsilon_lower"] = audit.get("epsilon_lower") if isinstance(audit, dict) else None
+        if isinstance(audit, dict):  # the lower bound and the accountant's ε at the δ it was tested at
+            out["privacy.audit.epsilon_lower"] = audit.get("epsilon_lower")
+            out["privacy.audit.epsilon_accountant"] = audit.get("epsilon_accountant")
     if metrics.source_inference is not None:
         out["source_inference.accuracy"] = metrics.source_inference.accuracy
     if metrics.isolation is not None:
