@@ -87,12 +87,18 @@ class LocalRun:
             except ModelRefused as refusal:
                 # Refusing = not training: the client replies with the model it received (a zero
                 # update), so the round goes on and the server learns nothing from this client.
+                for other in self.defenses:
+                    other.finish(self)
                 return {"refused": 1.0, "refusal": str(refusal)[:300]}
-        for stage in ("local training", "local gradients"):
-            owner = next((d for d in self.defenses if d.acts_on == stage), None)
-            if owner is not None:
-                return owner.train(self)
-        return self.minibatches()
+        stats: dict[str, float] = {}
+        try:
+            owner = next((d for stage in ("local training", "local gradients")
+                          for d in self.defenses if d.acts_on == stage), None)
+            stats = owner.train(self) if owner is not None else self.minibatches()
+        finally:
+            for defense in self.defenses:
+                stats = {**stats, **defense.finish(self)}
+        return stats
 
     def minibatches(self) -> dict[str, float]:
         """Shuffled minibatches; gradient canaries, if any, are shuffled in as records whose

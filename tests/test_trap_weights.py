@@ -84,6 +84,32 @@ def test_receive_check_refuses_a_model_whose_units_answer_to_a_few_of_its_record
     set_weights(model, honest)
 
 
+def test_receive_check_repair_trains_with_the_detectors_switched_off(write_scenario):
+    """`action: repair`: the client trains on a trapped model with the flagged channels closed:
+    every detector of its own records stays exactly where the server put it (the trap reads
+    "not trained on"), the rest of the network trains, and the hooks are gone afterwards."""
+    scenario = load_scenario(write_scenario(TRAP))
+    plan = build_plan(scenario)
+    model = scenario_model(scenario, plan.info, seed=0)
+    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    client = plan.clients[1]
+    table = plant_detectors(model, client, plan.population, 4, TrapParams(), CPU)
+    names, sent = list(model.state_dict()), get_weights(model)
+
+    plain = LocalRun(scenario, model, client, TrainRecipe(2, 4, 0.003), 1, CPU)
+    plain.train()
+    assert max(_moved(sent, get_weights(model), names, table).values()) > TrapAttackParams().tolerance
+
+    set_weights(model, sent)
+    repair = ReceiveCheck(ReceiveCheckParams(min_open=0.01, action="repair"))
+    stats = LocalRun(scenario, model, client, TrainRecipe(2, 4, 0.003), 1, CPU, defenses=[repair]).train()
+    assert stats["repaired"] >= len(table) and "refused" not in stats
+    assert max(_moved(sent, get_weights(model), names, table).values()) == 0.0
+    trained = [n for n, a, b in zip(names, get_weights(model), sent) if n.startswith("decoder") and not np.array_equal(a, b)]
+    assert trained  # the federation keeps training
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 # Both slow: tests/test_audit.py runs the trap-weights threat model through a real federation
 # (strategy, detectors, trap attack), and the units' behaviour is tested above without Ray.
 @pytest.mark.parametrize("secure", [pytest.param(False, marks=pytest.mark.slow),

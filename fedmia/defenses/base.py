@@ -4,7 +4,8 @@ A defense declares its schema block (`Params`), where it acts (`acts_on`, one of
 keys it does not compose with and why (`conflicts`), its own cross-checks (`problems`) and how
 `metrics.json` names it (`describe`). Where it acts it overrides that stage's hook:
 
-  received model                                                `inspect`: before local training (may refuse)
+  received model                                                `inspect`: before local training (may refuse);
+                                                                `finish`: after it (undo, reply metrics)
   local batch / local loss / local gradients / local training   hooks of `fedmia.local.LocalRun`
   aggregation                                                   `wrap_strategy`, `fit_workflow`
   release                                                       `release`: what is served instead of the model
@@ -110,6 +111,11 @@ class Defense:
 
     def extra_loss(self, run, logits, x, y):
         return None
+
+    def finish(self, run) -> dict[str, float]:
+        """After local training (also when it failed): undo what `inspect`/`start` installed on
+        the model; metrics for the client's reply."""
+        return {}
 
 
 def needs_public(scenario, where: str) -> list[tuple[str, str]]:

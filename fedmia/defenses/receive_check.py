@@ -10,6 +10,13 @@ it is open, and refuses the model when any channel opens on fewer than `min_open
 does not train and replies with the model it received (`fedmia/local.py`), with the metric
 `refused` = 1 and the reason, which the transcript keeps.
 
+`action: repair` keeps the client training instead: the flagged channels are switched off
+(their ReLU output multiplied by zero) for this local run, and the client trains the rest. A
+closed channel passes no gradient, so the detector's filter, affine and the next convolution's
+input column do not move at all — the server reads "not trained on" for every target — and the
+reply says how many channels were repaired (`repaired`). Nothing else changes: the other
+channels train as usual, and on an honest model the check flags nothing.
+
 It looks at behaviour on the client's data, not at weights. A channel open nowhere is let pass
 by default: a detector none of the client's records opens leaks nothing of this client, and
 dead channels are common in GroupNorm (DP-SGD) models; `flag_shut: true` refuses those too
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,7 +43,10 @@ from fedmia.defenses.base import Defense, ModelRefused, Params, register_defense
 class ReceiveCheckParams(Params):
     min_open: float = Field(1e-3, gt=0, lt=1, description=(
         "smallest share of the client's own positions on which a ReLU channel that opens at all must open"))
-    flag_shut: bool = Field(False, description="also refuse channels that open on none of the client's positions")
+    flag_shut: bool = Field(False, description="also flag channels that open on none of the client's positions")
+    action: Literal["refuse", "repair"] = Field("refuse", description=(
+        "refuse: do not train on a flagged model (reply with it unchanged); repair: switch the flagged "
+        "channels off for this local run and train the rest"))
 
 
 @torch.no_grad()
@@ -77,9 +88,44 @@ class ReceiveCheck(Defense):
         floor = -1.0 if self.params.flag_shut else 0.0
         shut = [(key, channel, share[channel]) for key, share in shares.items()
                 for channel in np.flatnonzero((share > floor) & (share < self.params.min_open))]
+        if shut and self.params.action == "repair":
+            run.closed_channels = switch_off(run.model, shut)
+            return
         if shut:
             key, channel, share = shut[0]
             raise ModelRefused(
                 f"receive-check refused the received model: {len(shut)} ReLU channel(s) open on fewer than "
                 f"{self.params.min_open:.2%} of this client's positions (first: {key} channel {channel}, "
                 f"{share:.3%}) — units that respond to (almost) no input, as planted detectors do")
+
+    def finish(self, run) -> dict[str, float]:
+        switched = getattr(run, "closed_channels", None)
+        if switched is None:
+            return {"repaired": 0.0} if self.params.action == "repair" else {}
+        count, handles = switched
+        for handle in handles:
+            handle.remove()
+        run.closed_channels = None
+        return {"repaired": float(count)}
+
+
+def switch_off(model: nn.Module, flagged: list[tuple[str, int, float]]) -> tuple[int, list]:
+    """Forward hooks that zero the flagged channels ("module#call", channel) of ReLU outputs on
+    every forward pass; (channels switched off, the hooks to remove)."""
+    channels: dict[str, list[int]] = defaultdict(list)
+    for key, channel, _ in flagged:
+        channels[key].append(int(channel))
+    calls: dict[str, int] = defaultdict(int)
+    handles = [model.register_forward_pre_hook(lambda module, args: calls.clear())]
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ReLU) and any(key.rsplit("#", 1)[0] == name for key in channels):
+            def close(m, i, out, name=name):
+                key = f"{name}#{calls[name]}"  # the same numbering as relu_open_shares
+                calls[name] += 1
+                if key not in channels:
+                    return None
+                mask = torch.ones(out.shape[1], dtype=out.dtype, device=out.device)
+                mask[channels[key]] = 0
+                return out * mask.view(1, -1, *([1] * (out.dim() - 2)))
+            handles.append(module.register_forward_hook(close))
+    return len(flagged), handles
