@@ -126,7 +126,8 @@ class TrapWeights(ThreatModel):
     adversary = ("the server turns encoder channels of the model it sends into one detector per target record "
                  "and reads which detectors moved in each reply (Boenisch et al. 2023)")
     sees = "every client's reply (or the secure sum), the weights it chose to send, its own population data"
-    stopped_by = "local DP-SGD, a client checking the model it receives (receive-check); not SecAgg+"
+    stopped_by = ("local DP-SGD; a client that repairs the model it receives (receive-check, action: repair: "
+                  "training goes on) or refuses it (training stops); not SecAgg+")
 
     def derive(self, scenario: Scenario) -> dict[str, Any]:
         return self._with(scenario, "trap-weights", self._user_attacks(scenario, ("trap-weights",)),
