@@ -24,7 +24,7 @@ from fedmia.data.federation import sealed
 from fedmia.data.plan import build_plan
 from fedmia.defenses import active, defended_recipe
 from fedmia.evaluation.manifests import ADVERSARY_OUTPUT
-from fedmia.evaluation.ood import ood_rates, ood_scores
+from fedmia.evaluation.ood import fake_steps, ood_rates, ood_scores
 from fedmia.evaluation.run_metrics import evaluate_run
 from fedmia.evaluation.schema import check_metrics
 from fedmia.evaluation import plot_roc, plot_utility, render_report
@@ -150,10 +150,13 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     if scenario.evaluation.ood:
         with progress_bar(console) as progress:  # optimised fakes take a while: show the sets
             task = progress.add_task("OOD sets", total=len(scenario.evaluation.ood))
+            def report(name: str, done: bool) -> None:
+                progress.update(task, advance=int(done), description=f"OOD sets: {name}{'' if done else ' …'}")
+
+            steps = fake_steps(scenario, plan)
             scored, sizes = ood_scores(served, plan, results, scenario.evaluation.ood,
                                        scenario.evaluation.ood_count, scenario.seed, device=view.device,
-                                       report=lambda name: progress.update(task, advance=1, description=f"OOD sets: {name}"),
-                                       steps=scenario.evaluation.ood_steps)
+                                       report=report, steps=steps)
 
     # ---- evaluation: the only place that reads the ground truth ----
     metrics, curves = evaluate_run(scenario, plan, transcript, results)
@@ -161,6 +164,7 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
         write_json_atomic(out_dir / "ledger.json", plan.ledger.to_json())
         if scenario.evaluation.ood:
             metrics.update(ood_rates(scored, results, plan.ledger.is_member(plan.targets.ids), sizes))
+            metrics["ood_fake_steps"] = steps  # what the budget chose (evaluation.ood_steps unset)
     else:  # a multi-site audit: what `fedmia evaluate --manifests` joins with the sites' ground truth
         write_json_atomic(out_dir / ADVERSARY_OUTPUT, adversary_output(scenario, results, scored, sizes))
     if release is not None:  # the defense's utility cost is on what is served

@@ -217,8 +217,9 @@ class EvaluationSpec(Strict):
         description="non-member sets whose false-positive rate is reported (OOD sets, `fedmia list`; [] to skip)",
     )
     ood_count: int = Field(100, ge=1, description="records per out-of-distribution set")
-    ood_steps: int = Field(40, ge=1, le=1000, description="gradient steps per batch of optimised fakes "
-                           "(each a backward pass of the served model: bound it at large image sizes)")
+    ood_steps: int | None = Field(None, ge=1, le=1000, description=(
+        "gradient steps per batch of optimised fakes (each a backward pass of the served model); default: "
+        "sized so the fakes cost about what the run's own training did, 5 to 40 steps"))
 
     @field_validator("tpr_at_fpr")
     @classmethod

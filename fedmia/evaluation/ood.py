@@ -14,6 +14,23 @@ from fedmia.data.records import Records
 from fedmia.evaluation.metrics import false_positive_rate, threshold_at_tpr
 
 
+FAKE_STEPS = (5, 40)  # the auto budget's bounds: fewer is not optimised, more gains little (measured: 40)
+
+
+def fake_steps(scenario, plan) -> int:
+    """Steps per optimised fake: `evaluation.ood_steps`, or else a budget relative to the run's
+    own cost — the fakes' backward passes (count × steps) about the record passes of its
+    training (records × local epochs × rounds, over the clients that train), within FAKE_STEPS.
+    The quickstart (6,000 record passes, 100 fakes) keeps 40; a one-round run of 200 records at
+    256×256 gets 5 instead of spending 4,000 backward passes at that size on its fakes."""
+    evaluation, federation = scenario.evaluation, scenario.federation
+    if evaluation.ood_steps is not None:
+        return evaluation.ood_steps
+    records = sum(len(c) for c in plan.clients) if plan.clients else scenario.data.members
+    passes = records * scenario.clients_per_round / federation.clients * federation.local_epochs * federation.rounds
+    return int(min(FAKE_STEPS[1], max(FAKE_STEPS[0], passes // evaluation.ood_count)))
+
+
 def ood_sets(served, plan, names, count: int, seed: int, device, report=None, steps: int = 40) -> dict[str, Records]:
     """Each set `names` lists (plug-ins of `fedmia.ood_sets`), made from the held-out records."""
     target_ids = set(plan.targets.ids)
@@ -22,18 +39,20 @@ def ood_sets(served, plan, names, count: int, seed: int, device, report=None, st
     spare_records = plan.heldout.subset(spare) if len(spare) >= 10 else plan.heldout
     sets = {}
     for name in names:
+        if report is not None:
+            report(name, False)  # the set being made: the optimised fakes take a while
         sets[name] = make_ood_set(name, plan.heldout, plan.info, count=count, seed=seed, spare=spare_records,
                                   model=served, device=device, steps=steps)
         if report is not None:
-            report(name)
+            report(name, True)
     return sets
 
 
 def ood_scores(served, plan, results: dict, names, count: int, seed: int, device, report=None,
                steps: int = 40) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, int]]:
     """Every attack's scores on every OOD set ({attack: {set: scores}}) and the sets' sizes: the
-    attack side of the figure, no ground truth. `report(name)` is called as each OOD set is
-    ready (progress); `steps`: per batch of optimised fakes."""
+    attack side of the figure, no ground truth. `report(name, done)` is called as each OOD set
+    is started and when it is ready (progress); `steps`: per batch of optimised fakes."""
     sets = ood_sets(served, plan, names, count, seed, device, report, steps=steps)
     scored = {attack_name: {name: np.asarray(result.attack.score(result.view, records), dtype=float)
                             for name, records in sets.items()}
