@@ -23,12 +23,14 @@ from fedmia.attacks.updates import NeedsClientUpdates
 from fedmia.data.federation import sealed
 from fedmia.data.plan import build_plan
 from fedmia.defenses import active, defended_recipe
+from fedmia.defenses.base import LOCAL_STAGES
 from fedmia.evaluation.manifests import ADVERSARY_OUTPUT
 from fedmia.evaluation.ood import fake_steps, ood_rates, ood_scores
 from fedmia.evaluation.run_metrics import evaluate_run
 from fedmia.evaluation.schema import check_metrics
 from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
+from fedmia.local import local_training
 from fedmia.runfolder import claim, complete
 from fedmia.models import scenario_model, set_weights
 from fedmia.scenario import Scenario
@@ -104,6 +106,11 @@ def adversary_view(scenario: Scenario, transcript: Transcript, served=None) -> A
         population_fpr=scenario.evaluation.threshold_population_fpr,
         recipe=defended_recipe(scenario),
         rounds=scenario.federation.rounds,
+        clients=scenario.clients_per_round,
+        local_training=lambda model, records, seed: local_training(
+            scenario, model, records, defended_recipe(scenario), seed=seed, device=device),
+        local_defenses=sorted(f"{d.key}:{d.params.model_dump_json()}" for d in active(scenario)
+                              if d.acts_on in LOCAL_STAGES),
         seed=scenario.seed,
         cache_dir=scenario.runtime.cache_dir,
         cache_context={"data": scenario.data.model_dump(mode="json"), "model": scenario.model.model_dump(mode="json")},

@@ -186,3 +186,43 @@ def test_update_gradient_batched_cosines_equal_the_one_at_a_time_ones(overfit_se
     one_at_a_time = updates.UpdateGradient._cosines(view, plan.targets, sent, returned)
     np.testing.assert_allclose(batched, one_at_a_time, atol=1e-5)
     assert np.ptp(batched) > 1e-3  # not a constant: the records' gradients differ
+
+
+def test_federated_reference_models_train_as_the_federation_does(overfit_setup, tmp_path):
+    """`training: federated`: a reference model's records are split over the clients a round
+    samples, each round every client runs the protocol's own local training from the global
+    model, and the global model is the example-weighted mean of their replies; cached under a
+    key of its own (not the centrally trained model's)."""
+    import dataclasses
+
+    from fedmia.attacks.reference import ReferenceModels, federated_training
+
+    scenario, plan, transcript = overfit_setup
+    base = adversary_view(scenario, transcript)
+    calls = []
+
+    def local(model, records, seed):
+        base.local_training(model, records, seed)
+        calls.append((set(records.ids), len(records), get_weights(model)))
+
+    view = dataclasses.replace(base, clients=3, rounds=2, local_training=local, cache_dir=str(tmp_path))
+    records = plan.population
+    model = view.model_factory()
+    final = federated_training(view, model, records, seed=5)
+    assert len(calls) == 6  # 2 rounds x 3 clients
+    last = calls[3:]
+    assert set().union(*(ids for ids, _, _ in last)) == set(records.ids)
+    assert sum(n for _, n, _ in last) == len(records)  # disjoint parts covering the records
+    share = np.array([n for _, n, _ in last], dtype=np.float64) / len(records)
+    for i, array in enumerate(final):
+        if array.dtype.kind == "f":
+            expected = sum(w * weights[i].astype(np.float64) for w, (_, _, weights) in zip(share, last))
+            np.testing.assert_allclose(array, expected, rtol=1e-5, atol=1e-6)
+
+    federated, central = ReferenceModels(view, 2, None, "federated"), ReferenceModels(view, 2, None, "central")
+    assert federated.key(0) != central.key(0)
+    calls.clear()
+    first = federated.weights(0)
+    assert len(calls) == 6 and federated.trained == 1
+    again = ReferenceModels(view, 2, None, "federated").weights(0)  # from the cache: no training
+    assert len(calls) == 6 and all(np.array_equal(a, b) for a, b in zip(first, again))

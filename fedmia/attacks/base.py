@@ -98,6 +98,11 @@ class AdversaryView:
     # What the server knows of the clients' training (it sends their config): for reference models.
     recipe: object = None  # fedmia.training.TrainRecipe of one local run
     rounds: int = 1
+    clients: int = 1  # clients a round samples
+    # the clients' own local training (recipe and local defenses) as a callable (model, records,
+    # seed): for reference models trained as the federation trains; None where it is not known
+    local_training: Callable | None = field(default=None, repr=False, compare=False)
+    local_defenses: list = field(default_factory=list)  # their names, for the reference cache key
     seed: int = 0
     cache_dir: object = None  # where reference models are kept between runs
     cache_context: dict = field(default_factory=dict)  # data/model settings the cache key includes

@@ -59,7 +59,11 @@ class ReferenceParams(BaseModel):
         "auto", description="RMIA offline correction of P(x) from OUT models; auto: chosen with one "
         "reference model playing the target (ml_privacy_meter's procedure), never with the ledger")
     gamma: float = Field(1.0, gt=0, description="RMIA: a population record z counts if LR(x)/LR(z) >= gamma")
-    epochs: int | None = Field(None, ge=1, description="default: rounds x local_epochs")
+    epochs: int | None = Field(None, ge=1, description="central training: default rounds x local_epochs")
+    training: Literal["central", "federated"] = Field(
+        "central", description="central: each reference model trains alone for rounds x local epochs; "
+        "federated: as the federation trains — its records split over the clients a round samples, the "
+        "scenario's rounds of the clients' own local training (local defenses included) and FedAvg")
     calibrate: bool = Field(True, description="LiRA: centre each model's φ on its OUT population records")
 
 
@@ -113,8 +117,9 @@ def target_phi_maps(view: AdversaryView, records: Records) -> tuple[np.ndarray, 
 class ReferenceModels:
     """K models, each trained on a random half of (population ∪ targets), cached on disk."""
 
-    def __init__(self, view: AdversaryView, count: int, epochs: int | None):
+    def __init__(self, view: AdversaryView, count: int, epochs: int | None, training: str = "central"):
         self.view = view
+        self.training = training
         self.pool = Records.concat([view.population, view.targets])
         rng = np.random.default_rng([view.seed, 2024])
         n = len(self.pool)
@@ -123,7 +128,8 @@ class ReferenceModels:
         for j in range(n):
             self.inclusion[rng.permutation(count)[: count // 2], j] = True
         local = view.recipe
-        self.recipe = dataclasses.replace(local, epochs=epochs or view.rounds * local.epochs)
+        self.recipe = local if training == "federated" else \
+            dataclasses.replace(local, epochs=epochs or view.rounds * local.epochs)
         self.cache_dir = Path(view.cache_dir or DEFAULT_CACHE) / "reference"
         self.trained = 0
         self._moments: dict = {}
@@ -133,6 +139,8 @@ class ReferenceModels:
                    "group_norm": any(isinstance(m, torch.nn.GroupNorm) for m in self.view.model_factory().modules()),
                    "recipe": dataclasses.asdict(self.recipe), "seed": self.view.seed, "index": index,
                    "init": "seeded",  # entries from before seeded initialisation are not reused
+                   **({"training": "federated", "clients": self.view.clients, "rounds": self.view.rounds,
+                       "local_defenses": self.view.local_defenses} if self.training == "federated" else {}),
                    "members": hashlib.sha256("\n".join(self.pool.ids[self.inclusion[index]]).encode()).hexdigest()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -141,14 +149,20 @@ class ReferenceModels:
         if path.exists():
             with np.load(path) as data:
                 return [data[k] for k in sorted(data.files)]
+        how = (f"{self.view.rounds} rounds x {self.view.clients} clients" if self.training == "federated"
+               else f"{self.recipe.epochs} epochs")
         self.view.report(f"training reference model {index + 1}/{len(self.inclusion)} "
-                         f"({self.recipe.epochs} epochs; cached ones load at once)")
+                         f"({how}; cached ones load at once)")
         # Seed the initial weights too: a reference model must be a function of its cache key.
-        torch.manual_seed(self.view.seed * 7919 + index)
+        seed = self.view.seed * 7919 + index
+        torch.manual_seed(seed)
         model = self.view.model_factory()
-        train_local(model, self.pool.subset(np.flatnonzero(self.inclusion[index])), self.recipe,
-                    seed=self.view.seed * 7919 + index, device=self.view.device)
-        weights = get_weights(model)
+        records = self.pool.subset(np.flatnonzero(self.inclusion[index]))
+        if self.training == "federated":
+            weights = federated_training(self.view, model, records, seed)
+        else:
+            train_local(model, records, self.recipe, seed=seed, device=self.view.device)
+            weights = get_weights(model)
         buffer = io.BytesIO()
         np.savez(buffer, **{f"w{i:04d}": w for i, w in enumerate(weights)})
         write_bytes_atomic(path, buffer.getvalue())
@@ -203,10 +217,37 @@ class ReferenceModels:
 
 def _shared_references(view: AdversaryView, params: ReferenceParams) -> ReferenceModels:
     """LiRA and RMIA in one run share one set of reference models (and their statistics)."""
-    key = ("reference", params.models, params.epochs)
+    key = ("reference", params.models, params.epochs, params.training)
     if key not in view.shared:
-        view.shared[key] = ReferenceModels(view, params.models, params.epochs)
+        view.shared[key] = ReferenceModels(view, params.models, params.epochs, params.training)
     return view.shared[key]
+
+
+def federated_training(view: AdversaryView, model, records: Records, seed: int) -> list[np.ndarray]:
+    """A reference model trained as the federation trains, from `model`'s initial weights: the
+    records split at random over the clients a round samples (`view.clients`), `view.rounds`
+    rounds in which each client runs the clients' own local training (`view.local_training`:
+    the recipe and the local defenses, DP-SGD included) from the global model, then FedAvg (the
+    example-weighted mean, as the honest server computes it). The same record passes as central
+    training for rounds × local epochs; written here, not through Flower: the adversary
+    simulates a federation it controls, in one process, with no messages to exchange."""
+    if view.local_training is None:
+        raise ValueError("federated reference training needs the protocol's local training (view.local_training)")
+    rng = np.random.default_rng(seed)
+    parts = [part for part in np.array_split(rng.permutation(len(records)), max(1, view.clients)) if len(part)]
+    global_weights = get_weights(model)
+    for round_index in range(view.rounds):
+        replies, sizes = [], []
+        for k, part in enumerate(parts):
+            set_weights(model, global_weights)
+            view.local_training(model, records.subset(np.sort(part)), seed * 1009 + round_index * len(parts) + k)
+            replies.append(get_weights(model))
+            sizes.append(len(part))
+        share = np.asarray(sizes, dtype=np.float64) / sum(sizes)
+        global_weights = [sum(w * reply[i].astype(np.float64) for w, reply in zip(share, replies)).astype(reply_dtype)
+                          for i, reply_dtype in enumerate(r.dtype for r in replies[0])]
+    set_weights(model, global_weights)
+    return global_weights
 
 
 class _ReferenceAttack(Attack):
