@@ -95,6 +95,7 @@ def adversary_view(scenario: Scenario, transcript: Transcript, served=None) -> A
     device = pick_device(scenario.runtime.device)
     if served is None:
         served = final_model(scenario, transcript)
+    recipe = defended_recipe(scenario)
     return AdversaryView(
         transcript=transcript,
         model_factory=lambda: scenario_model(scenario, info),
@@ -104,11 +105,11 @@ def adversary_view(scenario: Scenario, transcript: Transcript, served=None) -> A
         device=device,
         api=QueryAPI(served, [d for d in active(scenario) if d.acts_on == "query"], device=device),
         population_fpr=scenario.evaluation.threshold_population_fpr,
-        recipe=defended_recipe(scenario),
+        recipe=recipe,
         rounds=scenario.federation.rounds,
         clients=scenario.clients_per_round,
         local_training=lambda model, records, seed: local_training(
-            scenario, model, records, defended_recipe(scenario), seed=seed, device=device),
+            scenario, model, records, recipe, seed=seed, device=device),
         local_defenses=sorted(f"{d.key}:{d.params.model_dump_json()}" for d in active(scenario)
                               if d.acts_on in LOCAL_STAGES),
         seed=scenario.seed,

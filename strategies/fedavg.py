@@ -18,6 +18,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 from pydantic import BaseModel, ConfigDict
 
+from fedmia.models import weighted_sum
 from fedmia.transcript import Reply, RoundView, Transcript
 from fedmia.data.knowledge import AdversaryKnowledge, adversary_knowledge
 from fedmia.defenses import active
@@ -27,11 +28,6 @@ from strategies import register_strategy
 
 class FedAvgParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _weighted_sum(arrays_per_client, share) -> list:
-    return [sum(w * arrays[i].astype(np.float64) for w, arrays in zip(share, arrays_per_client)).astype(np.float32)
-            for i in range(len(arrays_per_client[0]))]
 
 
 def weighted_mean(metrics: list[tuple[int, dict]]) -> dict:
@@ -158,7 +154,7 @@ class ObservingFedAvg(FedAvg):
         # than the noise covers (see fedmia/evaluation/privacy.py).
         share = np.full(len(counts), 1 / len(counts)) if self.wrapped else counts / counts.sum()
         # What this round's senders started from, weighted as FedAvg weighs their replies.
-        started_from = _weighted_sum([view.sent[proxy.node_id] for proxy, _ in results], share)
+        started_from = weighted_sum([view.sent[proxy.node_id] for proxy, _ in results], share)
         for proxy, fit_res in results:
             # Under SecAgg+ every FitRes carries the same thing: the secure aggregate.
             weights = None if self.secure else parameters_to_ndarrays(fit_res.parameters)
@@ -167,7 +163,7 @@ class ObservingFedAvg(FedAvg):
             view.observed_update = parameters_to_ndarrays(results[0][1].parameters)  # mean update
         else:
             # the replies just deserialised, not a second copy of each (4 x 98 MB at kvasir size)
-            mean_reply = _weighted_sum([reply.weights for reply in view.replies], share)
+            mean_reply = weighted_sum([reply.weights for reply in view.replies], share)
             view.observed_update = [m - s for m, s in zip(mean_reply, started_from)]
         new_global = self.next_global(server_round, started_from, view.observed_update)
         view.aggregate = new_global

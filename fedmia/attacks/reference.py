@@ -43,7 +43,7 @@ from scipy.stats import norm
 from fedmia.attacks.base import PROBABILITY_FLOOR, AdversaryView, Attack, model_probabilities, register_attack
 from fedmia.data.records import Records
 from fedmia.io import write_bytes_atomic
-from fedmia.models import get_weights, set_weights
+from fedmia.models import get_weights, set_weights, weighted_sum
 from fedmia.training import train_local
 
 DEFAULT_CACHE = Path(os.environ.get("FEDMIA_CACHE", ".fedmia-cache"))
@@ -243,9 +243,7 @@ def federated_training(view: AdversaryView, model, records: Records, seed: int) 
             view.local_training(model, records.subset(np.sort(part)), seed * 1009 + round_index * len(parts) + k)
             replies.append(get_weights(model))
             sizes.append(len(part))
-        share = np.asarray(sizes, dtype=np.float64) / sum(sizes)
-        global_weights = [sum(w * reply[i].astype(np.float64) for w, reply in zip(share, replies)).astype(reply_dtype)
-                          for i, reply_dtype in enumerate(r.dtype for r in replies[0])]
+        global_weights = weighted_sum(replies, np.asarray(sizes, dtype=np.float64) / sum(sizes))
     set_weights(model, global_weights)
     return global_weights
 

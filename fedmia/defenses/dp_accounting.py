@@ -110,6 +110,11 @@ def _headline(accountants: dict[str, float]) -> tuple[float, str]:
     return accountants[best], best
 
 
+def _released_rounds(transcript) -> int:
+    """Rounds whose aggregate was released: what central DP's accountant counts."""
+    return sum(1 for r in transcript.rounds if r.aggregate is not None and r.replies)
+
+
 def _local_histories(transcript) -> tuple[dict[int, list], dict[int, int]]:
     """Per client: its (noise multiplier, sample rate, steps) per round of DP-SGD, and the records
     it trained on, as its replies report them."""
@@ -130,7 +135,7 @@ def epsilon_at(dp, scenario, transcript, delta: float, client: int | None = None
     federation (central) or of `client`'s records (local). The empirical check compares its
     lower bound with this at the δ it tests."""
     if dp.mode == "central":
-        rounds = sum(1 for r in transcript.rounds if r.aggregate is not None and r.replies)
+        rounds = _released_rounds(transcript)
         return _headline(central_epsilons(dp.noise_multiplier, scenario.federation.clients,
                                           scenario.clients_per_round, rounds, delta))[0]
     entries = _local_histories(transcript)[0].get(client)
@@ -142,7 +147,7 @@ def accounted(dp, scenario, plan, transcript) -> dict:
     (per record, every client's rounds of DP-SGD steps as its replies report them)."""
     if dp.mode == "central":
         delta = dp.delta or 1.0 / (10 * scenario.federation.clients)
-        rounds = sum(1 for r in transcript.rounds if r.aggregate is not None and r.replies)
+        rounds = _released_rounds(transcript)
         accountants = central_epsilons(dp.noise_multiplier, scenario.federation.clients,
                                        scenario.clients_per_round, rounds, delta)
         epsilon, best = _headline(accountants)

@@ -280,6 +280,13 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def weighted_sum(arrays_per_client: list[list[np.ndarray]], share) -> list[np.ndarray]:
+    """Σ_k share_k · arrays_k, array by array, summed in float64 and stored as float32: FedAvg's
+    mean (the server's, and the adversary's simulated federations')."""
+    return [sum(w * arrays[i].astype(np.float64) for w, arrays in zip(share, arrays_per_client)).astype(np.float32)
+            for i in range(len(arrays_per_client[0]))]
+
+
 def weight_names(model: nn.Module) -> list[str]:
     return list(model.state_dict().keys())
 
