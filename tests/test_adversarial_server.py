@@ -79,9 +79,10 @@ def test_isolation_recovers_the_target_update_through_secagg(write_scenario, tmp
     assert all(np.array_equal(a, b) for a, b in zip(last.aggregate, last.sent[target_node]))
 
 
-# Unpinned, the attack's exact recovery through SecAgg+ is what the model-isolation test above
-# shows by the same mechanism; it runs with `pytest -m slow` to keep the default run in budget.
-@pytest.mark.parametrize("pinned", [pytest.param(False, marks=pytest.mark.slow), True])
+# slow (both): the attack's exact recovery through SecAgg+ is what the model-isolation test above
+# shows by the same mechanism in the default run; `pytest -m slow` (CI's second stage) runs these.
+@pytest.mark.slow
+@pytest.mark.parametrize("pinned", [False, True])
 def test_config_isolation_and_the_pinning_defense(write_scenario, tmp_path, stops_its_processes, pinned):
     scenario = load_scenario(write_scenario(changes(
         server={"strategy": "config-isolation", "target_client": 0},
@@ -98,24 +99,28 @@ def test_config_isolation_and_the_pinning_defense(write_scenario, tmp_path, stop
     assert sorted(c["local-epochs"] for c in configs.values()) == [0, 0, 2]
 
 
-def test_gradient_ascent_and_poisoning_tailor_the_broadcast(write_scenario, tmp_path, stops_its_processes):
-    results = {}
+def _tailored_run(write_scenario, tmp_path, strategy: str, extra: dict):
+    scenario = load_scenario(write_scenario(changes(
+        server={"strategy": strategy, **extra},
+        attacks=["update-loss-drop", "gradient-ascent", "source-inference",
+                 {"name": "gradient-ascent", "replays": 1, "label": "replayed"}]), name=f"{strategy}.yaml"))
+    metrics = run_scenario(scenario, tmp_path / strategy)
+    transcript = Transcript.load(tmp_path / strategy / "transcript")
+    first, last = transcript.rounds
+    assert last.notes.attacked == strategy and first.notes.attacked is None
+    sent = next(iter(last.sent.values()))
+    names = transcript.weight_names
+    changed = {n for n, a, b in zip(names, sent, first.aggregate) if not np.array_equal(a, b)}
+    return changed, metrics
+
+
+# slow (CI's second stage): a malicious strategy's `tailor` runs in the default run in the isolation
+# test above and in the audit's trap-weights run (tests/test_audit.py)
+@pytest.mark.slow
+def test_gradient_ascent_tailors_the_broadcast(write_scenario, tmp_path, stops_its_processes):
     # the ascent rehearses two strengths on the server's population and keeps the better one
     ascent = {"calibrate": True, "candidates": [[2, 0.01], [3, 0.01]]}
-    for strategy, extra in [("gradient-ascent", ascent), ("poisoning", {})]:
-        scenario = load_scenario(write_scenario(changes(
-            server={"strategy": strategy, **extra},
-            attacks=["update-loss-drop", "gradient-ascent", "source-inference",
-                     {"name": "gradient-ascent", "replays": 1, "label": "replayed"}]), name=f"{strategy}.yaml"))
-        metrics = run_scenario(scenario, tmp_path / strategy)
-        transcript = Transcript.load(tmp_path / strategy / "transcript")
-        first, last = transcript.rounds
-        assert last.notes.attacked == strategy and first.notes.attacked is None
-        sent = next(iter(last.sent.values()))
-        names = transcript.weight_names
-        changed = {n for n, a, b in zip(names, sent, first.aggregate) if not np.array_equal(a, b)}
-        results[strategy] = (changed, names, metrics)
-    changed, names, metrics = results["gradient-ascent"]
+    changed, metrics = _tailored_run(write_scenario, tmp_path, "gradient-ascent", ascent)
     assert any(n.startswith("encoder") for n in changed)  # ascent moves the whole network
     notes = json.loads((tmp_path / "gradient-ascent" / "transcript" / "index.json").read_text())["rounds"][-1]["notes"]["details"]
     assert set(notes["rehearsal_auc"]) == {"2x0.01", "3x0.01"}
@@ -128,5 +133,10 @@ def test_gradient_ascent_and_poisoning_tailor_the_broadcast(write_scenario, tmp_
     assert 0 <= metrics["attacks"]["replayed"]["auc"] <= 1
     assert metrics["source_inference"]["chance"] == pytest.approx(1 / 3)
     assert len(metrics["source_inference"]["confusion"]) == 3
-    changed, names, _ = results["poisoning"]
+
+
+# slow (CI's second stage), as the ascent above
+@pytest.mark.slow
+def test_poisoning_resets_the_decoder_it_broadcasts(write_scenario, tmp_path, stops_its_processes):
+    changed, _ = _tailored_run(write_scenario, tmp_path, "poisoning", {})
     assert changed and all(n.startswith(("decoder", "segmentation_head")) for n in changed)

@@ -226,3 +226,48 @@ def test_federated_reference_models_train_as_the_federation_does(overfit_setup, 
     assert len(calls) == 6 and federated.trained == 1
     again = ReferenceModels(view, 2, None, "federated").weights(0)  # from the cache: no training
     assert len(calls) == 6 and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_lira_aggregation_is_chosen_by_rehearsal_on_the_adversarys_own_models(overfit_setup, tmp_path):
+    """`aggregation: auto`: reference model 0 plays the target, the others are the references;
+    the aggregation that separates model 0's own training records best is kept (reported in
+    `chosen`), and the attack then scores exactly as with that aggregation fixed in advance. The
+    rehearsal runs under the ledger guard (run_attacks), so it cannot have read membership. The
+    reference-model cache: shared, reused, and deterministic when cold."""
+    from sklearn.metrics import roc_auc_score
+
+    from fedmia.attacks.reference import _mean_lira
+
+    scenario, plan, transcript = overfit_setup
+    runtime = scenario.runtime.model_copy(update={"cache_dir": str(tmp_path / "cache")})
+    spec = type(scenario.attacks[0])
+    specs = [spec(name=name, label=f"{name}-{aggregation}", models=4, epochs=2, aggregation=aggregation)
+             for name in ("lira-online", "lira-offline") for aggregation in ("auto", "mean", "pixel-sum")]
+    chosen_run = scenario.model_copy(update={"attacks": specs, "runtime": runtime})
+    results = run_attacks(chosen_run, adversary_view(chosen_run, transcript))
+    for name in ("lira-online", "lira-offline"):
+        auto = results[f"{name}-auto"]
+        aucs = auto.chosen["rehearsal_auc"]
+        assert set(aucs) == {"mean", "pixel-sum"} and all(0 <= a <= 1 for a in aucs.values())
+        assert auto.chosen["aggregation"] == max(aucs, key=lambda k: (aucs[k], k == "mean"))
+        np.testing.assert_allclose(auto.scores, results[f"{name}-{auto.chosen['aggregation']}"].scores)
+        assert results[f"{name}-mean"].chosen is None  # fixed in advance: nothing chosen
+    # one set of reference models, shared by every attack, trained once; a rerun on a warm cache
+    # trains none, a cold cache elsewhere retrains the same models: the same scores every time
+    assert len({id(r.attack.refs) for r in results.values()}) == 1
+    assert results["lira-online-auto"].attack.refs.trained == 4
+    assert len(list((tmp_path / "cache" / "reference").glob("*.npz"))) == 4
+    for cache, trained in (("cache", 0), ("cold", 4)):
+        rerun = chosen_run.model_copy(update={"runtime": runtime.model_copy(update={"cache_dir": str(tmp_path / cache)})})
+        again = run_attacks(rerun, adversary_view(rerun, transcript))
+        assert again["lira-online-auto"].attack.refs.trained == trained
+        for key, result in results.items():
+            np.testing.assert_allclose(again[key].scores, result.scores)
+    # the rehearsal's mean-aggregation AUC, recomputed by hand: model 0 against models 1-3
+    attack = results["lira-online-auto"].attack
+    refs = attack.refs
+    phi = attack.phi - refs.centres()[:, None]
+    shared = True  # 3 reference models: one shared variance (LiRA's rule below 64)
+    by_hand = _mean_lira(phi[0], phi[1:], refs.inclusion[1:], np.arange(len(refs.pool)), True, shared)
+    assert results["lira-online-auto"].chosen["rehearsal_auc"]["mean"] == pytest.approx(
+        roc_auc_score(refs.inclusion[0], by_hand))

@@ -135,6 +135,9 @@ def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its
     assert audited["utility"]["dice"] == sim["utility"]["dice"]
 
 
+# slow: the same refusal through Ray's workers (tests/test_plugins.py) is in the default run, and
+# the deployment engine's real path in the multi-site test above
+@pytest.mark.slow
 def test_a_supernode_without_the_users_plug_ins_stops_the_run_naming_them(
         example_plugins, write_scenario, tmp_path, stops_its_processes, monkeypatch):
     """The example package (dataset, partitioner, strategy, defense, attack, OOD set) on a

@@ -192,7 +192,8 @@ class AttackResult:
     """What one attack hands the evaluator: scores (higher = more likely a member), its own
     decision threshold (or None), owners for source inference, or why it was skipped.
     `recovered`: an update the attack recovered, to compare with the true one; `scope_client`
-    restricts its membership figures to one client's members against every non-member."""
+    restricts its membership figures to one client's members against every non-member.
+    `chosen`: settings the attack chose from the adversary's own data (reported beside its figures)."""
 
     scores: np.ndarray | None = None
     threshold: float | None = None
@@ -200,6 +201,7 @@ class AttackResult:
     skipped: str | None = None
     scope_client: int | None = None
     recovered: RecoveredUpdate | None = None
+    chosen: dict | None = None
     attack: "Attack | None" = field(default=None, repr=False)  # with `view`: to score the OOD sets
     view: "AdversaryView | None" = field(default=None, repr=False)
 
@@ -220,6 +222,7 @@ class Attack(ABC):
     # "white-box": reads the transcript's weights (the server's own records).
     access: ClassVar[str] = "black-box"
     threshold: float | None = None
+    chosen: dict | None = None  # settings `fit` chose from the adversary's own data, if any
 
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
@@ -233,7 +236,7 @@ class Attack(ABC):
     def result(self, view: AdversaryView) -> AttackResult:
         """Score the view's targets; subclasses add owners, scope or extras."""
         return AttackResult(scores=np.asarray(self.score(view, view.targets), dtype=float),
-                            threshold=self.threshold, attack=self, view=view)
+                            threshold=self.threshold, chosen=self.chosen, attack=self, view=view)
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", "fedmia.attacks")

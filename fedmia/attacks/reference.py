@@ -68,9 +68,11 @@ class ReferenceParams(BaseModel):
 
 
 class LiraParams(ReferenceParams):
-    aggregation: Literal["mean", "pixel-sum"] = Field(
+    aggregation: Literal["mean", "pixel-sum", "auto"] = Field(
         "mean", description="mean: one Gaussian per record on the image-mean φ (the paper's); "
-        "pixel-sum: one per pixel, per-pixel log-likelihood ratios summed")
+        "pixel-sum: one per pixel, per-pixel log-likelihood ratios summed; auto: the one that separates "
+        "reference model 0's training records best when it plays the target (the adversary's own models, "
+        "never the ledger)")
     pixel_floor: float = Field(1.0, gt=0, description="pixel-sum: floor on each per-pixel std")
 
 
@@ -182,17 +184,22 @@ class ReferenceModels:
             self._stats = (np.stack(phis), np.stack(probs))
         return self._stats
 
-    def pixel_moments(self, calibrate: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def pixel_moments(self, calibrate: bool, exclude: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per pool record and pixel, mean and std of φ over the models that trained on it ("in")
-        and those that did not ("out"), each model's φ minus its `centres()`. Accumulated
-        model by model, so memory does not grow with the number of models."""
-        if calibrate not in self._moments:
+        and those that did not ("out"), each model's φ minus its `centres()`, leaving out model
+        `exclude` (whose φ maps are then under "held_out", for a rehearsal with it as the target).
+        Accumulated model by model, so memory does not grow with the number of models."""
+        key = (calibrate, exclude)
+        if key not in self._moments:
             centres = self.centres() if calibrate else np.zeros(len(self.inclusion))
             model = self.view.model_factory()
-            sums = {}
+            sums, held_out = {}, None
             for index, included in enumerate(self.inclusion):
                 set_weights(model, self.weights(index))
                 phi = reference_phi_maps(self.view, model, self.pool)[0] - centres[index]
+                if index == exclude:
+                    held_out = phi
+                    continue
                 for side, mask in (("in", included), ("out", ~included)):
                     s1, s2, count = sums.get(side, (0.0, 0.0, 0))
                     sums[side] = (s1 + np.where(mask[:, None], phi, 0.0), s2 + np.where(mask[:, None], phi**2, 0.0),
@@ -203,8 +210,10 @@ class ReferenceModels:
                 mean = s1 / np.maximum(count, 1)
                 variance = (s2 - count * mean**2) / np.maximum(count - 1, 1)
                 moments[side] = (mean, np.sqrt(np.maximum(variance, 0.0)))
-            self._moments[calibrate] = moments
-        return self._moments[calibrate]
+            if held_out is not None:
+                moments["held_out"] = held_out
+            self._moments[key] = moments
+        return self._moments[key]
 
     def centres(self) -> np.ndarray:
         """Each model's median image-mean φ over the population records it did not train on: what
@@ -287,24 +296,20 @@ def _gaussian_fit(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     return mean, np.sqrt(var)
 
 
-def _pixel_scores(attack: "_ReferenceAttack", view: AdversaryView, records: Records, online: bool) -> np.ndarray:
-    """Per-pixel Gaussians, per-pixel log-likelihood ratios (online) or log-CDFs (offline), summed."""
-    params = attack.params
-    phi_t = target_phi_maps(view, records)[0]
-    if params.calibrate:
-        phi_t = phi_t - np.median(attack.population_phi)
-    moments = attack.refs.pixel_moments(params.calibrate)
-    cols = attack._columns(records)
+def _pixel_lira(phi_t: np.ndarray, moments: dict, cols: np.ndarray, online: bool, shared: bool,
+                pixel_floor: float) -> np.ndarray:
+    """Per-pixel Gaussians, per-pixel log-likelihood ratios (online) or log-CDFs (offline),
+    summed. `phi_t`: (m, pixels) calibrated target maps; `cols`: each record's pool column."""
     known = cols >= 0
     c = np.where(known, cols, 0)
 
     def gaussians(side):
         mu, sd = moments[side]
-        sd = np.full_like(sd, np.median(sd)) if shared_variance(params, len(attack.refs.inclusion)) else sd
+        sd = np.full_like(sd, np.median(sd)) if shared else sd
         # a record the adversary never had (OOD sets): the per-pixel Gaussian of a typical record
         mu = np.where(known[:, None], mu[c], mu.mean(0))
         sd = np.where(known[:, None], sd[c], np.median(sd, axis=0))
-        return mu, np.maximum(sd, params.pixel_floor)
+        return mu, np.maximum(sd, pixel_floor)
 
     if online:
         per_pixel = norm.logpdf(phi_t, *gaussians("in")) - norm.logpdf(phi_t, *gaussians("out"))
@@ -313,48 +318,86 @@ def _pixel_scores(attack: "_ReferenceAttack", view: AdversaryView, records: Reco
     return per_pixel.sum(1)
 
 
-@register_attack("lira-online")
-class LiraOnline(_ReferenceAttack):
-    Params = LiraOnlineParams
+def _mean_lira(phi_t: np.ndarray, phi: np.ndarray, inside: np.ndarray, cols: np.ndarray, online: bool,
+               shared: bool) -> np.ndarray:
+    """LiRA on the image-mean φ: `phi_t` (m,) calibrated target statistics, `phi` (K, n) the
+    reference models' (calibrated), `inside` (K, n) which model trained on which pool record.
+    Online: log N(φ; in) − log N(φ; out); offline: log CDF of the OUT Gaussian (one-sided)."""
+    known = cols >= 0
+    c = np.where(known, cols, 0)
+
+    def gaussian(mask):
+        mu, sd = _gaussian_fit(phi, mask)
+        if shared:
+            sd = np.full_like(sd, np.nanmedian(sd))
+        # a record the adversary never had (OOD sets): the Gaussian of a typical record
+        return np.where(known, mu[c], np.nanmean(mu)), np.maximum(np.where(known, sd[c], np.nanmedian(sd)), 1e-3)
+
+    if not online:
+        return norm.logcdf(phi_t, *gaussian(~inside))
+    return norm.logpdf(phi_t, *gaussian(inside)) - norm.logpdf(phi_t, *gaussian(~inside))
+
+
+class _Lira(_ReferenceAttack):
+    """LiRA, online (IN and OUT Gaussians) or offline (OUT only), on the image-mean φ or per pixel."""
+
+    Params = LiraParams
+    online: bool
+
+    def fit(self, view: AdversaryView) -> None:
+        super().fit(view)
+        self.aggregation = self.params.aggregation
+        if self.aggregation == "auto":
+            self.aggregation = self._choose_aggregation(view)
+
+    def _choose_aggregation(self, view: AdversaryView) -> str:
+        """RMIA's rehearsal (`Rmia._choose_a`) for LiRA: reference model 0 plays the target and
+        models 1..K−1 are the references; keep the aggregation whose scores best separate model
+        0's own training records from the rest of the pool (AUC). Only the adversary's own models
+        and records are used; "mean" (the paper's) when there is nothing to rehearse on."""
+        from sklearn.metrics import roc_auc_score
+
+        inclusion = self.refs.inclusion
+        labels = inclusion[0]
+        if len(inclusion) < 3 or labels.all() or not labels.any():
+            self.chosen = {"aggregation": "mean", "rehearsal": "too few reference models to rehearse"}
+            return "mean"
+        cols = np.arange(inclusion.shape[1])
+        shared = shared_variance(self.params, len(inclusion) - 1)
+        centres = self.refs.centres() if self.params.calibrate else np.zeros(len(inclusion))
+        phi = self.phi - centres[:, None]
+        moments = self.refs.pixel_moments(self.params.calibrate, exclude=0)
+        scores = {"mean": _mean_lira(phi[0], phi[1:], inclusion[1:], cols, self.online, shared),
+                  "pixel-sum": _pixel_lira(moments["held_out"], moments, cols, self.online, shared,
+                                           self.params.pixel_floor)}
+        aucs = {name: float(roc_auc_score(labels, np.nan_to_num(s, nan=-np.inf, posinf=1e300, neginf=-1e300)))
+                for name, s in scores.items()}
+        best = max(aucs, key=lambda name: (aucs[name], name == "mean"))  # a tie keeps the paper's
+        self.chosen = {"aggregation": best, "rehearsal_auc": aucs}
+        return best
 
     def score(self, view: AdversaryView, records: Records) -> np.ndarray:
-        if self.params.aggregation == "pixel-sum":
-            return _pixel_scores(self, view, records, online=True)
-        phi_t, phi = self._calibrated(view, records)
         cols = self._columns(records)
-        inside = self.refs.inclusion
-        mu_in, sd_in = _gaussian_fit(phi, inside)
-        mu_out, sd_out = _gaussian_fit(phi, ~inside)
-        if shared_variance(self.params, len(inside)):
-            sd_in = np.full_like(sd_in, np.nanmedian(sd_in))
-            sd_out = np.full_like(sd_out, np.nanmedian(sd_out))
-        known = cols >= 0
-        c = np.where(known, cols, 0)
+        shared = shared_variance(self.params, len(self.refs.inclusion))
+        if self.aggregation == "pixel-sum":
+            phi_t = target_phi_maps(view, records)[0]
+            if self.params.calibrate:
+                phi_t = phi_t - np.median(self.population_phi)
+            return _pixel_lira(phi_t, self.refs.pixel_moments(self.params.calibrate), cols, self.online, shared,
+                               self.params.pixel_floor)
+        phi_t, phi = self._calibrated(view, records)
+        return _mean_lira(phi_t, phi, self.refs.inclusion, cols, self.online, shared)
 
-        def gaussian(mu, sd):
-            # a record the adversary never had (OOD sets): the Gaussian of a typical record
-            mu = np.where(known, mu[c], np.nanmean(mu))
-            return mu, np.maximum(np.where(known, sd[c], np.nanmedian(sd)), 1e-3)
 
-        return norm.logpdf(phi_t, *gaussian(mu_in, sd_in)) - norm.logpdf(phi_t, *gaussian(mu_out, sd_out))
+@register_attack("lira-online")
+class LiraOnline(_Lira):
+    Params = LiraOnlineParams
+    online = True
 
 
 @register_attack("lira-offline")
-class LiraOffline(_ReferenceAttack):
-    Params = LiraParams
-
-    def score(self, view: AdversaryView, records: Records) -> np.ndarray:
-        if self.params.aggregation == "pixel-sum":
-            return _pixel_scores(self, view, records, online=False)
-        phi_t, phi = self._calibrated(view, records)
-        cols = self._columns(records)
-        mu_out, sd_out = _gaussian_fit(phi, ~self.refs.inclusion)
-        if shared_variance(self.params, len(self.refs.inclusion)):
-            sd_out = np.full_like(sd_out, np.nanmedian(sd_out))
-        global_mu, global_sd = np.nanmean(mu_out), np.nanmedian(sd_out)
-        mu = np.array([mu_out[c] if c >= 0 else global_mu for c in cols])
-        sd = np.array([max(sd_out[c], 1e-3) if c >= 0 else global_sd for c in cols])
-        return norm.logcdf(phi_t, mu, sd)  # one-sided: how far above the OUT distribution
+class LiraOffline(_Lira):
+    online = False
 
 
 @register_attack("rmia")

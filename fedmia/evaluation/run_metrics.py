@@ -55,6 +55,8 @@ def membership_section(scenario, ledger, target_ids, results: dict, num_clients:
             scores, labels = scores[keep], is_member[keep]
         row = membership_metrics(scores, labels, fpr_levels=levels, threshold=result.threshold,
                                  intervals=True, seed=scenario.seed).to_dict()
+        if result.chosen:
+            row["chosen"] = result.chosen
         if result.scope_client is not None:
             row["scope"] = f"client {result.scope_client}'s members vs all non-members"
         attacks[name] = row

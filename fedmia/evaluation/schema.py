@@ -40,6 +40,8 @@ class AttackMetrics(Open):
     false_positives_allowed: dict[str, int] = Field(default_factory=dict, description="per level")
     low_n_levels: list[str] = Field(default_factory=list, description="levels resting on < 10 false positives")
     ci: AttackIntervals | None = Field(None, description="95% intervals")
+    chosen: dict[str, Any] | None = Field(None, description="settings the attack chose from the adversary's "
+                                          "own models and records (never the ledger), e.g. RMIA's a")
 
 
 class Utility(Open):
