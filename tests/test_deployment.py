@@ -15,8 +15,7 @@ from fedmia.deploy import LocalDeployment, alive, local_deployment, self_signed_
 
 # TLS alone is a subset of "tls+auth" (same certificates, same transport); one run covers both.
 # The insecure transport differs only in flags (checked against compose.yml below).
-# Both are slow: the multi-site test below runs the same deployment with TLS + authentication
-# (and the stranger), three SuperNodes each on its own folder.
+# Slow, as every whole deployment here (CI runs them as its second stage, `pytest -m slow`).
 @pytest.mark.slow
 @pytest.mark.parametrize("security", ["insecure", "tls+auth"])
 def test_loopback_deployment_runs_a_scenario(write_scenario, tmp_path, stops_its_processes, security):
@@ -61,6 +60,10 @@ def multi_site_scenario(tmp_path: Path):
     return Scenario.model_validate(raw), data
 
 
+# slow (CI's second stage, with the two-SuperNode loopback tests above): the deployment engine's
+# processes, TLS and SuperNode authentication end to end; the default run keeps what it reads and
+# writes (the compose file, node configs, manifests) and the simulation engine's whole runs
+@pytest.mark.slow
 def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its_processes):
     """Three SuperNodes, each reading only its own folder (its node config names it), TLS and
     SuperNode authentication on; the sites' manifests give the ground truth to `fedmia evaluate`,
@@ -135,8 +138,8 @@ def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its
     assert audited["utility"]["dice"] == sim["utility"]["dice"]
 
 
-# slow: the same refusal through Ray's workers (tests/test_plugins.py) is in the default run, and
-# the deployment engine's real path in the multi-site test above
+# slow (CI's second stage): the same refusal through Ray's workers (tests/test_plugins.py) is in
+# the default run
 @pytest.mark.slow
 def test_a_supernode_without_the_users_plug_ins_stops_the_run_naming_them(
         example_plugins, write_scenario, tmp_path, stops_its_processes, monkeypatch):
