@@ -80,7 +80,7 @@ def test_isolation_recovers_the_target_update_through_secagg(write_scenario, tmp
 
 
 # slow (both): the attack's exact recovery through SecAgg+ is what the model-isolation test above
-# shows by the same mechanism in the default run; `pytest -m slow` (CI's second stage) runs these.
+# shows by the same mechanism in the default run; `pytest -m slow` runs these.
 @pytest.mark.slow
 @pytest.mark.parametrize("pinned", [False, True])
 def test_config_isolation_and_the_pinning_defense(write_scenario, tmp_path, stops_its_processes, pinned):
@@ -114,7 +114,7 @@ def _tailored_run(write_scenario, tmp_path, strategy: str, extra: dict):
     return changed, metrics
 
 
-# slow (CI's second stage): a malicious strategy's `tailor` runs in the default run in the isolation
+# slow: a malicious strategy's `tailor` runs in the default run in the isolation
 # test above and in the audit's trap-weights run (tests/test_audit.py)
 @pytest.mark.slow
 def test_gradient_ascent_tailors_the_broadcast(write_scenario, tmp_path, stops_its_processes):
@@ -135,7 +135,7 @@ def test_gradient_ascent_tailors_the_broadcast(write_scenario, tmp_path, stops_i
     assert len(metrics["source_inference"]["confusion"]) == 3
 
 
-# slow (CI's second stage), as the ascent above
+# slow, as the ascent above
 @pytest.mark.slow
 def test_poisoning_resets_the_decoder_it_broadcasts(write_scenario, tmp_path, stops_its_processes):
     changed, _ = _tailored_run(write_scenario, tmp_path, "poisoning", {})

@@ -143,7 +143,7 @@ def test_local_dp_run_reports_epsilon_per_client(write_scenario, tmp_path, stops
     assert "local DP" in metrics["setup"]["defenses"]
 
 
-# slow (CI's second stage): central DP's accounting is checked by hand below in the default run
+# slow: central DP's accounting is checked by hand below in the default run
 @pytest.mark.slow
 def test_central_dp_noises_the_released_model(write_scenario, tmp_path, stops_its_processes):
     """Central DP with adaptive clipping (Flower's wrapper; fixed clipping is the same wrapper
@@ -173,7 +173,7 @@ def test_central_dp_noises_the_released_model(write_scenario, tmp_path, stops_it
     assert make_strategy(scenario, resume_from=saved).clipping_norm == norms[0]
 
 
-# slow (CI's second stage): SecAgg+ runs in the default run under the isolation attack
+# slow: SecAgg+ runs in the default run under the isolation attack
 # (tests/test_adversarial_server.py)
 @pytest.mark.slow
 def test_secagg_matches_plain_training_and_survives_a_dropout(write_scenario, tmp_path, stops_its_processes):

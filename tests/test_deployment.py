@@ -15,7 +15,7 @@ from fedmia.deploy import LocalDeployment, alive, local_deployment, self_signed_
 
 # TLS alone is a subset of "tls+auth" (same certificates, same transport); one run covers both.
 # The insecure transport differs only in flags (checked against compose.yml below).
-# Slow, as every whole deployment here (CI runs them as its second stage, `pytest -m slow`).
+# Slow, as every whole deployment here (`pytest -m slow`).
 @pytest.mark.slow
 @pytest.mark.parametrize("security", ["insecure", "tls+auth"])
 def test_loopback_deployment_runs_a_scenario(write_scenario, tmp_path, stops_its_processes, security):
@@ -60,7 +60,7 @@ def multi_site_scenario(tmp_path: Path):
     return Scenario.model_validate(raw), data
 
 
-# slow (CI's second stage, with the two-SuperNode loopback tests above): the deployment engine's
+# slow (with the two-SuperNode loopback tests above): the deployment engine's
 # processes, TLS and SuperNode authentication end to end; the default run keeps what it reads and
 # writes (the compose file, node configs, manifests) and the simulation engine's whole runs
 @pytest.mark.slow
@@ -138,7 +138,7 @@ def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its
     assert audited["utility"]["dice"] == sim["utility"]["dice"]
 
 
-# slow (CI's second stage): the same refusal through Ray's workers (tests/test_plugins.py) is in
+# slow: the same refusal through Ray's workers (tests/test_plugins.py) is in
 # the default run
 @pytest.mark.slow
 def test_a_supernode_without_the_users_plug_ins_stops_the_run_naming_them(

@@ -175,7 +175,7 @@ def test_a_plug_in_family_is_refused_by_what_cannot_handle_it(example_plugins, w
         load_scenario(write_scenario({"model": {"family": "example-tiny-unet", "options": {"widht": 4}}}))
 
 
-# slow (CI's second stage): the family's build and its refusals are checked without Ray above
+# slow: the family's build and its refusals are checked without Ray above
 @pytest.mark.slow
 def test_a_plug_in_family_trains_in_a_real_run(example_plugins, write_scenario, tmp_path, stops_its_processes):
     from fedmia.runner import run_scenario

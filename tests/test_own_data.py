@@ -322,7 +322,7 @@ def test_folder_and_path_problems_are_named(tmp_path):
 # ---------------------------------------------------------------- one audit, end to end
 
 
-# slow (CI's second stage): the volumes' reading, grouping and planning are tested above without Ray
+# slow: the volumes' reading, grouping and planning are tested above without Ray
 @pytest.mark.slow
 def test_a_nifti_audit_runs_end_to_end(tmp_path):
     root = write_example_volumes(tmp_path / "ct", volumes=9, size=(32, 32, 8))

@@ -14,7 +14,7 @@ ATTACKS = [{"name": n, "models": 4, "epochs": 2} for n in
             "global-loss", "salem")]
 
 
-# slow (CI's second stage): the reference attacks, their shared models and their cache are tested
+# slow: the reference attacks, their shared models and their cache are tested
 # without Ray in tests/test_attacks.py
 @pytest.mark.slow
 def test_reference_attacks_cache_and_ood(write_scenario, tmp_path, stops_its_processes, monkeypatch):

@@ -62,11 +62,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_scenario, tmp_path
     # `client_delay_s` each round, which leaves a core to spare
     uninterrupted_run = fedmia("run", str(scenario), "--out", str(whole))
     deadline = time.monotonic() + 240
-    while checkpointed(killed) < 1:  # round 1 is on disk, round 2 (the last) is in flight
+    # the event: round 1's checkpoint on disk (polled: a file is the only channel to the run). Round
+    # 2, the last, is then in flight — its clients each wait client_delay_s — when the kill lands
+    while checkpointed(killed) < 1:
         assert process.poll() is None, process.communicate()[0][-3000:]
         assert time.monotonic() < deadline, "round 1 never finished"
         time.sleep(0.2)
-    time.sleep(0.5)
     family = child_pids(process.pid)  # Ray's processes: orphaned by the kill, stopped by PID below
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -143,7 +144,7 @@ def test_resume_refuses_what_it_cannot_continue(write_scenario, tmp_path):
     assert "Traceback" not in result.stderr and isinstance(result.exception, (SystemExit, type(None)))
 
 
-# slow (CI's second stage): a run interrupted after round 1 — killed outright — and resumed is the
+# slow: a run interrupted after round 1 — killed outright — and resumed is the
 # test above, in the default run
 @pytest.mark.slow
 def test_ctrl_c_stops_the_run_and_its_ray_and_keeps_the_checkpoint(write_scenario, tmp_path, stops_its_processes):
