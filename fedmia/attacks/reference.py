@@ -20,8 +20,10 @@ image (`aggregation`), both measured on `runs/lira` with 8 references and 100 + 
 Online, pixel-sum won: AUC 0.854 / TPR@1% 0.25 against 0.681 / 0.10 for the mean (an earlier
 set of references: 0.749 vs 0.656) — but only with the floor; at floors 0.05–0.3 the sum
 trusts hundreds of strongly correlated pixels as independent evidence and TPR@1% fell to
-0.02–0.04. Offline, pixel-sum lost at every floor (AUC 0.50–0.54 vs 0.727 for the mean). So
-lira-online defaults to pixel-sum and lira-offline to the mean; RMIA uses the mean probability.
+0.02–0.04. Offline, pixel-sum lost at every floor (AUC 0.50–0.54 vs 0.727 for the mean). Those
+comparisons read the run's own ledger, so neither decides a default: both attacks default to the
+mean, fixed in advance (the paper's), and `aggregation: auto` lets the adversary choose by
+rehearsal on its own reference models (`_Lira._choose_aggregation`). RMIA uses the mean probability.
 """
 
 from __future__ import annotations
@@ -359,7 +361,8 @@ class _Lira(_ReferenceAttack):
 
         inclusion = self.refs.inclusion
         labels = inclusion[0]
-        if len(inclusion) < 3 or labels.all() or not labels.any():
+        # >= 4 models: with 3, model 0's own records would have no IN model left among the others
+        if len(inclusion) < 4 or labels.all() or not labels.any():
             self.chosen = {"aggregation": "mean", "rehearsal": "too few reference models to rehearse"}
             return "mean"
         cols = np.arange(inclusion.shape[1])
