@@ -285,7 +285,11 @@ class _ReferenceAttack(Attack):
         phi_t, _ = self._target_phi(view, records)
         if not self.params.calibrate:
             return phi_t, self.phi
-        return phi_t - np.median(self.population_phi), self.phi - self.refs.centres()[:, None]
+        return phi_t - np.median(self.population_phi), self._reference_phi()
+
+    def _reference_phi(self) -> np.ndarray:
+        """The reference models' image-mean φ (K, n), each minus its centre when calibrating."""
+        return self.phi - self.refs.centres()[:, None] if self.params.calibrate else self.phi
 
 
 def _gaussian_fit(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -367,8 +371,7 @@ class _Lira(_ReferenceAttack):
             return "mean"
         cols = np.arange(inclusion.shape[1])
         shared = shared_variance(self.params, len(inclusion) - 1)
-        centres = self.refs.centres() if self.params.calibrate else np.zeros(len(inclusion))
-        phi = self.phi - centres[:, None]
+        phi = self._reference_phi()
         moments = self.refs.pixel_moments(self.params.calibrate, exclude=0)
         scores = {"mean": _mean_lira(phi[0], phi[1:], inclusion[1:], cols, self.online, shared),
                   "pixel-sum": _pixel_lira(moments["held_out"], moments, cols, self.online, shared,
