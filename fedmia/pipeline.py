@@ -34,7 +34,7 @@ from fedmia.local import local_training
 from fedmia.runfolder import claim, complete
 from fedmia.models import scenario_model, set_weights
 from fedmia.scenario import Scenario
-from fedmia.training import evaluate_utility, pick_device
+from fedmia.training import available_cpus, evaluate_utility, pick_device
 from fedmia.transcript import Transcript
 
 
@@ -114,8 +114,18 @@ def adversary_view(scenario: Scenario, transcript: Transcript, served=None) -> A
                               if d.acts_on in LOCAL_STAGES),
         seed=scenario.seed,
         cache_dir=scenario.runtime.cache_dir,
+        train_workers=train_workers(scenario.runtime, device),
         cache_context={"data": scenario.data.model_dump(mode="json"), "model": scenario.model.model_dump(mode="json")},
     )
+
+
+def train_workers(runtime, device) -> int:
+    """`runtime.train_workers`, or the CPUs this process may use (one model each), 1 on a GPU."""
+    if runtime.train_workers is not None:
+        return runtime.train_workers
+    if device.type != "cpu":
+        return 1
+    return available_cpus()
 
 
 def final_model(scenario: Scenario, transcript: Transcript):

@@ -257,6 +257,9 @@ class RuntimeSpec(Strict):
         "all", description="which client replies to keep in the run folder"
     )
     cache_dir: str | None = Field(None, description="reference-model cache (default: $FEDMIA_CACHE or .fedmia-cache)")
+    train_workers: int | None = Field(None, ge=1, description="processes that train the adversary's reference and "
+                                      "shadow models at once, one torch thread each; default: the CPUs this process "
+                                      "may use (1 on a GPU); 1 trains them one at a time in the run's own process")
     connect_timeout_s: float = Field(300.0, gt=0, description="how long the server waits for federation.clients "
                                      "SuperNodes to connect before it fails, naming the numbers")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -13,6 +14,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedmia.data.records import Records
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def pick_device(preference: str = "auto") -> torch.device:

@@ -208,7 +208,7 @@ def test_federated_reference_models_train_as_the_federation_does(overfit_setup, 
     view = dataclasses.replace(base, clients=3, rounds=2, local_training=local, cache_dir=str(tmp_path))
     records = plan.population
     model = view.model_factory()
-    final = federated_training(view, model, records, seed=5)
+    final = federated_training(local, 3, 2, model, records, seed=5)
     assert len(calls) == 6  # 2 rounds x 3 clients
     last = calls[3:]
     assert set().union(*(ids for ids, _, _ in last)) == set(records.ids)
@@ -226,6 +226,48 @@ def test_federated_reference_models_train_as_the_federation_does(overfit_setup, 
     assert len(calls) == 6 and federated.trained == 1
     again = ReferenceModels(view, 2, None, "federated").weights(0)  # from the cache: no training
     assert len(calls) == 6 and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_reference_models_train_in_worker_processes_as_they_would_in_this_one(overfit_setup, tmp_path, monkeypatch):
+    """`runtime.train_workers`: the models missing from the cache train side by side in worker
+    processes, each cached under its usual key, and each is the
+    model this process trains for that key (one torch thread on both sides). Models this small
+    train in this process unless the size rule is lifted, as here."""
+    import dataclasses
+    import os
+
+    from fedmia.attacks import reference
+    from fedmia.attacks.reference import ReferenceModels
+
+    scenario, plan, transcript = overfit_setup
+    tiny = ReferenceModels(dataclasses.replace(adversary_view(scenario, transcript), train_workers=2,
+                                               cache_dir=str(tmp_path / "tiny")), 2, 1, "central")
+    tiny.train_missing()
+    assert tiny.trained == 0  # too small to pay for a worker's start
+    monkeypatch.setattr(reference, "PARALLEL_MIN_PIXEL_PASSES", 0)
+    short = scenario.model_copy(update={"federation": scenario.federation.model_copy(update={"local_epochs": 1})})
+    base = adversary_view(short, transcript)
+    threads = torch.get_num_threads()
+    for training, count in (("federated", 2),):  # the job with the most to carry: the local training too
+        parallel = ReferenceModels(dataclasses.replace(base, train_workers=2, cache_dir=str(tmp_path / training / "p"),
+                                                       clients=2, rounds=2), count, 1, training)
+        parallel.train_missing()
+        assert parallel.trained == count and all(parallel.path(i).exists() for i in range(count))
+        assert not hasattr(parallel, "_stats")  # nothing trained in this process...
+        assert torch.get_num_threads() == threads  # ...nor did it change its threads
+        one = ReferenceModels(dataclasses.replace(base, train_workers=1, cache_dir=str(tmp_path / training / "s"),
+                                                  clients=2, rounds=2), count, 1, training)
+        one.train_missing()
+        assert one.trained == 0  # one worker: nothing up front, weights() trains on demand
+        torch.set_num_threads(1)
+        try:
+            for index in range(count):
+                assert one.key(index) == parallel.key(index)
+                for a, b in zip(one.weights(index), parallel.weights(index)):
+                    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        finally:
+            torch.set_num_threads(threads)
+        assert one.trained == count and len(os.listdir(tmp_path / training / "s" / "reference")) == count
 
 
 def test_lira_aggregation_is_chosen_by_rehearsal_on_the_adversarys_own_models(overfit_setup, tmp_path):

@@ -105,6 +105,7 @@ class AdversaryView:
     local_defenses: list = field(default_factory=list)  # their names, for the reference cache key
     seed: int = 0
     cache_dir: object = None  # where reference models are kept between runs
+    train_workers: int = 1  # processes that train the adversary's own models at once
     cache_context: dict = field(default_factory=dict)  # data/model settings the cache key includes
     shared: dict = field(default_factory=dict, repr=False)  # work shared between attacks of one run
     _summaries: dict = field(default_factory=dict, repr=False)

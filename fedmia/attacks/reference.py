@@ -3,12 +3,14 @@
 
 The adversary trains K reference models with the victim's recipe, each on a random half of the
 records it holds (its population plus the target list — it knows which reference model saw
-which record, not what the victim saw). Training is centralised: one model on the half, for
-rounds × local_epochs epochs, the federation's optimiser, learning rate and batch size — a
-stand-in for the federation's training that costs one client's time, not a federation's.
+which record, not what the victim saw). `training: central` (the default): one model on the
+half, for rounds × local_epochs epochs, the federation's optimiser, learning rate and batch size.
+`training: federated`: the half split over the federation's clients, its rounds of the clients'
+own local training and FedAvg (`federated_training`) — the same number of gradient steps.
 
 Reference models are cached on disk, keyed by everything that determines them (data, recipe,
-seed, index): a second run or sweep point with the same settings trains none.
+seed, index, how they were trained): a second run or sweep point with the same settings trains
+none. Those not cached train `runtime.train_workers` at a time in worker processes.
 
 Per-record statistic: the logit-scaled confidence of the true class, φ = log(p_y / (1 − p_y)),
 per pixel, with each model's φ centred on its OUT population records. Two aggregations over the
@@ -29,13 +31,18 @@ rehearsal on its own reference models (`_Lira._choose_aggregation`). RMIA uses t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Callable, Literal
 
-from typing import Literal
+import cloudpickle
 
 import numpy as np
 import torch
@@ -46,7 +53,7 @@ from fedmia.attacks.base import PROBABILITY_FLOOR, AdversaryView, Attack, model_
 from fedmia.data.records import Records
 from fedmia.io import write_bytes_atomic
 from fedmia.models import get_weights, set_weights, weighted_sum
-from fedmia.training import train_local
+from fedmia.training import available_cpus, train_local
 
 DEFAULT_CACHE = Path(os.environ.get("FEDMIA_CACHE", ".fedmia-cache"))
 
@@ -118,6 +125,11 @@ def target_phi_maps(view: AdversaryView, records: Records) -> tuple[np.ndarray, 
     return phi_maps(view.api.query(records.images), records.masks, _floor(view))
 
 
+# A worker process spends ~8 s importing torch and smp before it trains: below this much work per
+# model (records × epochs × pixels; lira.yaml's models pass ~1.8e7) that costs more than it saves.
+PARALLEL_MIN_PIXEL_PASSES = 1e6
+
+
 class ReferenceModels:
     """K models, each trained on a random half of (population ∪ targets), cached on disk."""
 
@@ -148,34 +160,79 @@ class ReferenceModels:
                    "members": hashlib.sha256("\n".join(self.pool.ids[self.inclusion[index]]).encode()).hexdigest()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
+    def path(self, index: int) -> Path:
+        return self.cache_dir / f"{self.key(index)}.npz"
+
     def weights(self, index: int):
-        path = self.cache_dir / f"{self.key(index)}.npz"
+        path = self.path(index)
         if path.exists():
             with np.load(path) as data:
                 return [data[k] for k in sorted(data.files)]
-        how = (f"{self.view.rounds} rounds x {self.view.clients} clients" if self.training == "federated"
-               else f"{self.recipe.epochs} epochs")
         self.view.report(f"training reference model {index + 1}/{len(self.inclusion)} "
-                         f"({how}; cached ones load at once)")
+                         f"({self._how()}; cached ones load at once)")
+        weights = self._job(index)()
+        self._store(index, weights)
+        return weights
+
+    def train_missing(self) -> None:
+        """Trains every model not yet cached, `view.train_workers` at a time in worker processes
+        (one torch thread each: on 2 cores two small models train ~1.8x faster side by side than
+        one after another on two threads). Each model is cached as it finishes, so an
+        interrupted run keeps what it trained. With one worker, one model missing, or models too
+        small to pay for a worker's start (`PARALLEL_MIN_PIXEL_PASSES`), `weights()` trains them
+        one by one in this process."""
+        missing = [i for i in range(len(self.inclusion)) if not self.path(i).exists()]
+        workers = min(len(missing), self.view.train_workers)
+        if workers < 2 or self._pixel_passes() < PARALLEL_MIN_PIXEL_PASSES:
+            return
+        self.view.report(f"training reference models: {len(missing)} of {len(self.inclusion)} "
+                         f"({self._how()}), {workers} at a time")
+        threads = max(1, available_cpus() // workers)
+        context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_threads,
+                                 initargs=(threads,)) as pool:
+            # cloudpickle: the model factory and the local training are closures over the scenario
+            futures = {pool.submit(_run_pickled, cloudpickle.dumps(self._job(i))): i for i in missing}
+            try:
+                for done, future in enumerate(as_completed(futures), 1):
+                    self._store(futures[future], future.result())
+                    self.view.report(f"reference model {futures[future] + 1}/{len(self.inclusion)} trained "
+                                     f"({done}/{len(missing)})")
+            except BrokenProcessPool as error:
+                raise RuntimeError(f"a process training reference models died ({error}); out of memory? "
+                                   "set runtime.train_workers: 1 to train them one at a time") from None
+
+    def _pixel_passes(self) -> float:
+        """Pixels one model's training passes forward and back: records × epochs × H × W."""
+        epochs = self.recipe.epochs * (self.view.rounds if self.training == "federated" else 1)
+        return self.inclusion.sum(1).mean() * epochs * float(np.prod(self.pool.images.shape[2:]))
+
+    def _how(self) -> str:
+        return (f"{self.view.rounds} rounds x {self.view.clients} clients" if self.training == "federated"
+                else f"{self.recipe.epochs} epochs")
+
+    def _job(self, index: int) -> Callable[[], list[np.ndarray]]:
+        """Model `index`'s training as a call that needs nothing of the run but its own inputs
+        (not the transcript), so it can run in another process."""
+        federated = ((self.view.local_training, self.view.clients, self.view.rounds)
+                     if self.training == "federated" else None)
+        if federated and federated[0] is None:
+            raise ValueError("federated reference training needs the protocol's local training (view.local_training)")
         # Seed the initial weights too: a reference model must be a function of its cache key.
-        seed = self.view.seed * 7919 + index
-        torch.manual_seed(seed)
-        model = self.view.model_factory()
-        records = self.pool.subset(np.flatnonzero(self.inclusion[index]))
-        if self.training == "federated":
-            weights = federated_training(self.view, model, records, seed)
-        else:
-            train_local(model, records, self.recipe, seed=seed, device=self.view.device)
-            weights = get_weights(model)
+        return functools.partial(_trained_weights, self.view.model_factory,
+                                 self.pool.subset(np.flatnonzero(self.inclusion[index])), self.recipe,
+                                 self.view.seed * 7919 + index, self.view.device, federated)
+
+    def _store(self, index: int, weights: list[np.ndarray]) -> None:
         buffer = io.BytesIO()
         np.savez(buffer, **{f"w{i:04d}": w for i, w in enumerate(weights)})
-        write_bytes_atomic(path, buffer.getvalue())
+        write_bytes_atomic(self.path(index), buffer.getvalue())
         self.trained += 1
-        return weights
 
     def statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """φ and p_y of every pool record under every reference model: arrays (K, n)."""
         if not hasattr(self, "_stats"):
+            self.train_missing()
             phis, probs = [], []
             model = self.view.model_factory()
             for index in range(len(self.inclusion)):
@@ -193,6 +250,7 @@ class ReferenceModels:
         Accumulated model by model, so memory does not grow with the number of models."""
         key = (calibrate, exclude)
         if key not in self._moments:
+            self.train_missing()
             centres = self.centres() if calibrate else np.zeros(len(self.inclusion))
             model = self.view.model_factory()
             sums, held_out = {}, None
@@ -234,24 +292,43 @@ def _shared_references(view: AdversaryView, params: ReferenceParams) -> Referenc
     return view.shared[key]
 
 
-def federated_training(view: AdversaryView, model, records: Records, seed: int) -> list[np.ndarray]:
+def _worker_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_pickled(job: bytes) -> list[np.ndarray]:
+    return cloudpickle.loads(job)()
+
+
+def _trained_weights(model_factory, records: Records, recipe, seed: int, device,
+                     federated: tuple[Callable, int, int] | None) -> list[np.ndarray]:
+    """One reference model: seeded initial weights, then central training with `recipe`, or
+    `federated_training` where `federated` is (local training, clients, rounds)."""
+    torch.manual_seed(seed)
+    model = model_factory()
+    if federated is not None:
+        return federated_training(*federated, model, records, seed)
+    train_local(model, records, recipe, seed=seed, device=device)
+    return get_weights(model)
+
+
+def federated_training(local_training: Callable, clients: int, rounds: int, model, records: Records,
+                       seed: int) -> list[np.ndarray]:
     """A reference model trained as the federation trains, from `model`'s initial weights: the
-    records split at random over the clients a round samples (`view.clients`), `view.rounds`
-    rounds in which each client runs the clients' own local training (`view.local_training`:
-    the recipe and the local defenses, DP-SGD included) from the global model, then FedAvg (the
-    example-weighted mean, as the honest server computes it). The same record passes as central
-    training for rounds × local epochs; written here, not through Flower: the adversary
-    simulates a federation it controls, in one process, with no messages to exchange."""
-    if view.local_training is None:
-        raise ValueError("federated reference training needs the protocol's local training (view.local_training)")
+    records split at random over the clients a round samples (`clients`), `rounds` rounds in
+    which each client runs the clients' own local training (`local_training(model, records,
+    seed)`: the recipe and the local defenses, DP-SGD included) from the global model, then
+    FedAvg (the example-weighted mean, as the honest server computes it). The same record passes
+    as central training for rounds × local epochs; written here, not through Flower: the
+    adversary simulates a federation it controls, in one process, with no messages to exchange."""
     rng = np.random.default_rng(seed)
-    parts = [part for part in np.array_split(rng.permutation(len(records)), max(1, view.clients)) if len(part)]
+    parts = [part for part in np.array_split(rng.permutation(len(records)), max(1, clients)) if len(part)]
     global_weights = get_weights(model)
-    for round_index in range(view.rounds):
+    for round_index in range(rounds):
         replies, sizes = [], []
         for k, part in enumerate(parts):
             set_weights(model, global_weights)
-            view.local_training(model, records.subset(np.sort(part)), seed * 1009 + round_index * len(parts) + k)
+            local_training(model, records.subset(np.sort(part)), seed * 1009 + round_index * len(parts) + k)
             replies.append(get_weights(model))
             sizes.append(len(part))
         global_weights = weighted_sum(replies, np.asarray(sizes, dtype=np.float64) / sum(sizes))
