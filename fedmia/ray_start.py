@@ -31,7 +31,9 @@ def backend_config(scenario: Scenario) -> dict:
     if runtime.ray_address:  # an existing cluster brings its own resources
         init_args["address"] = runtime.ray_address
     else:
-        init_args["num_cpus"] = cpus
+        # "local": a Ray of this run's own. Without an address ray.init joins the cluster a
+        # `ray start` left running on this machine, which then refuses num_cpus
+        init_args.update(address="local", num_cpus=cpus)
     return {"client_resources": {"num_cpus": runtime.client_cpus, "num_gpus": runtime.client_gpus},
             "init_args": init_args}
 
@@ -114,7 +116,7 @@ def beside_ray_start(scenario: Scenario, work: Callable[[], T]) -> T:
             inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
             os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in [*sys.path, *inherited] if p))
             init_args = backend_config(scenario)["init_args"]
-            if "address" in init_args:  # a running cluster's workers do not inherit this environment
+            if scenario.runtime.ray_address:  # a running cluster's workers do not inherit this environment
                 check_ray_address(init_args["address"])
                 init_args["runtime_env"] = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}
             ray.init(**init_args)

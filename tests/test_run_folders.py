@@ -119,6 +119,17 @@ def test_a_ray_address_where_nothing_listens_fails_in_bounded_time_naming_it(tmp
     assert "Traceback" not in result.stderr
 
 
+def test_a_local_run_starts_a_ray_of_its_own_and_a_cluster_run_joins_the_cluster(write_scenario):
+    """Without `runtime.ray_address`, ray.init gets address "local": with none, it joins the
+    cluster a `ray start` left running on the machine, whose resources then refuse num_cpus."""
+    from fedmia.ray_start import backend_config
+
+    local = backend_config(load_scenario(write_scenario({"runtime": {"total_cpus": 2}})))["init_args"]
+    assert local["address"] == "local" and local["num_cpus"] == 2
+    cluster = backend_config(load_scenario(write_scenario({"runtime": {"ray_address": "10.0.0.5:6379"}})))["init_args"]
+    assert cluster["address"] == "10.0.0.5:6379" and "num_cpus" not in cluster
+
+
 def test_metrics_json_has_one_schema_and_a_renamed_figure_fails_loudly(tmp_path):
     from fedmia.evaluation.schema import MetricsError, check_metrics, figures
     from fedmia.replicate import summarise
