@@ -98,7 +98,40 @@ def test_quantile_regression_separates_memorised_members_at_its_own_false_alarm_
     assert np.mean(nonmembers > 0) <= 0.4  # held-out non-members: near α = 0.1, far from a coin
 
 
-BLACK_BOX = [{"name": n} for n in ("loss", "entropy", "confidence", "max-softmax", "modified-entropy", "qmia")] + [
+def test_label_only_augmentation_attack_reads_labels_only_and_separates_memorised_members(overfit_setup):
+    """label-augment: the same scores whether the API returns probabilities or label maps (it
+    reads the argmax only), members of a memorising model ranked first; balanced accuracy
+    weighs the lesion like the background, and shifted views are scored on unwrapped pixels."""
+    from fedmia.attacks.label_only import _views, balanced_accuracy
+    from fedmia.defenses import DEFENSES
+
+    masks = np.zeros((1, 4, 4), dtype=int)
+    masks[0, 0, 0] = 1
+    labels = np.zeros_like(masks)  # background right, the one lesion pixel wrong
+    assert balanced_accuracy(labels, masks)[0] == pytest.approx(0.5)  # plain accuracy: 15/16
+    valid = np.ones((4, 4), dtype=bool)
+    valid[0, 0] = False
+    assert balanced_accuracy(labels, masks, valid)[0] == 1.0
+    x, y = np.arange(16.0).reshape(1, 1, 4, 4), np.arange(16).reshape(1, 4, 4)
+    views = dict(_views(1, True, 1))
+    assert len(views) == 1 + 1 + 4 + 2
+    shifted_x, shifted_y, valid = views["shift-rows+1"](x, y, None)
+    assert shifted_y[0, 1, 0] == y[0, 0, 0] and not valid[0].any() and valid[1:].all()
+
+    scenario, plan, transcript = overfit_setup
+    spec = type(scenario.attacks[0])(name="label-augment")
+    soft = scenario.model_copy(update={"attacks": [spec]})
+    hard = soft.model_copy(update={"defenses": type(soft.defenses)({"output": DEFENSES.get("output").Params(mode="argmax")})})
+    soft_result = run_attacks(soft, adversary_view(soft, transcript))["label-augment"]
+    hard_result = run_attacks(hard, adversary_view(hard, transcript))["label-augment"]
+    np.testing.assert_array_equal(soft_result.scores, hard_result.scores)
+    is_member = plan.ledger.is_member(plan.targets.ids)
+    assert membership_metrics(hard_result.scores, is_member).auc > 0.75
+    assert np.ptp(hard_result.scores) > 0 and hard_result.threshold is not None
+
+
+BLACK_BOX = [{"name": n} for n in ("loss", "entropy", "confidence", "max-softmax", "modified-entropy", "qmia",
+                                   "label-augment")] + [
     {"name": n, "models": 2, "epochs": 2} for n in
     ("lira-online", "lira-offline", "rmia", "shadow-type1", "shadow-type2", "shadow-lossmap", "global-loss", "salem")]
 
