@@ -184,7 +184,10 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
             metrics.update(ood_rates(scored, results, plan.ledger.is_member(plan.targets.ids), sizes))
             metrics["ood_fake_steps"] = steps  # what the budget chose (evaluation.ood_steps unset)
     else:  # a multi-site audit: what `fedmia evaluate --manifests` joins with the sites' ground truth
-        write_json_atomic(out_dir / ADVERSARY_OUTPUT, adversary_output(scenario, results, scored, sizes))
+        output = adversary_output(scenario, results, scored, sizes)
+        if scenario.evaluation.ood:
+            output["ood_fake_steps"] = steps
+        write_json_atomic(out_dir / ADVERSARY_OUTPUT, output)
     if release is not None:  # the defense's utility cost is on what is served
         utility = metrics["utility"]
         utility["global_model"] = {"dice": utility["dice"], "miou": utility["miou"]}
@@ -214,6 +217,7 @@ def adversary_output(scenario: Scenario, results: dict[str, AttackResult], score
 
     return {
         "attacks": {name: {"threshold": r.threshold, "scope_client": r.scope_client, "skipped": r.skipped,
+                           "chosen": r.chosen,  # settings chosen on the adversary's own data
                            "owners": None if r.owners is None else np.asarray(r.owners).tolist()}
                     for name, r in results.items()},
         "ood_scores": {a: {k: v.tolist() for k, v in by_set.items()} for a, by_set in scored.items()},

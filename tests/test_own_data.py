@@ -371,7 +371,7 @@ def test_audit_model_audits_a_checkpoint_trained_by_a_plain_pytorch_loop(tmp_pat
                     "auditor": {k: str(data / "auditor" / k) for k in ("targets", "population", "test")}},
            "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 2},
            "federation": {"clients": 1, "rounds": 1, "local_epochs": 1, "batch_size": 4},
-           "attacks": ["loss", "entropy", "lira-offline"],
+           "attacks": ["loss", "entropy", {"name": "lira-offline", "aggregation": "auto"}],
            "evaluation": {"tpr_at_fpr": [0.1], "ood": ["heldout", "noise"], "ood_count": 3}}
     (tmp_path / "audit.yaml").write_text(yaml.safe_dump(raw))
     scenario = Scenario.model_validate(raw)
@@ -403,6 +403,8 @@ def test_audit_model_audits_a_checkpoint_trained_by_a_plain_pytorch_loop(tmp_pat
         row = metrics["attacks"][name]
         assert 0 <= row["ci"]["auc"][0] <= row["auc"] <= row["ci"]["auc"][1] <= 1
     assert set(metrics["ood_at_tpr50"]["loss"]) == {"heldout", "noise"}
+    # what the adversary chose on its own models survives the join with the manifests
+    assert metrics["attacks"]["lira-offline"]["chosen"]["aggregation"] in ("mean", "pixel-sum")
     assert 0 <= metrics["utility"]["dice"] <= 1 and len(metrics["utility"]["rounds"]) == 1
     saved = yaml.safe_load((tmp_path / "run" / "scenario.yaml").read_text())
     assert saved["model"]["init"] == str((tmp_path / "trained.pt").resolve())  # what was audited

@@ -51,7 +51,7 @@ def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
     results = {}
     for name, saved in output["attacks"].items():
         results[name] = AttackResult(scores=scores.get(name), threshold=saved["threshold"], skipped=saved["skipped"],
-                                     scope_client=saved["scope_client"],
+                                     scope_client=saved["scope_client"], chosen=saved.get("chosen"),
                                      owners=None if saved["owners"] is None else np.asarray(saved["owners"]))
     membership, curves = membership_section(scenario, ledger, ids, results, len(names))
     metrics.pop("membership", None)
@@ -62,6 +62,8 @@ def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
     if output.get("ood_scores"):
         scored = {a: {k: np.asarray(v) for k, v in by_set.items()} for a, by_set in output["ood_scores"].items()}
         metrics.update(ood_rates(scored, results, ledger.is_member(ids), output["ood_sets"]))
+        if output.get("ood_fake_steps") is not None:
+            metrics["ood_fake_steps"] = output["ood_fake_steps"]
 
     write_json_atomic(run_dir / "ledger.json", ledger.to_json())
     plot_roc(curves, run_dir / "roc.png", title=f"{scenario.name}: membership inference (log-log ROC)")
