@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"))
     parser.add_argument("--fpr", type=float, default=0.01)
     args = parser.parse_args()
-    folders = sorted(p for p in args.folder.glob("seed-*") if (p / "scores.csv").exists())
+    # seed-NN only: a rerun moves a changed seed aside as seed-NN.replaced-DATE, which is not a seed
+    folders = sorted(p for p in args.folder.glob("seed-*") if p.name[5:].isdigit() and (p / "scores.csv").exists())
     runs = [run_scores(f) for f in folders]
     print(f"{len(runs)} seeds ({', '.join(f.name for f in folders)}); mean [95% t-interval across seeds]; "
           f"vs {args.baseline}: paired by target within a seed, by seed across seeds\n")
