@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedmia.attacks.base import AdversaryView, Attack, register_attack
+from fedmia.attacks.base import AdversaryView, register_attack
+from fedmia.attacks.threshold import ThresholdAttack
 from fedmia.data.records import Records
 
 NOISE_LEVELS = (0.05, 0.10)  # of each image's own standard deviation
@@ -84,7 +85,9 @@ def _noised(level: float):
 
 
 @register_attack("label-augment")
-class LabelAugmentAttack(Attack):
+class LabelAugmentAttack(ThresholdAttack):
+    """A threshold attack (its threshold from the population) on the augmented label-map score."""
+
     Params = LabelAugmentParams
 
     def score(self, view: AdversaryView, records: Records) -> np.ndarray:
@@ -95,7 +98,3 @@ class LabelAugmentAttack(Attack):
             labels = view.api.query(images).argmax(1).numpy()
             scores.append(balanced_accuracy(labels, masks, valid))
         return np.mean(scores, axis=0)
-
-    def fit(self, view: AdversaryView) -> None:
-        population = self.score(view, view.population)
-        self.threshold = float(np.quantile(population, 1.0 - view.population_fpr))

@@ -176,8 +176,8 @@ class ReferenceModels:
 
     def train_missing(self) -> None:
         """Trains every model not yet cached, `view.train_workers` at a time in worker processes
-        (one torch thread each: on 2 cores two small models train ~1.8x faster side by side than
-        one after another on two threads). Each model is cached as it finishes, so an
+        (one torch thread each: on 2 cores four of lira.yaml's models took 320 s side by side
+        against 428 s one after another on two threads, bench/RESULTS.md). Each model is cached as it finishes, so an
         interrupted run keeps what it trained. With one worker, one model missing, or models too
         small to pay for a worker's start (`PARALLEL_MIN_PIXEL_PASSES`), `weights()` trains them
         one by one in this process."""
