@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fedmia.models import scenario_model
+from fedmia.models import build_model, scenario_model
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
 
@@ -38,6 +38,9 @@ class IsolationParams(BaseModel):
 def dead_decoder_bn(model: nn.Module) -> str:
     """State-dict prefix of the decoder's last BatchNorm (the one feeding the final ReLU)."""
     last = None
+    if not isinstance(getattr(model, "decoder", None), nn.Module):
+        raise ValueError(f"{type(model).__name__} has no `decoder` (smp's) whose last BatchNorm could "
+                         "be switched off; expected model.family smp")
     for name, module in model.decoder.named_modules():
         if isinstance(module, nn.BatchNorm2d):
             last = name
@@ -96,6 +99,20 @@ class _Isolation(ObservingFedAvg):
 @register_strategy("isolation", IsolationParams)
 class WeightIsolation(_Isolation):
     mode = "weights"
+
+    @classmethod
+    def problems(cls, scenario, params: IsolationParams) -> list[tuple[str, str]]:
+        """The crafted model needs a decoder BatchNorm to switch off: a plug-in model without one
+        is refused before anything runs (config-isolation works on any model)."""
+        try:
+            model = build_model(scenario.model, in_channels=1, num_classes=2)
+        except Exception:  # noqa: BLE001 — a model that cannot be built is validation's "model" problem
+            return []
+        try:
+            dead_decoder_bn(model)
+        except ValueError as error:
+            return [("model.family", f"isolation: {error}")]
+        return []
 
     def craft(self, proxy, weights, config, names, model):
         prefix = dead_decoder_bn(model)

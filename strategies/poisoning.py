@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedmia.models import scenario_model, weight_names
+from fedmia.models import build_model, scenario_model, weight_names
 from strategies import register_strategy
 from strategies.fedavg import ObservingFedAvg
 
@@ -30,6 +30,20 @@ class PoisoningParams(BaseModel):
 
 @register_strategy("poisoning", PoisoningParams)
 class DecoderResetFedAvg(ObservingFedAvg):
+    @classmethod
+    def problems(cls, scenario, params: PoisoningParams) -> list[tuple[str, str]]:
+        """Each `reset` prefix must name part of the model: the default names smp's decoder and
+        head, which a plug-in model may not have (it would then poison nothing, silently)."""
+        try:
+            names = weight_names(build_model(scenario.model, in_channels=1, num_classes=2))
+        except Exception:  # noqa: BLE001 — a model that cannot be built is validation's "model" problem
+            return []
+        missing = [p for p in params.reset if not any(n.startswith(p) for n in names)]
+        if missing:
+            return [("server.reset", f"poisoning: no weight of the model starts with {missing}; "
+                     f"expected state_dict prefixes such as {sorted({n.split('.')[0] for n in names})}")]
+        return []
+
     def tailor(self, server_round, weights, instructions):
         rounds = set(self.params.attack_rounds or [self.scenario.federation.rounds])
         if server_round not in rounds:

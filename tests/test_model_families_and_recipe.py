@@ -171,6 +171,17 @@ def test_a_plug_in_family_is_refused_by_what_cannot_handle_it(example_plugins, w
         load_scenario(write_scenario({**TINY_UNET, "server": {"strategy": "trap-weights"}}))
     (where, what), = refused.value.problems
     assert where == "model.family" and "trap-weights" in what and "TinyUNet has no `encoder`" in what
+    # the other parts that assume smp's module names refuse it too, each naming what it lacks
+    for change, key, message in (({"server": {"strategy": "isolation"}}, "model.family", "no `decoder`"),
+                                 ({"server": {"strategy": "poisoning"}}, "server.reset", "no weight of the model"),
+                                 ({"defenses": {"laplace": {}}}, "defenses.laplace", "segmentation_head")):
+        with pytest.raises(ScenarioError) as refused:
+            load_scenario(write_scenario({**TINY_UNET, **change}))
+        (where, what), = refused.value.problems
+        assert where == key and message in what, (where, what)
+    # config-isolation changes no weight, and poisoning with the model's own prefixes is fine
+    load_scenario(write_scenario({**TINY_UNET, "server": {"strategy": "config-isolation"}}))
+    load_scenario(write_scenario({**TINY_UNET, "server": {"strategy": "poisoning", "reset": ["merge"]}}))
     with pytest.raises(ScenarioError, match=r"model\.options\.widht: Extra inputs are not permitted"):
         load_scenario(write_scenario({"model": {"family": "example-tiny-unet", "options": {"widht": 4}}}))
 

@@ -57,6 +57,14 @@ class LastLayerLaplace(Defense):
                      f"found {scenario.data.public}")]
         return []
 
+    def model_problems(self, model) -> list[tuple[str, str]]:
+        """A plug-in model without smp's `segmentation_head` conv is refused here, not at release."""
+        try:
+            head_conv(model)
+        except ValueError as error:
+            return [("defenses.laplace", f"{error}; {type(model).__name__} has none")]
+        return []
+
     def release(self, model: nn.Module, plan, device) -> tuple[nn.Module, str]:
         records = Records.concat(plan.clients) if self.params.fit_on == "members" else plan.public
         return fit_laplace(model, records, prior_precision=self.params.prior_precision, device=device), \
