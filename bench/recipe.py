@@ -1,13 +1,14 @@
 """Does the training recipe change leakage? The quickstart federation with (a) today's recipe
-(cross-entropy, no augmentation), (b) `federation.loss: dice+ce`, (c) `federation.augment:
-{flips: true, rot90: true}`, each over three seeds; the `loss` attack's AUC and the final Dice,
+(cross-entropy, no augmentation, constant learning rate), (b) each other `federation.loss`
+(dice+ce, dice, focal), (c) a cosine learning-rate schedule, (d) `federation.augment: {flips: true,
+rot90: true}`, each over three seeds; the `loss` attack's AUC and the final Dice,
 as mean and 95% t-interval across seeds (the same interval `fedmia replicate` reports), and each
 variant's paired difference from today's recipe (same seed: same data, partition and initial
 model; only the recipe differs), mean and 95% t-interval of the per-seed differences.
 
     python bench/recipe.py [scenarios/quickstart.yaml] [--seeds 3] [--out runs/bench-recipe]
 
-About 15 minutes on 2 cores (nine federations; OOD sets off, only the `loss` attack). Each run
+About 30 minutes on 2 cores (eighteen federations; OOD sets off, only the `loss` attack). Each run
 keeps its folder under --out; a second call reuses a run only where its completion record
 matches the scenario (`fedmia.sweep.run_or_reuse`).
 """
@@ -25,10 +26,14 @@ from scipy import stats
 from fedmia.sweep import run_or_reuse
 from fedmia.validation import load_scenario, parse_scenario
 
+# label: (run-folder slug, scenario changes); the slugs name the runs, so a second call reuses them
 VARIANTS = {
-    "today (ce)": {},
-    "loss: dice+ce": {"federation": {"loss": "dice+ce"}},
-    "augment: flips + rot90": {"federation": {"augment": {"flips": True, "rot90": True}}},
+    "today (ce)": ("today", {}),
+    "loss: dice+ce": ("loss", {"federation": {"loss": "dice+ce"}}),
+    "loss: dice": ("dice", {"federation": {"loss": "dice"}}),
+    "loss: focal": ("focal", {"federation": {"loss": "focal"}}),
+    "lr_schedule: cosine": ("cosine", {"federation": {"lr_schedule": {"kind": "cosine"}}}),
+    "augment: flips + rot90": ("augment", {"federation": {"augment": {"flips": True, "rot90": True}}}),
 }
 
 
@@ -56,12 +61,12 @@ def main() -> None:
     args = parser.parse_args()
     base = load_scenario(args.scenario).resolved()
     rows = []
-    for label, changes in VARIANTS.items():
+    for label, (slug, changes) in VARIANTS.items():
         auc, dice = [], []
         for seed in range(args.seeds):
             raw = merged(base, {**changes, "seed": seed, "attacks": [{"name": "loss"}],
                                 "evaluation": {"ood": []}})
-            raw["name"] = f"{base['name']}-{label.split(':')[0].split()[0]}-{seed}"
+            raw["name"] = f"{base['name']}-{slug}-{seed}"
             scenario = parse_scenario(raw, f"{args.scenario} ({label}, seed {seed})")
             metrics, _ = run_or_reuse(args.out / raw["name"], scenario)
             auc.append(metrics["attacks"]["loss"]["auc"])

@@ -782,26 +782,14 @@ def render_html(rows: list[dict], verdicts: list[dict], ctx: dict, groups: list[
     return "\n".join(parts)
 
 
-_SIDE = {
-    "update-loss-drop": "the model it sent and each client's reply; its population data",
-    "update-gradient": "the model it sent and each client's reply; the targets' gradients",
-    "source-inference": "each client's reply; its population data (to standardise)",
-    "trap-weights": "control of the model sent; each reply or the secure sum; population data (to build detectors)",
-    "lira-online": "reference models trained with the victim's recipe on halves of its population",
-    "lira-offline": "reference models trained with the victim's recipe on halves of its population",
-    "rmia": "reference models trained with the victim's recipe on halves of its population",
-}
-
-
 def _assumes(attack: str, groups: list[Group]) -> tuple[str, str]:
     from fedmia.attacks import ATTACKS
 
     name = next((a["name"] for g in groups for a in g.attacks if (a.get("label") or a["name"]) == attack), attack)
-    access = ATTACKS.get(name).access if name in ATTACKS else "?"
-    side = _SIDE.get(name) or ("a shadow model trained on its population" if name.startswith("shadow") or name in
-                               ("global-loss", "salem") else
-                               "its population data (to set a threshold); the released model's outputs only")
-    return access, side
+    if name not in ATTACKS:
+        return "?", "?"
+    cls = ATTACKS.get(name)  # each attack says what it assumes: the core names none of them
+    return cls.access, cls.assumes
 
 
 def _not_tried(rows: list[dict], groups: list[Group]) -> list[str]:

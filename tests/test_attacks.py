@@ -133,7 +133,7 @@ def test_label_only_augmentation_attack_reads_labels_only_and_separates_memorise
 BLACK_BOX = [{"name": n} for n in ("loss", "entropy", "confidence", "max-softmax", "modified-entropy", "qmia",
                                    "label-augment")] + [
     {"name": n, "models": 2, "epochs": 2} for n in
-    ("lira-online", "lira-offline", "rmia", "shadow-type1", "shadow-type2", "shadow-lossmap", "global-loss", "salem")]
+    ("lira-online", "lira-offline", "rmia", "rmia-online", "shadow-type1", "shadow-type2", "shadow-lossmap", "global-loss", "salem")]
 
 
 def _guarded_view(scenario, transcript, monkeypatch):
@@ -346,3 +346,33 @@ def test_lira_aggregation_is_chosen_by_rehearsal_on_the_adversarys_own_models(ov
     by_hand = _mean_lira(phi[0], phi[1:], refs.inclusion[1:], np.arange(len(refs.pool)), True, shared)
     assert results["lira-online-auto"].chosen["rehearsal_auc"]["mean"] == pytest.approx(
         roc_auc_score(refs.inclusion[0], by_hand))
+
+
+def test_online_rmia_takes_p_x_over_every_reference_model_in_and_out(overfit_setup, tmp_path, write_scenario):
+    """rmia-online: P(x) is the mean over all reference models (each pool record is IN half of
+    them), no offline correction `a`; the same shared models as offline RMIA, so no training."""
+    from fedmia.scenario import ScenarioError
+
+    scenario, plan, transcript = overfit_setup
+    runtime = scenario.runtime.model_copy(update={"cache_dir": str(tmp_path / "cache")})
+    spec = type(scenario.attacks[0])
+    run = scenario.model_copy(update={"runtime": runtime, "attacks": [
+        spec(name=name, models=4, epochs=2) for name in ("rmia", "rmia-online")]})
+    results = run_attacks(run, adversary_view(run, transcript))
+    online, offline = results["rmia-online"].attack, results["rmia"].attack
+    assert online.refs is offline.refs and online.refs.trained == 4 and online.a is None
+    assert online.refs.inclusion.mean(0).tolist() == [0.5] * len(online.refs.pool)  # the IN/OUT design
+    # by hand: the fraction of population records z with LR(x)/LR(z) >= 1, P(.) the all-model mean
+    p_ref = online.prob.mean(0)
+    n_pop = len(plan.population)
+    cols = online._columns(plan.targets)
+    _, p_target = online._target_phi(adversary_view(run, transcript), plan.targets)
+    ratio_x = p_target / np.array([p_ref[c] if c >= 0 else p_ref.mean() for c in cols])
+    ratio_z = online.population_p / p_ref[:n_pop]
+    by_hand = (ratio_x[:, None] / ratio_z[None, :] >= 1.0).mean(1) + 1e-6 * np.log(ratio_x)
+    np.testing.assert_allclose(results["rmia-online"].scores, by_hand, rtol=1e-9)
+    assert not np.allclose(results["rmia-online"].scores, results["rmia"].scores)
+    is_member = plan.ledger.is_member(plan.targets.ids)
+    assert membership_metrics(results["rmia-online"].scores, is_member).auc > 0.6
+    with pytest.raises(ScenarioError, match="rmia-online averages over the IN and OUT"):
+        load_scenario(write_scenario({"attacks": [{"name": "rmia-online", "a": 0.3}]}))

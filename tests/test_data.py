@@ -338,6 +338,12 @@ def test_ood_kinds_do_what_they_say():
     for image, mask in zip(scaled.images, scaled.masks):
         k = next(k for k in range(5) if np.array_equal(reference.masks[k], mask))
         np.testing.assert_allclose(image, np.clip(reference.images[k] * 3, 0, 1), rtol=1e-6)
+    # the paper's way: far outside the data range, not clipped (the same records, same order)
+    far = make_ood_set("scaled-far", reference, info, count=5, seed=0)
+    assert far.images.dtype == np.float32 and far.images.max() > 100.0
+    np.testing.assert_array_equal(far.masks, scaled.masks)
+    np.testing.assert_allclose(far.images, np.asarray([reference.images[next(
+        k for k in range(5) if np.array_equal(reference.masks[k], m))] * 255 for m in far.masks]), rtol=1e-6)
 
     permuted = make_ood_set("permuted", reference.subset([0]), info, count=1, seed=0)
     assert not np.array_equal(permuted.images, reference.images[:1])

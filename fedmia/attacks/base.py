@@ -222,6 +222,8 @@ class Attack(ABC):
     # "black-box": sees the served model only through `view.api` (the view has no transcript);
     # "white-box": reads the transcript's weights (the server's own records).
     access: ClassVar[str] = "black-box"
+    # What the adversary needs besides the attacked model, in a sentence for the audit report.
+    assumes: ClassVar[str] = "its population data (to set a threshold); the released model's outputs only"
     threshold: float | None = None
     chosen: dict | None = None  # settings `fit` chose from the adversary's own data, if any
 

@@ -25,6 +25,8 @@ from fedmia.data.records import Records
 @register_attack("isolation")
 class IsolatedUpdateLossDrop(Attack):
     access = "white-box"
+    assumes = "the secure sum of a round it made inconsistent (the target's update alone); its population data"
+
     def fit(self, view: AdversaryView) -> None:
         attacked = [r for r in view.transcript.rounds if (r.notes.attacked or "").startswith("isolation")]
         if not attacked:

@@ -88,6 +88,8 @@ def _noised(level: float):
 class LabelAugmentAttack(ThresholdAttack):
     """A threshold attack (its threshold from the population) on the augmented label-map score."""
 
+    assumes = "its population data (to set a threshold); the released model's label maps only"
+
     Params = LabelAugmentParams
 
     def score(self, view: AdversaryView, records: Records) -> np.ndarray:

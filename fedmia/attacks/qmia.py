@@ -56,6 +56,8 @@ def record_features(records: Records, num_classes: int, thumbnail: int) -> np.nd
 class QuantileRegressionMIA(Attack):
     """Score minus the non-member (1 − α) quantile predicted for this record from the population."""
 
+    assumes = "its population data (to train a quantile regressor on the released model's outputs)"
+
     Params = QMIAParams
 
     def _scores(self, view: AdversaryView, records: Records) -> np.ndarray:

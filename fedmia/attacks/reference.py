@@ -46,7 +46,7 @@ import cloudpickle
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.stats import norm
 
 from fedmia.attacks.base import PROBABILITY_FLOOR, AdversaryView, Attack, model_probabilities, register_attack
@@ -338,6 +338,7 @@ def federated_training(local_training: Callable, clients: int, rounds: int, mode
 
 class _ReferenceAttack(Attack):
     Params = ReferenceParams
+    assumes = "reference models trained with the victim's recipe on halves of its population"
 
     def fit(self, view: AdversaryView) -> None:
         self.refs = _shared_references(view, self.params)
@@ -489,10 +490,14 @@ class Rmia(_ReferenceAttack):
     (all of them, OUT-calibrated the same way) are the comparison set."""
 
     A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+    online = False
 
     def fit(self, view: AdversaryView) -> None:
         super().fit(view)
-        self.a = self.params.a if self.params.a != "auto" else self._choose_a(view)
+        if self.online:
+            self.a = None
+        else:
+            self.a = self.params.a if self.params.a != "auto" else self._choose_a(view)
 
     def _choose_a(self, view: AdversaryView) -> float:
         """ml_privacy_meter's procedure: reference model 0 plays the target, the others are the
@@ -519,12 +524,19 @@ class Rmia(_ReferenceAttack):
         self.chosen = {"a": -best[1], "rehearsal_auc": best[0]}
         return -best[1]
 
-    def score(self, view: AdversaryView, records: Records) -> np.ndarray:
-        _, p_target = self._target_phi(view, records)
+    def _p_reference(self) -> np.ndarray:
+        """P(x) for every pool record: offline, the OUT models' mean corrected by `a` (the models
+        that saw x are left out); online, the mean over all reference models, half of which
+        trained on x (Zarifzadeh et al.'s online P(x), no correction needed)."""
+        if self.online:
+            return self.prob.mean(0)
         out = ~self.refs.inclusion
         p_out = np.where(out, self.prob, 0.0).sum(0) / np.maximum(out.sum(0), 1)
-        a = self.a
-        p_x_ref = ((1 + a) * p_out + (1 - a)) / 2
+        return ((1 + self.a) * p_out + (1 - self.a)) / 2
+
+    def score(self, view: AdversaryView, records: Records) -> np.ndarray:
+        _, p_target = self._target_phi(view, records)
+        p_x_ref = self._p_reference()
         n_pop = len(view.population)
         ratio_z = self.population_p / p_x_ref[:n_pop]
         cols = self._columns(records)
@@ -532,3 +544,22 @@ class Rmia(_ReferenceAttack):
         fraction = (ratio_x[:, None] / ratio_z[None, :] >= self.params.gamma).mean(1)
         # With a few hundred z the fraction ties often; break ties by the likelihood ratio itself.
         return fraction + 1e-6 * np.log(ratio_x)
+
+
+class RmiaOnlineParams(ReferenceParams):
+    @model_validator(mode="after")
+    def _no_a(self):
+        if self.a != "auto":
+            raise ValueError("a: the offline correction of P(x); rmia-online averages over the IN and OUT "
+                             "reference models and takes none (use rmia for a)")
+        return self
+
+
+@register_attack("rmia-online")
+class RmiaOnline(Rmia):
+    """Online RMIA: P(x) and P(z) averaged over every reference model, IN and OUT. Each pool
+    record is IN half of the models by design, so no offline correction `a` is needed; the
+    same reference models as LiRA and offline RMIA (shared, cached), so it costs no training."""
+
+    Params = RmiaOnlineParams
+    online = True

@@ -69,6 +69,7 @@ class MapClassifier(nn.Module):
 
 
 class _ShadowAttack(Attack):
+    assumes = "a shadow model trained on its population"
     Params = ShadowParams
 
     def _shadow(self, view: AdversaryView):

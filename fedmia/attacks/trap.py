@@ -61,6 +61,7 @@ def detector_movement(update: list[np.ndarray], index: dict[str, int], block: st
 @register_attack("trap-weights")
 class TrapWeightsAttack(Attack):
     access = "white-box"
+    assumes = "control of the model sent; each reply or the secure sum; population data (to build detectors)"
     Params = TrapAttackParams
 
     def fit(self, view: AdversaryView) -> None:

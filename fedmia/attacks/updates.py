@@ -98,6 +98,7 @@ def replayed_drop(view: AdversaryView, records: Records, sent, size: int, replay
 @register_attack("update-loss-drop")
 class UpdateLossDrop(Attack):
     access = "white-box"
+    assumes = "the model it sent and each client's reply; its population data"
     Params = LossDropParams
 
     def fit(self, view: AdversaryView) -> None:
@@ -126,6 +127,7 @@ class UpdateLossDrop(Attack):
 @register_attack("update-gradient")
 class UpdateGradient(Attack):
     access = "white-box"
+    assumes = "the model it sent and each client's reply; the targets' gradients"
     Params = RoundsParams
 
     def fit(self, view: AdversaryView) -> None:
@@ -209,6 +211,7 @@ def _batched_cosines(model, names: list[str], records: Records, updates: torch.T
 @register_attack("source-inference")
 class SourceInference(Attack):
     access = "white-box"
+    assumes = "each client's reply; its population data (to standardise)"
     """Owner = the client whose returned model has the lowest loss on the record (summed over the
     selected rounds). Each client model's losses are first standardised by its losses on the
     adversary's population (known non-members): a model that is simply better or worse on

@@ -21,6 +21,10 @@ from fedmia.data.records import DatasetInfo, Records, make_ids
 from fedmia.registry import Registry
 
 SCALE_FACTOR = 3.0  # `scaled`: brightness blown up until most structure saturates
+# `scaled-far`: as Hintersdorf et al. scale, far outside the data range and not clipped — the
+# regime where ReLU networks grow over-confident. Fixed in advance (not tuned on any run): an
+# image fed without its /255, the mistake a pipeline makes with 8-bit data.
+FAR_SCALE_FACTOR = 255.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,13 @@ def _scaled(request: OODRequest):
     """Held-out records with their brightness multiplied by 3, clipped to [0, 1]."""
     picked = _pick(request.reference, request.count, request.rng)
     return np.clip(picked.images * SCALE_FACTOR, 0.0, 1.0), picked.masks.copy()
+
+
+@register_ood_set("scaled-far")
+def _scaled_far(request: OODRequest):
+    """Held-out records with their intensities multiplied by 255, not clipped: far outside [0, 1]."""
+    picked = _pick(request.reference, request.count, request.rng)
+    return (picked.images * FAR_SCALE_FACTOR).astype(picked.images.dtype), picked.masks.copy()
 
 
 @register_ood_set("permuted")
