@@ -169,3 +169,65 @@ def test_trap_weights_settings_are_checked_before_the_run(write_scenario):
     text = " ".join(result.output.split())
     for where in ("server.isolate_client", "server.attack_rounds", "model.encoder"):
         assert where in text, text
+
+
+def test_thresholded_secure_aggregation_hides_what_one_client_alone_moved(write_scenario):
+    """The ideal functionality releases a coordinate of the mean update only where >= t clients
+    changed it: the sum of three clients' updates shows every member's detector moving, the
+    thresholded release shows none, and the dense coordinates every client trains pass as the
+    plain mean. Through the strategy hook, every FitRes then carries the released mean."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from fedmia.defenses.thresholded_secagg import ThresholdedParams, ThresholdedSecAgg, thresholded_mean
+    from fedmia.scenario import ScenarioError
+
+    scenario = load_scenario(write_scenario(TRAP))
+    plan = build_plan(scenario)
+    model = scenario_model(scenario, plan.info, seed=0)
+    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    table = plant_detectors(model, plan.targets, plan.population, 4, TrapParams(), CPU)
+    names, sent = list(model.state_dict()), get_weights(model)
+    updates, counts = [], []
+    for k, client in enumerate(plan.clients):
+        set_weights(model, sent)
+        train_local(model, client, TrainRecipe(2, 4, 0.003), seed=k, device=CPU)
+        updates.append([a.astype(np.float64) - b.astype(np.float64) for a, b in zip(get_weights(model), sent)])
+        counts.append(len(client))
+    plain, _ = thresholded_mean(updates, counts, min_clients=1)
+    released, withheld = thresholded_mean(updates, counts, min_clients=2)
+    index = {n: i for i, n in enumerate(names)}
+    members = {str(r) for c in plan.clients for r in c.ids}
+    tolerance = TrapAttackParams().tolerance
+
+    def moved(update):
+        return {rid: detector_movement(update, index, e["block"], e["channel"]) for e in table for rid in e["ids"]}
+
+    in_sum, in_release = moved(plain), moved(released)
+    assert np.mean([in_sum[r] > tolerance for r in in_sum if r in members]) >= 0.75  # the sum shows them
+    assert max(in_release.values()) == 0.0  # the thresholded release shows none
+    head = index["segmentation_head.0.weight"]  # trained by every client: released as the mean
+    np.testing.assert_allclose(released[head], plain[head])
+    assert 0 < withheld < 0.2, withheld
+
+    # the hook: each FitRes carries the released mean and the share withheld, then FedAvg aggregates
+    seen = {}
+
+    class Strategy:
+        def aggregate_fit(self, server_round, results, failures):
+            seen["results"] = results
+            return None, {}
+
+    defense = ThresholdedSecAgg(ThresholdedParams(min_clients=2))
+    strategy = defense.wrap_strategy(Strategy(), scenario)
+    results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(u), n, {"partition-id": k}))
+               for k, (u, n) in enumerate(zip(updates, counts))]
+    strategy.aggregate_fit(1, results, [])
+    for _, fit_res in seen["results"]:
+        for got, want in zip(parameters_to_ndarrays(fit_res.parameters), released):
+            np.testing.assert_array_equal(got, want)
+        assert fit_res.metrics["withheld-share"] == pytest.approx(withheld)
+    # validation: it simulates its own secure sum, so SecAgg+ beside it is refused; t above the round's clients too
+    for defenses, message in (({"thresholded-secagg": {}, "secagg": True}, "does not compose with defenses.secagg"),
+                              ({"thresholded-secagg": {"min_clients": 4}}, "nothing would ever be released")):
+        with pytest.raises(ScenarioError, match=message):
+            load_scenario(write_scenario({**TRAP, "defenses": defenses}))
