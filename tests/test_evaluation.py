@@ -139,6 +139,7 @@ def test_balanced_accuracy_by_hand():
     # non-members 50..99 (50 of 100) are flagged -> TNR 0.5; balanced accuracy 0.6.
     m = membership_metrics(scores, is_member, threshold=50.0)
     assert m.balanced_accuracy == pytest.approx(0.6)
+    assert m.tpr_at_threshold == pytest.approx(0.7)  # the members' recall at that threshold
     # Just above 50 the non-member at exactly 50 is no longer flagged: TNR 0.51.
     m = membership_metrics(scores, is_member, threshold=50.5)
     assert m.balanced_accuracy == pytest.approx((0.7 + 0.51) / 2)
@@ -230,7 +231,7 @@ def test_attack_metrics_to_dict_is_json_ready():
     m = membership_metrics(*hand_case(), threshold=50.0, intervals=True)
     d = m.to_dict()
     assert set(d) == {"auc", "tpr_at_fpr", "balanced_accuracy", "n_members", "n_nonmembers",
-                      "false_positives_allowed", "low_n_levels", "ci"}
+                      "false_positives_allowed", "low_n_levels", "ci", "tpr_at_threshold"}
     assert set(d["ci"]["tpr_at_fpr"]) == set(d["tpr_at_fpr"]) and d["ci"]["level"] == 0.95
     assert json.loads(json.dumps(d)) == d
     assert isinstance(m, AttackMetrics)

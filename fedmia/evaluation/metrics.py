@@ -48,6 +48,8 @@ class AttackMetrics:
     # levels whose figure rests on fewer than 10 allowed false positives (n_nonmembers < 10/f)
     low_n_levels: list[str] = field(default_factory=list)
     ci: dict | None = None  # 95% intervals: {"auc": [lo, hi], "tpr_at_fpr": {...}, "method": ...}
+    # members called "member" at the attack's own threshold (Hintersdorf et al.'s recall); None if no threshold
+    tpr_at_threshold: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -195,7 +197,7 @@ def membership_metrics(
     tprs = _tpr_below(pos, np.sort(neg)[::-1], np.array(list(allowed.values()), dtype=int))
     tpr_at_fpr = {key: float(t) for key, t in zip(allowed, tprs)}
 
-    balanced_accuracy = None
+    balanced_accuracy = tpr_t = None
     if threshold is not None:
         if math.isnan(threshold):
             raise ValueError("threshold is NaN")
@@ -210,6 +212,7 @@ def membership_metrics(
         auc=auc,
         tpr_at_fpr=tpr_at_fpr,
         balanced_accuracy=balanced_accuracy,
+        tpr_at_threshold=tpr_t,
         n_members=n_members,
         n_nonmembers=n_nonmembers,
         false_positives_allowed=allowed,

@@ -35,6 +35,7 @@ class AttackMetrics(Open):
     auc: Rate = Field(description="ROC AUC over the targets")
     tpr_at_fpr: dict[str, Rate] = Field(description="TPR at FPR strictly below each level")
     balanced_accuracy: Rate = Field(None, description="at the adversary's own threshold, if it set one")
+    tpr_at_threshold: Rate = Field(None, description="share of member targets called member at that threshold")
     n_members: int = Field(description="member targets scored")
     n_nonmembers: int = Field(description="non-member targets scored")
     false_positives_allowed: dict[str, int] = Field(default_factory=dict, description="per level")
@@ -107,6 +108,7 @@ def figures(metrics: RunMetrics) -> dict[str, float]:
         for level, tpr in attack.tpr_at_fpr.items():
             out[f"attacks.{name}.tpr_at_fpr.{level}"] = tpr
         out[f"attacks.{name}.balanced_accuracy"] = attack.balanced_accuracy
+        out[f"attacks.{name}.tpr_at_threshold"] = attack.tpr_at_threshold
     out["utility.dice"], out["utility.miou"] = metrics.utility.dice, metrics.utility.miou
     if metrics.privacy is not None:
         out["privacy.epsilon"] = metrics.privacy.epsilon
