@@ -127,7 +127,8 @@ class TrapWeights(ThreatModel):
                  "and reads which detectors moved in each reply (Boenisch et al. 2023)")
     sees = "every client's reply (or the secure sum), the weights it chose to send, its own population data"
     stopped_by = ("local DP-SGD; a client that repairs the model it receives (receive-check, action: repair: "
-                  "training goes on) or refuses it (training stops); not SecAgg+")
+                  "training goes on) or refuses it (training stops); thresholded secure aggregation "
+                  "(simulated: coordinates only one client moved are never released); not SecAgg+ or augmentation")
 
     def derive(self, scenario: Scenario) -> dict[str, Any]:
         return self._with(scenario, "trap-weights", self._user_attacks(scenario, ("trap-weights",)),
