@@ -112,8 +112,9 @@ class ClientUpdates(ThreatModel):
 
     def why_not(self, scenario: Scenario) -> str | None:
         if hides_client_updates(scenario):
-            return ("SecAgg+ is on: the server sees only the sum of the replies, so update attacks have no "
-                    "client update to read (an active server against SecAgg+ is `secagg-isolation`)")
+            return ("secure aggregation is on (SecAgg+ or thresholded): the server sees only the sum of the "
+                    "replies, so update attacks have no client update to read (an active server against it is "
+                    "`secagg-isolation`)")
         return None
 
     def derive(self, scenario: Scenario) -> dict[str, Any]:
@@ -145,7 +146,8 @@ class SecAggIsolation(ThreatModel):
 
     def why_not(self, scenario: Scenario) -> str | None:
         if not hides_client_updates(scenario):
-            return "SecAgg+ is off: there is no secure aggregate to isolate a client from (`trap-weights` covers it)"
+            return ("SecAgg+ is off (no secure aggregation): there is no secure aggregate to isolate a client "
+                    "from (`trap-weights` covers it)")
         return None
 
     def derive(self, scenario: Scenario) -> dict[str, Any]:
