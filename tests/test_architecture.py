@@ -95,6 +95,7 @@ BLOCKS = {
     "minmax": {"weight": 1.0},
     "distillation": {"temperature": 2.0},
     "receive-check": True,
+    "thresholded-secagg": {"min_clients": 2},
 }
 PAIRS = list(itertools.combinations(BLOCKS, 2))
 # The expected outcome of every pair, written out (DESIGN.md's table): these are refused, every
@@ -103,6 +104,8 @@ REFUSED = {frozenset(pair) for pair in [
     ("secagg", "dp:central"),  # central DP clips and noises the updates SecAgg+ hides from the server
     ("dp:local", "mixup"), ("dp:local", "minmax"), ("dp:local", "distillation"),  # not per-record
     ("distillation", "crop"), ("distillation", "mixup"), ("distillation", "minmax"),  # it replaces the loop
+    # the simulated thresholded sum decides what the server's aggregation sees, as these two do
+    ("thresholded-secagg", "secagg"), ("thresholded-secagg", "dp:central"),
 ]}
 
 
