@@ -36,6 +36,15 @@ def t_interval(values: list[float]) -> str:
     return f"{x.mean():.3f} [{max(x.mean() - half, 0):.3f}, {min(x.mean() + half, 1):.3f}]"
 
 
+def short(value) -> str:
+    """A row's label: a defenses block by its keys (and a `mode`, where it has one)."""
+    if isinstance(value, dict):
+        if not value:
+            return "none"
+        return ", ".join(k + (f" {v['mode']}" if isinstance(v, dict) and "mode" in v else "") for k, v in value.items())
+    return str(value)
+
+
 def figure(metrics, raw: dict, name: str) -> float | None:
     if name == "dice":
         return metrics.utility.dice
@@ -64,7 +73,7 @@ def main() -> None:
         scenario = yaml.safe_load((point / "scenario.yaml").read_text())
         metrics = read_metrics(point / "metrics.json")
         raw = json.loads((point / "metrics.json").read_text())
-        value = json.dumps(scenario.get(args.by), sort_keys=True)
+        value = short(scenario.get(args.by))
         seeds.setdefault(value, []).append(scenario["seed"])
         for name in args.figures:
             got = figure(metrics, raw, name)
@@ -74,7 +83,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(args.figures))
     for value, by_figure in groups.items():
         cells = [t_interval(by_figure.get(name, [])) for name in args.figures]
-        print(f"| `{value}` | {','.join(map(str, sorted(seeds[value])))} | " + " | ".join(cells) + " |")
+        print(f"| {value} | {','.join(map(str, sorted(seeds[value])))} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
