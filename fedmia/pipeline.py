@@ -96,6 +96,7 @@ def adversary_view(scenario: Scenario, transcript: Transcript, served=None) -> A
     if served is None:
         served = final_model(scenario, transcript)
     recipe = defended_recipe(scenario)
+    public = plan.public  # records every client shares (min-max's reference set, distillation's transfer set)
     return AdversaryView(
         transcript=transcript,
         model_factory=lambda: scenario_model(scenario, info),
@@ -109,7 +110,7 @@ def adversary_view(scenario: Scenario, transcript: Transcript, served=None) -> A
         rounds=scenario.federation.rounds,
         clients=scenario.clients_per_round,
         local_training=lambda model, records, seed: local_training(
-            scenario, model, records, recipe, seed=seed, device=device),
+            scenario, model, records, recipe, seed=seed, device=device, public=public),
         local_defenses=sorted(f"{d.key}:{d.params.model_dump_json()}" for d in active(scenario)
                               if d.acts_on in LOCAL_STAGES),
         seed=scenario.seed,

@@ -261,6 +261,20 @@ def test_federated_reference_models_train_as_the_federation_does(overfit_setup, 
     assert len(calls) == 6 and all(np.array_equal(a, b) for a, b in zip(first, again))
 
 
+@pytest.mark.parametrize("defense", [{"minmax": {"weight": 1.0}}, {"distillation": {"temperature": 2.0}}])
+def test_the_adversarys_simulated_clients_train_with_the_public_records_their_defenses_need(
+        defense, write_scenario):
+    """Min-max and distillation train on `data.public`, which every client shares: a federated
+    reference model's simulated clients must get it too (they failed on a missing set before)."""
+    scenario = load_scenario(write_scenario({"data": {"public": 4}, "defenses": defense}))
+    plan = build_plan(scenario)
+    model = build_model(scenario.model, plan.info.in_channels, plan.info.num_classes, seed=0)
+    view = adversary_view(scenario, Transcript([], get_weights(model)), served=model)
+    before = get_weights(model)
+    view.local_training(model, plan.population.subset(range(6)), 0)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, get_weights(model)))
+
+
 def test_reference_models_train_in_worker_processes_as_they_would_in_this_one(overfit_setup, tmp_path, monkeypatch):
     """`runtime.train_workers`: the models missing from the cache train side by side in worker
     processes, each cached under its usual key, and each is the
