@@ -490,14 +490,10 @@ class Rmia(_ReferenceAttack):
     (all of them, OUT-calibrated the same way) are the comparison set."""
 
     A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
-    online = False
 
     def fit(self, view: AdversaryView) -> None:
         super().fit(view)
-        if self.online:
-            self.a = None
-        else:
-            self.a = self.params.a if self.params.a != "auto" else self._choose_a(view)
+        self.a = self.params.a if self.params.a != "auto" else self._choose_a(view)
 
     def _choose_a(self, view: AdversaryView) -> float:
         """ml_privacy_meter's procedure: reference model 0 plays the target, the others are the
@@ -525,11 +521,8 @@ class Rmia(_ReferenceAttack):
         return -best[1]
 
     def _p_reference(self) -> np.ndarray:
-        """P(x) for every pool record: offline, the OUT models' mean corrected by `a` (the models
-        that saw x are left out); online, the mean over all reference models, half of which
-        trained on x (Zarifzadeh et al.'s online P(x), no correction needed)."""
-        if self.online:
-            return self.prob.mean(0)
+        """P(x) for every pool record: the OUT models' mean (the models that saw x are left out),
+        corrected by `a`."""
         out = ~self.refs.inclusion
         p_out = np.where(out, self.prob, 0.0).sum(0) / np.maximum(out.sum(0), 1)
         return ((1 + self.a) * p_out + (1 - self.a)) / 2
@@ -562,4 +555,12 @@ class RmiaOnline(Rmia):
     same reference models as LiRA and offline RMIA (shared, cached), so it costs no training."""
 
     Params = RmiaOnlineParams
-    online = True
+
+    def fit(self, view: AdversaryView) -> None:
+        _ReferenceAttack.fit(self, view)  # no offline correction to choose
+        self.a = None
+
+    def _p_reference(self) -> np.ndarray:
+        """The mean over all reference models, half of which trained on x (Zarifzadeh et al.'s
+        online P(x))."""
+        return self.prob.mean(0)

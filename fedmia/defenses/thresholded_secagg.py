@@ -14,7 +14,8 @@ model keeps its value there). The cryptographic protocol that computes this with
 party is the paper's; Flower has none, and this file does not pretend to be one. The server still
 learns which coordinates were released (count ≥ t or not) — the design's own leakage.
 
-Hand-written (no library offers it); the mean is FedAvg's, as SecAgg+ with example weights gives.
+Hand-written (no library offers it). The mean is FedAvg's, example-weighted as SecAgg+ gives it,
+kept in float64 like the updates SecAgg+ clients send (`fedmia.models.weighted_sum` stores float32).
 """
 
 from __future__ import annotations
