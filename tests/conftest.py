@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fedmia.deploy import alive, descendants, terminate
+# Reference models the tests train go to a cache of this session's own, set before fedmia is
+# imported (it reads $FEDMIA_CACHE once): a run of the suite neither reads models an earlier run
+# left in the checkout's .fedmia-cache (its timings and results would rest on them) nor leaves
+# any there. Subprocesses and Ray workers inherit it.
+_CACHE = tempfile.mkdtemp(prefix="fedmia-test-cache-")
+os.environ["FEDMIA_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+from fedmia.deploy import alive, descendants, terminate  # noqa: E402
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
