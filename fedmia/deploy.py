@@ -47,6 +47,10 @@ class LocalDeployment:
     node_envs: dict[int, dict] = field(default_factory=dict)
 
     def __post_init__(self):
+        # Absolute: every Flower process runs with `workdir` as its cwd, where a relative path
+        # given on the command line (the default `runs/deploy`) no longer points at the certificates.
+        self.workdir = Path(self.workdir).resolve()
+        self.tls_dir = Path(self.tls_dir).resolve() if self.tls_dir is not None else None
         if self.auth and self.tls_dir is None:
             raise ValueError("SuperNode authentication needs TLS: the installed SuperLink refuses "
                              "--enable-supernode-auth with --insecure")

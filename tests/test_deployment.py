@@ -175,6 +175,20 @@ def test_a_supernode_without_the_users_plug_ins_stops_the_run_naming_them(
     assert "cannot resolve" not in site_0 and "Traceback" not in site_0  # site 0 trained with the plug-ins
 
 
+def test_a_relative_workdir_still_points_every_flower_process_at_its_certificates(tmp_path, monkeypatch):
+    """`fedmia deploy-local`'s default workdir is relative (`runs/deploy`), and every Flower
+    process runs with the workdir as its cwd: relative certificate paths there pointed nowhere
+    (the SuperLink exited: "--ssl-ca-certfile does not point to a file")."""
+    monkeypatch.chdir(tmp_path)
+    certs = self_signed_certificates(Path("runs/deploy/certs"))
+    deployment = LocalDeployment(2, Path("runs/deploy"), certs, auth=True)
+    for role in ("superlink", "supernode"):
+        paths = [Path(arg) for arg in deployment._security(role) if not arg.startswith("--")]
+        assert paths and all(p.is_absolute() and p.is_file() for p in paths), (role, paths)
+    assert Path(deployment.env["FLWR_HOME"]).is_absolute()
+    assert deployment.workdir == tmp_path / "runs" / "deploy"
+
+
 def test_compose_file_matches_the_tested_loopback_setup(tmp_path):
     """No Docker engine here: the compose file uses Flower's images of the installed version and
     the flags of the loopback deployment tested above (TLS, SuperNode authentication, one node
