@@ -493,7 +493,11 @@ class Rmia(_ReferenceAttack):
 
     def fit(self, view: AdversaryView) -> None:
         super().fit(view)
-        self.a = self.params.a if self.params.a != "auto" else self._choose_a(view)
+        self.a = self._correction(view)
+
+    def _correction(self, view: AdversaryView) -> float | None:
+        """The offline correction `a` of P(x): the scenario's, or chosen on the adversary's own models."""
+        return self.params.a if self.params.a != "auto" else self._choose_a(view)
 
     def _choose_a(self, view: AdversaryView) -> float:
         """ml_privacy_meter's procedure: reference model 0 plays the target, the others are the
@@ -556,9 +560,8 @@ class RmiaOnline(Rmia):
 
     Params = RmiaOnlineParams
 
-    def fit(self, view: AdversaryView) -> None:
-        _ReferenceAttack.fit(self, view)  # no offline correction to choose
-        self.a = None
+    def _correction(self, view: AdversaryView) -> None:
+        return None  # P(x) already averages IN and OUT models: no offline correction to choose
 
     def _p_reference(self) -> np.ndarray:
         """The mean over all reference models, half of which trained on x (Zarifzadeh et al.'s
