@@ -447,6 +447,7 @@ def run_audit(scenario: Scenario, *, source: str, seeds: int, out_dir: Path, gat
     context = {"command": command, "source": source, "scenario": scenario.name, "seeds": seeds,
                "seed_values": [scenario.seed + k for k in range(seeds)], "levels": levels, "gate_on": gate_on,
                "gate": gate, "duration_s": duration, "counts": counts, "versions": versions(),
+               "plugins": _plugins_of(groups),
                "machine": {"platform": platform.platform(), "machine": platform.machine(),
                            "processor": platform.processor() or None, "cpus": os.cpu_count(),
                            "python": sys.version.split()[0]},
@@ -770,6 +771,7 @@ def render_html(rows: list[dict], verdicts: list[dict], ctx: dict, groups: list[
                  f"{sum(w for r in rows if r['applies'] for w in (r.get('wall_s') or []) if w) / 1:.1f} s summed "
                  "over the rows' runs (a shared run counted once per threat model reading it)</td></tr>"
                  f"<tr><th>versions</th><td>{e(', '.join(f'{k} {v}' for k, v in ctx['versions'].items() if v))}</td></tr>"
+                 f"<tr><th>plug-ins</th><td>{e('; '.join(_plugin_words(ctx.get('plugins', []))))}</td></tr>"
                  f"<tr><th>machine</th><td>{e(m['platform'])}, {e(m['machine'])}, {m['cpus']} CPUs, Python {e(m['python'])}</td></tr>"
                  "</table><table><tr><th>threat model</th><th>defenses</th><th>run folders</th><th>scenario SHA-256 "
                  "(completed.json)</th></tr>")
@@ -780,6 +782,23 @@ def render_html(rows: list[dict], verdicts: list[dict], ctx: dict, groups: list[
                          + "<br>".join(e(str(x)) for x in r["scenario_sha256"]) + "</code></td></tr>")
     parts.append("</table></section></body></html>\n")
     return "\n".join(parts)
+
+
+def _plugins_of(groups: list[Group]) -> list[dict[str, str]]:
+    """Every plug-in the audit's runs named, with its package and version (each once)."""
+    from fedmia.plugins import plugins_used
+
+    used: list[dict[str, str]] = []
+    for group in groups:
+        for entry in plugins_used(group.scenario) if group.scenario is not None else []:
+            if entry not in used:
+                used.append(entry)
+    return used
+
+
+def _plugin_words(plugins: list[dict[str, str]]) -> list[str]:
+    """'attack loss (fedmia 0.1.0)', ... grouped by family, for the reproducibility section."""
+    return [f"{p['family']} {p['name']} ({p['package']} {p['version']})".rstrip() for p in plugins]
 
 
 def _assumes(attack: str, groups: list[Group]) -> tuple[str, str]:

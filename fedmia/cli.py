@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from fedmia.io import process_age
+from fedmia.stopping import resume_with
 from fedmia.scenario import ScenarioError, parse_schema, read_yaml
 from fedmia.validation import load_scenario
 
@@ -136,6 +137,7 @@ def run(
     from fedmia.runner import run_scenario
 
     folder = resume or out_dir or Path("runs") / parsed.name
+    resume_with(f"the rounds done so far are kept: fedmia run --resume {folder}")
     # the clock starts with the process: imports and start-up are part of what the user waits
     launched = time.perf_counter() - (process_age() or 0.0)
     metrics = run_scenario(parsed, folder, console=out, verbose=verbose, resume=resume is not None,
@@ -566,16 +568,25 @@ def describe(name: str = typer.Argument(..., help="a plug-in's name (`fedmia lis
 @app.command("list")
 def list_components() -> None:
     """List the plug-ins on offer — datasets, partitioners, models, strategies, attacks, defenses, OOD sets, threat models — with the package of each, and smp's architectures."""
-    from fedmia.registry import FAMILIES, entry_points_of, distribution_of, offered
+    from rich.markup import escape
 
+    from fedmia.registry import FAMILIES, conflicts_of, entry_points_of, distribution_of, offered
+
+    clashes = []
     for title, group in [(f.title, f.group) for f in FAMILIES]:
         points = entry_points_of(group)
         by_package: dict[str, list[str]] = {}
         for name in offered(group):  # metadata only: nothing is imported
             package = " ".join(distribution_of(points[name])) if name in points else "(registered in-process)"
+            if name in conflicts_of(group):
+                clashes.append((title, name, [" ".join(distribution_of(p)) for p in conflicts_of(group)[name]]))
+                name = f"[red]{name} (CONFLICT)[/]"
             by_package.setdefault(package, []).append(name)
-        listed = "; ".join(f"{', '.join(names)} [dim]({package})[/]" for package, names in by_package.items())
+        listed = "; ".join(f"{', '.join(names)} [dim]({escape(package)})[/]" for package, names in by_package.items())
         out.print(f"[bold]{title}[/]: {listed}")
+    for title, name, packages in clashes:
+        out.print(f"[red]conflict[/]: {title} {name!r} is offered by {', '.join(packages)}; a scenario naming it "
+                  "is refused until one is uninstalled or renamed")
     from fedmia.models import ARCHITECTURES
 
     out.print(f"[bold]architectures[/] (segmentation-models-pytorch): {', '.join(ARCHITECTURES)}")
@@ -603,10 +614,16 @@ def _report_fault(error: BaseException) -> int:
 
 
 def main() -> None:
+    from fedmia.stopping import Stopped, stop_line, stop_on_signals
+
+    stop_on_signals()
     try:
         # non-standalone, click hands back a command's exit code (typer.Exit(2) of a usage error)
         returned = app(standalone_mode=False)
         code = returned if isinstance(returned, int) else 0
+    except (KeyboardInterrupt, Stopped) as stop:  # Ctrl-C, SIGTERM, SIGHUP: what ran was stopped by its command
+        line, code = stop_line(stop)
+        typer.echo(line, err=True)
     except click.exceptions.Abort:
         typer.echo("Aborted!", err=True)
         code = 1

@@ -94,9 +94,15 @@ class LocalDeployment:
         return f"partition-id={partition} num-partitions={self.clients}"
 
     def superlink_command(self) -> list[str]:
-        """The SuperLink's command line (docker/compose.yml must use the same flags: tested)."""
+        """The SuperLink's command line (docker/compose.yml must use the same flags: tested).
+        No `--database`: Flower then keeps its state in memory. With a SQLite file, the Fleet,
+        Control and ServerAppIo threads write one database with a 5 s busy timeout (flwr 1.41
+        `supercore/constant.py`); on 2 cores saturated by training ClientApps a write waited
+        longer, the SuperLink answered "database is locked", the log stream of `flwr run` ended
+        and the multi-site test failed (2026-12-03). A run does not outlive its SuperLink, so the
+        file kept nothing we use."""
         return [_bin("flower-superlink"), *self._security("superlink"), "--host", "127.0.0.1",
-                "--port", str(self.superlink_port), "--database", str(self.workdir / "superlink.db"),
+                "--port", str(self.superlink_port),
                 "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if self.auth else [])]
 
     def supernode_command(self, partition: int, private_key: Path | None = None) -> list[str]:

@@ -31,6 +31,7 @@ from fedmia.evaluation.schema import check_metrics
 from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
 from fedmia.local import local_training
+from fedmia.plugins import plugins_used
 from fedmia.runfolder import claim, complete
 from fedmia.models import scenario_model, set_weights
 from fedmia.scenario import Scenario
@@ -206,7 +207,7 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     check_metrics(metrics)  # the one schema every reader relies on: a renamed figure fails here
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))
-    complete(out_dir, scenario, wall_s=timing["wall_s"])  # last: only now does the folder read as finished
+    complete(out_dir, scenario, wall_s=timing["wall_s"], plugins=plugins_used(scenario))  # last: only now does the folder read as finished
     return metrics
 
 

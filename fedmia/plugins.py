@@ -48,6 +48,21 @@ def plugin_manifest(scenario: Scenario) -> dict[str, list[str]]:
     return manifest
 
 
+def plugins_used(scenario: Scenario) -> list[dict[str, str]]:
+    """Every plug-in the scenario names, with the package and version that offered it here: what
+    the completion record and the audit report's reproducibility section list."""
+    from fedmia.registry import family
+
+    used = []
+    for _, group, kind, name in named_plugins(scenario):
+        registry = family(group).registry()
+        package, version = registry.package(name) if name in registry else ("?", "?")
+        entry = {"family": kind, "name": name, "package": package, "version": version}
+        if entry not in used:
+            used.append(entry)
+    return used
+
+
 def check_plugin_manifest(manifest: dict[str, list[str]], here: str) -> None:
     """Raise PluginMissing when this process lacks a plug-in of `manifest` or has it at another
     version; `here` names this process (a site, a partition)."""

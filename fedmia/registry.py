@@ -42,14 +42,45 @@ class PluginLoadError(RuntimeError):
     to import; the message names the entry point and its package."""
 
 
+class PluginConflict(PluginLoadError):
+    """Two installed packages offer one name in one group. Refused, not resolved either way: a
+    package that registered `loss` in `fedmia.attacks` was imported instead of fedmia's own
+    (2026-12-04), so every audit naming `loss` would have reported another attack's figures.
+    Preferring fedmia's own would still hide that the user's package meant something else by it;
+    the user settles it (uninstall one, or rename the plug-in). A usage problem: exit 2."""
+
+    exit_code = 2
+
+
 @functools.lru_cache(maxsize=None)
-def entry_points_of(group: str) -> dict[str, metadata.EntryPoint]:
-    """The group's entry points by name (package metadata only: no plug-in is imported). Two
-    packages offering one name is a conflict, reported when that name is used."""
+def _scan(group: str) -> tuple[dict[str, metadata.EntryPoint], dict[str, tuple[metadata.EntryPoint, ...]]]:
     found: dict[str, metadata.EntryPoint] = {}
-    for point in metadata.entry_points(group=group):
-        found.setdefault(point.name, point)
-    return found
+    clashes: dict[str, list[metadata.EntryPoint]] = {}
+    for point in metadata.entry_points(group=group):  # one per distribution (importlib dedups names)
+        first = found.setdefault(point.name, point)
+        if first is not point and distribution_of(first)[0] != distribution_of(point)[0]:
+            clashes.setdefault(point.name, [first]).append(point)
+    return found, {name: tuple(points) for name, points in clashes.items()}
+
+
+def entry_points_of(group: str) -> dict[str, metadata.EntryPoint]:
+    """The group's entry points by name (package metadata only: no plug-in is imported). A name
+    two packages offer is in `conflicts_of` and refused where it is used."""
+    return _scan(group)[0]
+
+
+entry_points_of.cache_clear = _scan.cache_clear  # a package installed while the process runs (tests)
+
+
+def conflicts_of(group: str) -> dict[str, tuple[metadata.EntryPoint, ...]]:
+    """Names of `group` offered by more than one installed package, with every offer."""
+    return _scan(group)[1]
+
+
+def conflict_message(kind: str, name: str, points: tuple[metadata.EntryPoint, ...]) -> str:
+    offers = ", ".join(f"{' '.join(distribution_of(p))} ({p.value})" for p in points)
+    return (f"{kind} {name!r} is offered by {len(points)} installed packages: {offers}; a name must mean one "
+            f"plug-in: uninstall one of them, or rename the plug-in in its package's entry points")
 
 
 def distribution_of(point: metadata.EntryPoint) -> tuple[str, str]:
@@ -125,6 +156,9 @@ class Registry(Generic[T]):
         return entry_points_of(self.group) if self.group else {}
 
     def get(self, name: str) -> T:
+        clash = conflicts_of(self.group).get(name) if self.group else None
+        if clash:
+            raise PluginConflict(conflict_message(self.kind, name, clash))
         if name in self._entries:
             return self._entries[name]
         point = self._points().get(name)

@@ -15,6 +15,7 @@ from typing import Callable
 
 from flwr.common import Context
 from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.serverapp import Grid
 from flwr.server.workflow import DefaultWorkflow
 
 import strategies
@@ -78,6 +79,50 @@ def wait_for_clients(grid, scenario: Scenario) -> None:
         time.sleep(min(1.0, max(deadline - time.monotonic(), 0.01)))
 
 
+class PacedGrid(Grid):
+    """A grid that waits for replies at the simulation's pace. Flower's deployment grid sleeps
+    3 s between pulls in `send_and_receive` (flwr 1.41 `superlink/grid/http_grid.py`; the
+    simulation's in-memory grid polls every 0.1 s): every exchange of a round, four under SecAgg+,
+    waited up to 3 s after the last reply had come. This wraps a grid and polls through its public
+    `push_messages` / `pull_messages` every `interval` seconds; everything else is delegated."""
+
+    def __init__(self, grid: Grid, interval: float = 0.1):
+        self.grid, self.interval = grid, interval
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self):
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages):
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        """Flower's contract: push, then pull until every reply came or `timeout` passed."""
+        waiting = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies = []
+        while waiting:
+            pulled = list(self.pull_messages(waiting))
+            replies += pulled
+            waiting -= {m.metadata.reply_to_message_id for m in pulled}
+            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.interval)
+        return replies
+
+
 def run_federation(grid, context: Context, scenario: Scenario,
                    on_round_end: Callable[[RoundView], None] | None = None,
                    checkpoint: Path | None = None, resume: bool = False) -> Transcript:
@@ -97,7 +142,7 @@ def run_federation(grid, context: Context, scenario: Scenario,
         if remaining > 0:
             wait_for_clients(grid, scenario)
             legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)
-            DefaultWorkflow(fit_workflow=fit_workflow(scenario))(grid, legacy)
+            DefaultWorkflow(fit_workflow=fit_workflow(scenario))(PacedGrid(grid), legacy)
         for view in strategy.transcript.rounds:  # one whose federated evaluation never came
             strategy.end_round(view, evaluated=True)
     return strategy.transcript

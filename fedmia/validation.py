@@ -159,10 +159,15 @@ def defense_block_problems(scenario: Scenario) -> list[tuple[str, str]]:
 def name_problems(scenario: Scenario) -> list[tuple[str, str]]:
     """Names no installed package offers — from package metadata alone, so a misspelt plug-in
     is rejected without importing any plug-in module (or torch)."""
-    from fedmia.registry import UnknownNameError, offered
+    from fedmia.registry import UnknownNameError, conflict_message, conflicts_of, offered
 
-    return [(where, str(UnknownNameError(kind, name, offered(group))))
-            for where, group, kind, name in named_plugins(scenario) if name not in offered(group)]
+    problems = []
+    for where, group, kind, name in named_plugins(scenario):
+        if name not in offered(group):
+            problems.append((where, str(UnknownNameError(kind, name, offered(group)))))
+        elif name in conflicts_of(group):  # two packages, one name: never resolved silently
+            problems.append((where, conflict_message(kind, name, conflicts_of(group)[name])))
+    return problems
 
 
 def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:

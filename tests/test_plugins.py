@@ -175,3 +175,40 @@ def test_no_module_outside_the_defenses_reads_a_named_defense_block():
             if pattern.search(code) and not code.strip().startswith(('"', "'", "`")):
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_a_name_two_packages_offer_is_refused_where_it_is_used_and_marked_in_list(write_scenario, tmp_path):
+    """A second distribution registering `loss` in `fedmia.attacks` was imported instead of fedmia's
+    own (2026-12-04): every audit naming `loss` would have reported another attack's figures. Now
+    a scenario naming it is refused (exit 2, both packages named) and `fedmia list` marks it; a
+    scenario not naming it is unaffected."""
+    site = tmp_path / "site"
+    (site / "rogue_attacks").mkdir(parents=True)
+    (site / "rogue_attacks" / "__init__.py").write_text("raise RuntimeError('must never be imported')\n")
+    info = site / "rogue_attacks-1.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rogue-attacks\nVersion: 1.2\n")
+    (info / "entry_points.txt").write_text("[fedmia.attacks]\nloss = rogue_attacks\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *(p for p in sys.path if p)])}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedmia.cli", *args], capture_output=True, text=True,
+                              timeout=120, env=env, cwd=REPO)
+
+    refused = cli("validate", str(write_scenario({"attacks": ["loss", "entropy"]})))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    line = " ".join(refused.stderr.split())
+    assert "attack 'loss' is offered by 2 installed packages" in line
+    assert "fedmia 0.1.0 (fedmia.attacks.threshold)" in line and "rogue-attacks 1.2 (rogue_attacks)" in line
+    assert "must never be imported" not in refused.stderr and "Traceback" not in refused.stderr
+    assert cli("validate", str(write_scenario({"attacks": ["entropy"]}, name="other.yaml"))).returncode == 0
+    listed = cli("list")
+    assert listed.returncode == 0, listed.stderr
+    text = " ".join(listed.stdout.split())
+    assert "loss (CONFLICT)" in text and "conflict: attacks 'loss' is offered by fedmia 0.1.0, rogue-attacks 1.2" in text
+
+    # the same refusal where a plug-in is resolved by name in code (no validation in between)
+    probe = ("from fedmia.attacks import ATTACKS\nfrom fedmia.registry import PluginConflict\n"
+             "try:\n    ATTACKS.get('loss')\nexcept PluginConflict as e:\n    print('refused', e.exit_code)\n")
+    resolved = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert resolved.stdout.strip() == "refused 2", resolved.stdout + resolved.stderr

@@ -174,3 +174,56 @@ def test_ctrl_c_stops_the_run_and_its_ray_and_keeps_the_checkpoint(write_scenari
     stop_pids(leftovers)  # by PID, so that a failure here leaves nothing behind either
     assert not leftovers, "Ray processes outlived the interrupted run"
     assert checkpointed(folder) == 1 and not (folder / "metrics.json").exists()
+
+
+def test_sigterm_stops_the_run_like_ctrl_c_and_resume_finishes_it(write_scenario, tmp_path, stops_its_processes):
+    """SIGTERM, what Slurm, Kubernetes and systemd send, after round 1: exit 143 with one line
+    saying how to resume, no traceback (it was SIGABRT, exit 134, with a core-dump notice: Ray's
+    own SIGTERM handler), no process left; `--resume` then finishes the run."""
+    folder = tmp_path / "run"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    # no injected crash: Flower logs that one's traceback, which is not the stop's
+    slow = {**FAULTY, "faults": {"client_delay_s": 0.75}}
+    process = subprocess.Popen([sys.executable, "-m", "fedmia.cli", "run", str(write_scenario(slow)), "--out",
+                                str(folder)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    deadline = time.monotonic() + 240
+    while checkpointed(folder) < 1:
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "round 1 never finished"
+        time.sleep(0.2)
+    family = child_pids(process.pid)
+    assert any("ray" in Path(f"/proc/{p}/cmdline").read_text() for p in family if alive(p))
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 143, output[-3000:]
+    assert "Traceback" not in output and "core dumped" not in output, output[-3000:]
+    assert f"stopped by SIGTERM; the rounds done so far are kept: fedmia run --resume {folder}" in output
+    deadline = time.monotonic() + 10  # Ray's processes go once their parent asks: wait for that, bounded
+    while {p for p in family if alive(p)} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftovers = {p for p in family if alive(p)}
+    stop_pids(leftovers)
+    assert not leftovers, "processes outlived the stopped run"
+    assert state(folder) == "unfinished" and checkpointed(folder) == 1
+    finish(fedmia("run", "--resume", str(folder)))
+    assert state(folder) == "finished" and checkpointed(folder) == 2
+
+
+def test_stop_signals_raise_in_the_main_thread_with_the_exit_code_a_shell_expects():
+    from fedmia.stopping import Stopped, resume_with, stop_line, stop_on_signals
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        stop_on_signals()
+        for signum, code in ((signal.SIGTERM, 143), (signal.SIGHUP, 129)):
+            with pytest.raises(Stopped) as caught:
+                os.kill(os.getpid(), signum)
+                time.sleep(1)  # the handler runs between bytecodes: within this sleep
+            resume_with("fedmia run --resume runs/x")
+            assert stop_line(caught.value) == (f"fedmia: stopped by {signal.Signals(signum).name}; "
+                                               "fedmia run --resume runs/x", code)
+        assert stop_line(KeyboardInterrupt())[1] == 130
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
