@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, RootModel, ValidationError
+from pydantic import AfterValidator, RootModel, ValidationError, WithJsonSchema
 
 from fedmia.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedmia.scenario import Scenario, ScenarioError, describe_pydantic_error, read_yaml
@@ -170,12 +170,31 @@ def plan(scenario: Scenario, what_if: list[tuple[str, dict]] = (), source: str =
 
 # ---------------------------------------------------------------- the gate
 
-Ceiling = Annotated[float, Field(ge=0)]
+def _a_fraction(value: float) -> float:
+    """Every gated metric (AUC, balanced accuracy, a TPR) lies in [0, 1]: `auc: 60` (meant: 0.60)
+    would pass every release, so a ceiling outside that range is refused, not clipped."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("a ceiling is a fraction in [0, 1], as every gated metric (AUC, balanced accuracy, "
+                         "TPR) is: write 0.6 for 60%")
+    return value
+
+
+Ceiling = Annotated[float, AfterValidator(_a_fraction),
+                    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1,
+                                    "description": "the most the metric may reach (a fraction in [0, 1])"})]
 
 
 class GateSpec(RootModel[dict[str, dict[str, Ceiling]]]):
     """`THREAT-MODEL or all: {METRIC: CEILING}`; metric names as in metrics.json's attack rows
     (`auc`, `balanced_accuracy`, `tpr_at_fpr.0.001`)."""
+
+
+def gate_json_schema() -> dict:
+    """The gate file's JSON Schema (docs/gate.schema.json, held to this by tests/test_docs.py)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **GateSpec.model_json_schema(),
+            "title": "fedmia release gate",
+            "description": "THREAT-MODEL or all: {METRIC: CEILING}. Metrics: auc, balanced_accuracy, "
+                           "tpr_at_fpr.LEVEL (the scenario's evaluation.tpr_at_fpr levels)."}
 
 
 def load_gate(path: Path, scenario: Scenario) -> dict[str, dict[str, float]]:

@@ -136,11 +136,31 @@ class SegmentationClient(NumPyClient):
         self.partition_id = partition_id
         self.name = (f"site {scenario.data.sites[partition_id].name}" if scenario.data.multi_site
                      else f"client {partition_id}")
-        canonical = scenario.canonical()
-        self.records, self.public = _client_data(canonical, partition_id, data_path)
-        self.num_classes = _layout(canonical).info.num_classes
-        self.model = _model_skeleton(canonical)
+        self.canonical, self.data_path = scenario.canonical(), data_path
         self.device = pick_device(scenario.runtime.device)
+
+    # Built when a stage first needs them: on the deployment engine every message is a fresh
+    # process, and three of SecAgg+'s four exchanges a round (keys, shares, unmasking) never
+    # train or evaluate, so they no longer decode the site's folder or build the model.
+    @functools.cached_property
+    def _data(self) -> tuple[Records, Records | None]:
+        return _client_data(self.canonical, self.partition_id, self.data_path)
+
+    @property
+    def records(self) -> Records:
+        return self._data[0]
+
+    @property
+    def public(self) -> Records | None:
+        return self._data[1]
+
+    @functools.cached_property
+    def model(self):
+        return _model_skeleton(self.canonical)
+
+    @property
+    def num_classes(self) -> int:
+        return _layout(self.canonical).info.num_classes
 
     def fit(self, parameters, config):
         if "plugins" in config:  # the server's plug-ins, at its versions, or this client refuses

@@ -3,8 +3,8 @@
 Two layouts, told apart by the files' suffixes:
   2-D      `<path>/images/a.jpg` ↔ `<path>/masks/a.png`, matched by stem (subfolder names are the
            options `images` and `masks`). Any format PIL opens: 8-bit, 16-bit greyscale PNG/TIFF,
-           RGB. Masks are binary (pixel > 127 is foreground, as in Kvasir-SEG or ISIC), hold
-           class indices (`mask_mode: index`), or are colour-coded (`palette`).
+           RGB. Masks are binary (pixel > 127 is foreground, as in Kvasir-SEG or ISIC; in a mask saved
+           as 0/1, 1 is), hold class indices (`mask_mode: index`), or are colour-coded (`palette`).
   volumes  the Medical Segmentation Decathlon's `<path>/imagesTr/liver_0.nii.gz` ↔
            `<path>/labelsTr/liver_0.nii.gz` (set `images: imagesTr, masks: labelsTr`): `*.nii` or
            `*.nii.gz` with equal names, cut into 2-D slices along `axis` (0, 1 or 2; default 2).
@@ -73,7 +73,7 @@ class FolderParams(DatasetParams):
     channels: Literal[1, 3] = Field(3, description="image channels the model sees: 1 (greyscale) or 3 (RGB); "
                                     "images are converted to it")
     mask_mode: Literal["binary", "index"] = Field(
-        "binary", description="binary: a 2-D mask's pixel > 127 (a label volume's value > 0) is foreground, 2 "
+        "binary", description="binary: a 2-D mask's pixel > 127 (in a 0/1 mask: 1; a label volume's value > 0) is foreground, 2 "
         "classes; index: mask values are class indices")
     num_classes: int | None = Field(None, ge=2, description="classes including background, with mask_mode index "
                                     "(binary has 2); default: the largest class found, or the palette's, + 1")
@@ -179,6 +179,10 @@ def load_folder(*, records: int, image_size: int, seed: int, options: FolderPara
         images[i] = _read_image(image_path, channels, image_size, window)
         masks[i] = (_read_palette_mask(mask_path, palette, image_size) if palette is not None
                     else _read_mask(mask_path, mask_mode, image_size))
+    if rows is None and len(masks) and not masks.any():  # the whole folder (a client's share may lack it)
+        raise ValueError(f"{NAME}: none of the {len(masks)} masks in '{root}' has any foreground "
+                         + ("(mask_mode binary: a pixel > 127, or 1 in a 0/1 mask)" if mask_mode == "binary"
+                            else "(a class index > 0)") + "; expected masks that mark what to segment")
     ids = np.array([f"{NAME}:{stem}" for stem, _, _ in pairs], dtype=object)
     info = _info(masks, opts, [mask for _, _, mask in pairs])
     return Records(images, masks, ids), info
@@ -522,8 +526,10 @@ def _read_palette_mask(path: Path, palette: dict[int, int], size: int) -> np.nda
 def _read_mask(path: Path, mode: str, size: int) -> np.ndarray:
     with Image.open(path) as mask:
         if mode == "binary":
-            mask = mask.convert("L").resize((size, size), Image.NEAREST)
-            return (np.asarray(mask) > 127).astype(np.int64)
+            array = np.asarray(mask.convert("L").resize((size, size), Image.NEAREST))
+            # A mask saved as 0/1 (not 0/255) held no pixel > 127 and was read as empty: the
+            # run trained and reported on nothing. Its foreground is 1.
+            return (array >= 1 if array.max() <= 1 else array > 127).astype(np.int64)
         # Class indices: keep the raw values (a palette image's indices, not its colours).
         if mask.mode in ("RGB", "RGBA"):
             rgb = np.asarray(mask.convert("RGB"))
