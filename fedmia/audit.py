@@ -526,6 +526,36 @@ def _fig_text(fig: dict | None, digits: int = 3) -> str:
     return f"{_f(fig['mean'], digits)} [{_f(fig['low'], digits)}, {_f(fig['high'], digits)}]"
 
 
+def headline(row: dict, level: str) -> tuple[str, str]:
+    """("leaks" | "unclear" | "none" | "na", one sentence): whether this threat model leaks, with
+    or without a gate. It leaks when the strongest attack's TPR at `level` (the lowest FPR the
+    scenario reports) is above `level` even at its interval's lower end — more patients named
+    than false accusations made; "unclear" when only the AUC is above chance at its lower end;
+    else nothing is measurable at this sample size (which is not "safe")."""
+    if not row["applies"]:
+        return "na", f"does not apply: {row['why_not']}"
+    best = row.get("strongest")
+    if best is None:
+        return "na", "no attack produced a figure"
+    figs = row["attacks"][best]
+    tpr, auc, targets = figs.get(f"tpr_at_fpr.{level}"), figs.get("auc"), figs.get("_targets", {})
+    words = _level_words(level)
+    if tpr and tpr["mean"] is not None and (tpr["low"] if tpr["low"] is not None else tpr["mean"]) > float(level):
+        interval = f" (95% interval {_pct(tpr['low'])} to {_pct(tpr['high'])})" if tpr["low"] is not None else ""
+        flagged = " †" if level in targets.get("low_n_levels", []) else ""
+        return "leaks", (f"leaks: an adversary ({best}) identifies {_pct(tpr['mean'])} of training patients{interval} "
+                         f"at {words}{flagged}")
+    if auc and auc["mean"] is not None and (auc["low"] if auc["low"] is not None else auc["mean"]) > 0.5:
+        return "unclear", (f"leaks on average (AUC {_fig_text(auc)} with {best}), but identifies no share of "
+                           f"training patients reliably at {words}")
+    return "none", (f"no leakage measurable at this sample size ({targets.get('members', '?')} members, "
+                    f"{targets.get('nonmembers', '?')} non-members): not evidence of safety")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _level_words(level: str) -> str:
     f = float(level)
     n = round(1 / f)
@@ -578,13 +608,19 @@ def plot_matrix(rows: list[dict]) -> str | None:
         return None
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
+    xs = [v for r in points for v in (r["dice"]["low"], r["dice"]["mean"], r["dice"]["high"]) if v is not None]
+    middle = (min(xs) + max(xs)) / 2
     for r in points:
         auc, dice = r["attacks"][r["strongest"]]["auc"], r["dice"]
         xerr = [[dice["mean"] - dice["low"]], [dice["high"] - dice["mean"]]] if dice["low"] is not None else None
         yerr = [[auc["mean"] - auc["low"]], [auc["high"] - auc["mean"]]] if auc["low"] is not None else None
         ax.errorbar(dice["mean"], auc["mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, markersize=4)
+        right = dice["mean"] > middle  # labels point inwards, so none runs off the plot's edge
         ax.annotate(f"{r['threat_model']} / {r['defense']}", (dice["mean"], auc["mean"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+                    xytext=(-4 if right else 4, 4), textcoords="offset points", ha="right" if right else "left")
+    # scaled to the data, with room for the labels: at least 0.05 of Dice around the points
+    span = max(max(xs) - min(xs), 0.05)
+    ax.set_xlim(middle - 0.65 * span, middle + 0.65 * span)
     ax.set_xlabel("Dice on held-out data (utility)")
     ax.set_ylabel("strongest attack's AUC")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
@@ -600,6 +636,10 @@ th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums;
 .pass{color:#1a7f37;font-weight:bold}.fail{color:#c62828;font-weight:bold}.na{color:#777}
 .verdict{padding:.6em 1em;border:2px solid;display:inline-block;margin:.4em 0}.note{color:#555;font-size:.9em}
 img{max-width:100%;height:auto}figure img{max-width:560px}code{background:#f4f4f4;padding:0 .2em}
+table{display:block;max-width:100%;overflow-x:auto}td.words{min-width:16em}figure{margin:1em 0}
+ul.headline{list-style:none;padding:0}ul.headline li{padding:.4em .7em;margin:.3em 0;border-left:5px solid #999;background:#fafafa}
+ul.headline li.leaks{border-color:#c62828}ul.headline li.unclear{border-color:#e6a100}ul.headline li.none{border-color:#1a7f37}
+@media (max-width:600px){body{margin:.5em auto;padding:0 .5em}h1{font-size:1.3em}table{font-size:.8em}td.words{min-width:12em}}
 @media print{body{max-width:none;margin:0;font-size:10pt}h2{page-break-after:avoid}table,img,figure{page-break-inside:avoid}
 a{color:inherit;text-decoration:none}}
 """
@@ -618,13 +658,17 @@ def render_html(rows: list[dict], verdicts: list[dict], ctx: dict, groups: list[
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Membership-inference audit: "
              f"{e(ctx['scenario'])}</title><style>{CSS}</style></head><body>",
              f"<h1>Membership-inference audit: {e(ctx['scenario'])}</h1>",
-             f"<p class=\"note\">Scenario <code>{e(ctx['source'])}</code>; {seeds} independent federation(s) per "
+             f"<p class=\"note\">Scenario <code>{e(ctx['source'])}</code>; {_plural(seeds, 'independent federation')} per "
              f"setting (seeds {', '.join(map(str, ctx['seed_values']))}); figures are {interval_words}. "
              "A training patient is a <em>member</em>; the adversary tries to tell members from scans that were "
              "never trained on.</p>"]
 
-    # summary
-    parts.append('<section id="summary"><h2>Summary</h2>')
+    # summary: the answer first, gate or no gate
+    parts.append('<section id="summary"><h2>Summary</h2><ul class="headline">')
+    for row in (r for r in rows if r["defense"] == BASELINE):
+        kind, sentence = headline(row, low)
+        parts.append(f'<li class="{kind}"><strong>{e(row["threat_model"])}</strong>: {e(sentence)}</li>')
+    parts.append("</ul>")
     if verdicts:
         failed = [v for v in verdicts if v["status"] == "fail"]
         cls = "fail" if failed else "pass"
@@ -642,12 +686,12 @@ def render_html(rows: list[dict], verdicts: list[dict], ctx: dict, groups: list[
                                f'{e(v["metric"])} ≤ {v["ceiling"]:g}: {e(v["status"])}'
                                + (f' ({_f(v["value"])})' if "value" in v else "") + "</span>" for v in mine) or "–")
         if not row["applies"]:
-            parts.append(f'<tr><td>{e(tm)}</td><td colspan="{2 + len(levels)}" class="na">does not apply: '
+            parts.append(f'<tr><td>{e(tm)}</td><td colspan="{3 + len(levels)}" class="na">does not apply: '
                          f'{e(row["why_not"])}</td><td>{gate_cell}</td></tr>')
             continue
         best = row["strongest"]
         if best is None:
-            parts.append(f'<tr><td>{e(tm)}</td><td colspan="{2 + len(levels)}" class="na">no attack produced a '
+            parts.append(f'<tr><td>{e(tm)}</td><td colspan="{3 + len(levels)}" class="na">no attack produced a '
                          f'figure ({e("; ".join(f"{a}: {w}" for a, w in row["skipped"].items()))})</td><td>{gate_cell}</td></tr>')
             continue
         figs = row["attacks"][best]
@@ -660,7 +704,7 @@ def render_html(rows: list[dict], verdicts: list[dict], ctx: dict, groups: list[
         parts.append(f"<tr><td>{e(tm)}</td><td>{e(best)}</td><td class=num>{_fig_text(figs.get('auc'))}</td>"
                      + "".join(f"<td class=num>{_fig_text(figs.get(f'tpr_at_fpr.{lv}'))}"
                                f"{' †' if lv in figs['_targets']['low_n_levels'] else ''}</td>" for lv in levels)
-                     + f"<td>{e(words)}</td><td>{gate_cell}</td></tr>")
+                     + f"<td class=words>{e(words)}</td><td>{gate_cell}</td></tr>")
     parts.append("</table>")
     if verdicts:
         parts.append(f'<p class="note">The gate judges each threat model\'s strongest attack (the largest value over '

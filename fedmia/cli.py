@@ -86,14 +86,22 @@ def init(
     data_dir: Path = typer.Argument(..., help="a folder of your scans: images/ + masks/, or imagesTr/ + labelsTr/ (NIfTI)"),
     out_file: Path = typer.Option(Path("my-audit.yaml"), "--out", help="the scenario file to write"),
     force: bool = typer.Option(False, "--force", help="overwrite the scenario file if it exists"),
+    for_model: bool = typer.Option(False, "--for-model", help="for a model you train yourself: split the folder "
+                                   "into a training site and the auditor's folders, and write the scenario "
+                                   "`fedmia audit-model` reads"),
+    layout: Optional[Path] = typer.Option(None, "--layout", help="with --for-model: where the split goes "
+                                          "(default: NAME-audit beside the scenario file)"),
 ) -> None:
     """Inspect a folder of scans (count, sizes, channels, classes, volumes) and write a first scenario for it."""
-    from fedmia.init_scenario import write_scenario
+    from fedmia.init_scenario import write_model_audit, write_scenario
 
     try:
-        _, next_commands = write_scenario(data_dir, out_file, overwrite=force)
-    except FileExistsError:
-        typer.echo(f"{out_file}: exists; give --force to overwrite it, or another --out", err=True)
+        if for_model:
+            _, next_commands = write_model_audit(data_dir, out_file, layout, overwrite=force)
+        else:
+            _, next_commands = write_scenario(data_dir, out_file, overwrite=force)
+    except FileExistsError as error:
+        typer.echo(f"{error.args[0] if error.args else out_file} (or give --force to overwrite it)", err=True)
         raise typer.Exit(USAGE_ERROR)
     except ValueError as error:
         text = str(error)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TASK_POLL_INTERVAL = "0.1"  # seconds; docker/app.Dockerfile bakes the same (tested)
 
 
 def free_port() -> int:
@@ -59,6 +60,9 @@ class LocalDeployment:
     def env(self) -> dict:
         return {**os.environ, "FLWR_HOME": str(self.workdir / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                # the SuperExec a SuperNode spawns polls for a message's task every 1 s by default
+                # before it starts the ClientApp process: a supported setting (0.01-60 s)
+                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_INTERVAL,
                 "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
 
     def _security(self, role: str) -> list[str]:

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmia.data.folder import folder_pairs, is_volume
+from fedmia.data.folder import folder_pairs, is_volume, unpaired_images
 
 VOLUME_LAYOUT = ("imagesTr", "labelsTr")  # the Medical Segmentation Decathlon's names
 IMAGE_LAYOUT = ("images", "masks")
 MAX_COLOURS = 64  # more distinct mask colours than this is no colour code (JPEG edges, photos)
 FIRST_AUDIT_SIZE = 128  # largest image_size a first audit uses: it trains on CPUs in minutes
 MANY_SLICES = 2000  # above this, a first audit keeps only the slices with foreground
+LISTING = "dataset.json"  # the Medical Segmentation Decathlon's list of image/label pairs
+LEVELS = (0.001, 0.01, 0.1)  # TPR at these FPRs where the non-member targets allow ten false positives
 
 
 def _layout(root: Path) -> tuple[str, str]:
@@ -49,9 +51,18 @@ def inspect_folder(path: str | Path) -> dict:
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder")
     images, masks = _layout(root)
-    pairs = folder_pairs({"path": str(root), "images": images, "masks": masks})
+    options: dict = {"path": str(root), "images": images, "masks": masks}
+    unpaired: list[str] = []
+    if (root / LISTING).is_file():  # the Decathlon's own list of valid pairs: stray files never read
+        options["listing"] = LISTING
+    else:
+        unpaired = [str(path) for path in unpaired_images(options)]
+        if unpaired:  # skipped and named, not a stop: one scan without its label is common
+            options["unpaired"] = "skip"
+    pairs = folder_pairs(options)
     found = _inspect_volumes(pairs) if is_volume(pairs[0][1]) else _inspect_images(pairs)
-    return {"path": str(root.resolve()), "images": images, "masks": masks, **found}
+    return {"path": str(root.resolve()), "images": images, "masks": masks, "listing": options.get("listing"),
+            "unpaired": unpaired, **found}
 
 
 def _inspect_volumes(pairs) -> dict:
@@ -199,6 +210,13 @@ def scenario_for(info: dict) -> tuple[dict, list[str]]:
            f"{population} for the adversary's population"]
     options: dict = {"path": str(root), "images": info["images"], "masks": info["masks"],
                      "channels": info["channels"], "mask_mode": info["mask_mode"]}
+    if info.get("listing"):
+        options["listing"] = info["listing"]
+        why.append(f"the pairs {info['listing']} lists under 'training' (other files are not read)")
+    if info.get("unpaired"):
+        options["unpaired"] = "skip"
+        why.append(f"{len(info['unpaired'])} image(s) without a {'label' if volumes else 'mask'}, skipped: "
+                   + ", ".join(Path(p).name for p in info["unpaired"][:10]) + (" ..." if len(info["unpaired"]) > 10 else ""))
     if info["mask_mode"] == "index":
         options["num_classes"] = max(max(info["classes"]) + 1, 2)
     if info["palette"]:
@@ -220,8 +238,12 @@ def scenario_for(info: dict) -> tuple[dict, list[str]]:
         why.append("a patient is the member: each scan's slices stay with one client; one slice per scan is a target")
     why.append(f"image_size {size}: a power of two within the smallest image (at most {FIRST_AUDIT_SIZE} "
                "for a first audit)")
-    nonmembers = min(members, heldout)
-    levels = [0.01, 0.1] if nonmembers >= 100 else [0.1]
+    # every member and every held-out record (scan) a target, where a first audit has few of them
+    levels = [f for f in LEVELS if heldout * f >= 10]  # ten false positives allowed, or no figure
+    if not levels:
+        levels = [next((f for f in (0.1, 0.2, 0.5) if heldout * f >= 1), 0.5)]
+        why.append(f"{heldout} non-member targets: too few for a TPR at a low FPR (it needs 10/FPR); TPR at "
+                   f"{levels[0]:g} FPR allows {int(heldout * levels[0])} false positive(s): read the AUC and its interval")
     scenario = {
         "name": _name(root),
         "description": f"first audit of {root.name}: {clients} clients, FedAvg, black-box attacks on the final model",
@@ -233,7 +255,7 @@ def scenario_for(info: dict) -> tuple[dict, list[str]]:
                        "optimizer": "adam"},
         "server": {"strategy": "fedavg"},
         "attacks": ["loss", "modified-entropy", "confidence", "entropy"],
-        "evaluation": {"tpr_at_fpr": levels, "ood": []},
+        "evaluation": {"tpr_at_fpr": levels, "ood": [], "targets": {"members": members, "nonmembers": heldout}},
         "runtime": {"keep_transcript": "final"},
     }
     return scenario, why
@@ -284,3 +306,102 @@ def write_example_volumes(path: str | Path, volumes: int = 12, size: tuple[int, 
         nibabel.save(nibabel.Nifti1Image(np.round(image).astype(np.int16), affine), str(root / "imagesTr" / name))
         nibabel.save(nibabel.Nifti1Image(lesion.astype(np.uint8), affine), str(root / "labelsTr" / name))
     return root
+
+
+# ---------------------------------------------------------------- a model trained outside fedmia
+
+SPLIT = {"trainer": 0.5, "outside": 0.2, "population": 0.15, "test": 0.15}  # of the records (scans)
+
+
+def write_model_audit(path: str | Path, out: str | Path, layout: str | Path | None = None, *,
+                      overwrite: bool = False) -> tuple[str, list[str]]:
+    """`fedmia init DATA --for-model`: the layout and scenario `fedmia audit-model` reads, for a
+    model not yet trained. DATA's records (scans, for NIfTI) are split once, seeded: half to
+    `LAYOUT/sites/trainer` (what the model trains on), the rest to the auditor's folders —
+    `auditor/targets` (every trainer record, byte for byte, and as many never trained on),
+    `auditor/population`, `auditor/test`. Files are hard-linked where the file system allows,
+    else copied; DATA is not changed. The scenario's model is a plain smp.Unet (resnet18,
+    encoder_depth 5, smp's decoder; `head: sigmoid` for binary masks, smp's classes=1) — edit it
+    to describe yours. Returns the YAML text and the commands to run next."""
+    import os
+    import shutil
+
+    import yaml
+
+    from fedmia.io import write_text_atomic
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another --out or remove it")
+    info = inspect_folder(path)
+    base, why = scenario_for(info)
+    options = {k: v for k, v in base["data"]["options"].items() if k not in ("path", "images", "masks", "listing",
+                                                                            "unpaired")}
+    pairs = folder_pairs({"path": info["path"], "images": info["images"], "masks": info["masks"],
+                          **({"listing": info["listing"]} if info.get("listing") else {}),
+                          **({"unpaired": "skip"} if info.get("unpaired") else {})})
+    if len(pairs) < 8:
+        raise ValueError(f"{len(pairs)} records: a trained model's audit splits them four ways (training, "
+                         "non-member targets, population, test); expected at least 8")
+    root = Path(layout) if layout is not None else out.parent / f"{base['name']}-audit"
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise FileExistsError(f"{root}: already exists; choose another layout folder or remove it")
+    order = np.random.default_rng(0).permutation(len(pairs))
+    counts = {k: max(1, int(round(v * len(pairs)))) for k, v in SPLIT.items()}
+    counts["trainer"] = len(pairs) - counts["outside"] - counts["population"] - counts["test"]
+    parts, start = {}, 0
+    for name, count in counts.items():
+        parts[name] = [pairs[i] for i in order[start:start + count]]
+        start += count
+
+    def place(chosen, folder: Path) -> None:
+        for sub in ("images", "masks"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        for _, image, mask in chosen:
+            for source, sub in ((image, "images"), (mask, "masks")):
+                target = folder / sub / source.name
+                if target.exists():
+                    target.unlink()
+                try:
+                    os.link(source, target)
+                except OSError:  # another file system: a copy, byte for byte
+                    shutil.copyfile(source, target)
+
+    trainer = root / "sites" / "trainer"
+    place(parts["trainer"], trainer)
+    place(parts["trainer"] + parts["outside"], root / "auditor" / "targets")
+    place(parts["population"], root / "auditor" / "population")
+    place(parts["test"], root / "auditor" / "test")
+    unit = "scans" if info["layout"] == "volumes" else "images"
+    members, outside = len(parts["trainer"]), len(parts["outside"])
+    levels = [f for f in LEVELS if outside * f >= 10] or [next((f for f in (0.1, 0.2, 0.5) if outside * f >= 1), 0.5)]
+    binary = info["mask_mode"] == "binary"
+    scenario = {
+        "name": base["name"] + "-model",
+        "description": f"audit of a model trained on {trainer} ({members} {unit}), outside fedmia",
+        "seed": 0,
+        "data": {"dataset": "folder", "image_size": base["data"]["image_size"], "options": options,
+                 "sites": [{"name": "trainer", "path": str(trainer.resolve())}],
+                 "auditor": {k: str((root / "auditor" / k).resolve()) for k in ("targets", "population", "test")}},
+        "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 5, **({"head": "sigmoid"} if binary else {})},
+        "federation": {**base["federation"], "clients": 1},
+        "attacks": base["attacks"],
+        "evaluation": {"tpr_at_fpr": levels, "ood": []},
+    }
+    lines = [line for line in why if not line.startswith("split by")]
+    header = ["# Written by `fedmia init --for-model`: audit a model you train on the trainer folder.",
+              f"# {root}: sites/trainer ({members} {unit}: train on these only), auditor/targets (those {members} "
+              f"and {outside} never trained on), auditor/population ({len(parts['population'])}), "
+              f"auditor/test ({len(parts['test'])})",
+              *(f"# {line}" for line in lines),
+              "# model: a plain smp.Unet(encoder_name='resnet18'" + (", classes=1) (sigmoid head)" if binary else ")")
+              + "; describe yours (encoder_depth, decoder_channels, head, normalize): docs/own-data.md",
+              "# federation: the recipe the model was trained with (reference and shadow models follow it)",
+              "# images reach the model as float32 in [0, 1], channels first (model.normalize if it was trained on "
+              "normalised inputs)"]
+    text = "\n".join(header) + "\n" + yaml.safe_dump(scenario, sort_keys=False, default_flow_style=None, width=100)
+    write_text_atomic(out, text)
+    manifests = out.parent / "manifests"
+    return text, [f"# train your model on {trainer} (images/, masks/) and save its state dict as trained.pt",
+                  f"fedmia manifest {trainer} --site trainer --out {manifests / 'trainer.json'}",
+                  f"fedmia audit-model trained.pt {out} --manifests {manifests}"]

@@ -141,8 +141,13 @@ def audit_trained_model(scenario: Scenario, checkpoint: Path, out_dir: Path, *, 
 
         read_manifests(Path(manifests), [site.name for site in audited.data.sites])
     out_dir = Path(out_dir)
+    # the checkpoint against the data's channels and classes, before a file is written or a
+    # finished run moved aside: a misfit (a sigmoid head not declared, say) cost a good run
+    try:
+        model = scenario_model(audited, build_plan(audited).info)  # holds the checkpoint's weights
+    except ValueError as error:
+        raise ScenarioError(f"{checkpoint} (model.init of {scenario.name})", [("model", str(error))]) from None
     prepare_run_folder(out_dir, audited, force=force)
-    model = scenario_model(audited, build_plan(audited).info)  # holds the checkpoint's weights
     weights = get_weights(model)
     transcript = Transcript(weight_names(model), weights)
     transcript.rounds.append(RoundView(1, aggregate=[w.copy() for w in weights]))  # the release, no replies

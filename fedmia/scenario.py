@@ -81,6 +81,18 @@ class DataSpec(Strict):
         return bool(self.sites)
 
 
+class NormalizeSpec(Strict):
+    mean: list[float] = Field(description="per input channel, subtracted from the [0, 1] image")
+    std: list[float] = Field(description="per input channel, divides the centred image (each > 0)")
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value or any(v <= 0 for v in value):
+            raise ValueError("expected one positive value per input channel")
+        return value
+
+
 class ModelSpec(Strict):
     family: str = Field("smp", description="a registered model family (entry-point group `fedmia.models`): smp "
                         "(arch/encoder below), module (any nn.Module from `factory`), or a package's own")
@@ -95,8 +107,19 @@ class ModelSpec(Strict):
                                         "to the Hugging Face cache, HF_HOME); default None: random initial weights")
     encoder_depth: int = Field(3, ge=1, le=5, description="encoder stages used; stages beyond it are removed")
     decoder_channels: list[int] | None = Field(
-        None, description="Unet-style decoders only; default halves from 64 down, one per stage"
+        None, description="Unet-style decoders only, one per stage; default smp's own (256, 128, 64, 32, 16), "
+        "the last encoder_depth of them: a plain smp.Unet is encoder_depth 5 with all five"
     )
+    head: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="softmax: the network outputs one logit per class; sigmoid: one logit channel for a "
+        "binary mask, p(foreground) = sigmoid(logit) (smp's classes=1), read as the two classes [background, "
+        "foreground]")
+    in_channels: int | None = Field(None, ge=1, description="the network's fixed input channels, when its factory "
+                                    "takes no in_channels; default: the data's (checked against it)")
+    normalize: Literal["imagenet"] | NormalizeSpec | None = Field(
+        None, description="the input normalisation the model was trained with, applied inside the model to every "
+        "image (training, attacks, evaluation): imagenet (mean 0.485 0.456 0.406, std 0.229 0.224 0.225 on [0, 1] "
+        "RGB) or {mean: [...], std: [...]}; default none: images reach the model as float32 in [0, 1]")
     norm: Literal["auto", "batch", "group"] = Field(
         "auto", description="auto: GroupNorm under local DP (per-sample gradients), else BatchNorm"
     )

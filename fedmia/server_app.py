@@ -25,6 +25,7 @@ from fedmia.defenses import active
 from fedmia.models import get_weights, scenario_model, weight_names
 from fedmia.pipeline import finish_run, prepare_run_folder
 from fedmia.scenario import Scenario
+from fedmia.timeline import mark
 from fedmia.validation import scenario_from_run_config
 from fedmia.transcript import RoundView, Transcript
 
@@ -111,12 +112,15 @@ class PacedGrid(Grid):
     def send_and_receive(self, messages, *, timeout: float | None = None):
         """Flower's contract: push, then pull until every reply came or `timeout` passed."""
         waiting = set(self.push_messages(messages))
+        mark("push", messages=len(waiting))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies = []
         while waiting:
             pulled = list(self.pull_messages(waiting))
             replies += pulled
             waiting -= {m.metadata.reply_to_message_id for m in pulled}
+            if pulled:
+                mark("replies", count=len(pulled), waiting=len(waiting))
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(self.interval)

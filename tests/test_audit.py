@@ -107,6 +107,45 @@ def test_report_renders_in_headless_chromium_self_contained(audited, tmp_path):
     assert done.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", done.stderr[-2000:]
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs headless Chromium (apt-get install chromium)")
+def test_report_answers_first_and_reads_at_420_px(audited, tmp_path):
+    """A headline per threat model without a gate (it was "No release gate was given" and a "–"
+    in every verdict cell); "1 seed", not "1 seeds"; at 420 px nothing runs off the screen and no
+    summary row is hundreds of pixels tall (it was 430 px)."""
+    text = (audited["out"] / "audit.html").read_text()
+    headlines = re.findall(r'<li class="(leaks|unclear|none|na)"><strong>([^<]+)</strong>: ([^<]+)</li>', text)
+    assert {tm for _, tm, _ in headlines} == {"black-box", "client-updates", "trap-weights", "secagg-isolation"}
+    assert any(kind == "leaks" and "identifies" in words for kind, _, words in headlines)  # the trap leaks
+    assert "1 independent federation per" in text and "1 seeds" not in text
+    # measured in the browser: a copy of the report with a script that writes the layout into the DOM
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", "<script>document.body.setAttribute('data-layout', JSON.stringify({"
+                                  "page: document.documentElement.scrollWidth, tallest: Math.max(...Array.from("
+                                  "document.querySelectorAll('#summary tr')).map(r => r.getBoundingClientRect().height))"
+                                  "}));</script></body>"))
+    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}"]
+    dom = subprocess.run([*flags, "--window-size=420,900", "--dump-dom", probe.as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    layout = json.loads(re.search(r"data-layout=\"([^\"]+)\"", dom.stdout).group(1).replace("&quot;", '"'))
+    assert layout["page"] <= 420, layout  # tables scroll inside themselves; the page does not
+    assert layout["tallest"] < 200, layout
+
+
+def test_headline_says_leaks_unclear_or_nothing_measurable():
+    def row(tpr_low, auc_low):
+        figs = {"tpr_at_fpr.0.001": {"mean": 0.4, "low": tpr_low, "high": 0.6},
+                "auc": {"mean": 0.7, "low": auc_low, "high": 0.8}, "_targets": {"members": 100, "nonmembers": 1000}}
+        return {"applies": True, "strongest": "loss", "attacks": {"loss": figs}}
+
+    kind, words = audit.headline(row(0.2, 0.6), "0.001")
+    assert kind == "leaks" and "identifies 40.0% of training patients" in words and "1 false accusation in 1,000" in words
+    assert audit.headline(row(0.0, 0.6), "0.001")[0] == "unclear"
+    kind, words = audit.headline(row(0.0, 0.45), "0.001")
+    assert kind == "none" and "100 members, 1000 non-members" in words and "not evidence of safety" in words
+    assert audit.headline({"applies": False, "why_not": "SecAgg+ is off"}, "0.001") == ("na", "does not apply: SecAgg+ is off")
+
+
 def test_gate_file_errors_name_file_key_and_expected_values(audited):
     base = audited["base"]
     cases = {"typo.yaml": ("black-bx: {auc: 0.5}\n", "black-bx: unknown threat model; expected one of: all, black-box"),

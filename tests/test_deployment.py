@@ -238,6 +238,11 @@ def test_compose_file_matches_the_tested_loopback_setup(tmp_path):
     dockerfile = (REPO / "docker" / "app.Dockerfile").read_text()
     assert f"ARG FLWR_VERSION={flwr}" in dockerfile and "FROM flwr/superexec:${FLWR_VERSION}" in dockerfile
     assert dockerfile.index("pip install .") < dockerfile.index("COPY --chown=app:app fedmia")  # deps cached
+    # the SuperExec's task poll as the tested loopback deployment sets it
+    from fedmia.deploy import TASK_POLL_INTERVAL
+
+    assert f"FLWR_SUPEREXEC_TASK_POLL_INTERVAL={TASK_POLL_INTERVAL}" in dockerfile
+    assert tested.env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == TASK_POLL_INTERVAL
     assert {".git", ".venv", "runs", "data", "docker/credentials"} <= set((REPO / ".dockerignore").read_text().split())
 
     script = (REPO / "docker" / "credentials.sh").read_text()

@@ -90,7 +90,7 @@ def test_init_from_a_full_model_a_save_pretrained_folder_and_under_dp(tmp_path):
 
     from fedmia.defenses import DEFENSES
 
-    full = smp.create_model("unet", encoder_name="resnet18", encoder_weights=None, encoder_depth=2, decoder_channels=(64, 32),
+    full = smp.create_model("unet", encoder_name="resnet18", encoder_weights=None, encoder_depth=2, decoder_channels=(32, 16),
                             in_channels=1, classes=2)
     assert hasattr(full.encoder, "layer4")
     with torch.no_grad():

@@ -24,6 +24,15 @@ def check_run_folder(folder: Path, scenario) -> dict:
     assert metrics["scenario"] == scenario.name
     assert set(metrics["timing"]) >= {"wall_s", "simulation_s", "attacks_s"}
     assert metrics["timing"]["wall_s"] >= metrics["timing"]["simulation_s"] > 0
+    # the phases add up to the wall time (the OOD sets, once most of the quickstart's wall time, included)
+    from fedmia.pipeline import PHASES
+
+    timing = metrics["timing"]
+    assert {"ood_s", "evaluation_s", "other_s"} <= set(timing)
+    assert abs(sum(timing.get(k, 0.0) for k in (*PHASES, "other_s")) - timing["wall_s"]) < 1e-6
+    completed = json.loads((folder / "completed.json").read_text())  # every plug-in, with its package
+    assert {(p["family"], p["name"]) for p in completed["plugins"]} >= {("attack", a) for a in scenario.attack_names}
+    assert all(p["package"] and p["version"] for p in completed["plugins"])
     assert len(metrics["utility"]["rounds"]) == scenario.federation.rounds
     assert 0 <= metrics["utility"]["dice"] <= 1
     plan = build_plan(scenario)
@@ -159,7 +168,7 @@ def test_client_crash_prob_crashes_that_share_of_clients_the_same_way_every_run(
     """`faults.client_crash_prob`: each (round, client) draws once from the scenario's seed — the
     share of crashes is the probability, and a rerun (or a resumed run) crashes the same ones.
     The crash itself takes the path of the planned crashes that the resume and SecAgg+ tests run."""
-    from fedmia.client_app import InjectedCrash, inject_faults
+    from fedmia.client_train import InjectedCrash, inject_faults
 
     def crashes(probability: float, seed: int = 0) -> list[bool]:
         scenario = load_scenario(write_scenario({"seed": seed, "faults": {"client_crash_prob": probability}}))

@@ -70,6 +70,12 @@ class FolderParams(DatasetParams):
                         "NIfTI volumes *.nii / *.nii.gz (the Medical Segmentation Decathlon's: imagesTr)")
     masks: str = Field("masks", description="subfolder of path holding each image's mask or label volume, "
                        "matched by file stem (the Decathlon's: labelsTr)")
+    listing: str | None = Field(None, description="a Decathlon-style dataset.json in path whose 'training' list "
+                                "names the image/label pairs to read (other files are ignored); default: pair the "
+                                "subfolders' files by name")
+    unpaired: Literal["refuse", "skip"] = Field("refuse", description="an image without its mask or label: refuse "
+                                                "(named, before anything runs) or skip (left out; `fedmia init` writes "
+                                                "skip and names each one)")
     channels: Literal[1, 3] = Field(3, description="image channels the model sees: 1 (greyscale) or 3 (RGB); "
                                     "images are converted to it")
     mask_mode: Literal["binary", "index"] = Field(
@@ -302,7 +308,43 @@ def folder_pairs(options: FolderParams | dict) -> list[tuple[str, Path, Path]]:
                          "(or imagesTr/ and labelsTr/ of NIfTI volumes)")
     if not root.is_dir():
         raise ValueError(f"{NAME}: path '{root}' does not exist")
-    return _pair_files(root, params.images, params.masks)
+    if params.listing is not None:
+        return _listed_pairs(root, params.listing)
+    return _pair_files(root, params.images, params.masks, skip_unpaired=params.unpaired == "skip")
+
+
+def unpaired_images(options: FolderParams | dict) -> list[Path]:
+    """Images without their mask or label, by name (what `unpaired: skip` leaves out)."""
+    params = folder_params(options)
+    root = Path(params.path).expanduser()
+    images = _files_by_stem(root / params.images, "images", root)
+    masks = _files_by_stem(root / params.masks, "masks", root)
+    return [images[stem] for stem in sorted(images) if stem not in masks]
+
+
+def _listed_pairs(root: Path, listing: str) -> list[tuple[str, Path, Path]]:
+    """The pairs a Decathlon `dataset.json` lists under "training" ({"image": "./imagesTr/a.nii.gz",
+    "label": "./labelsTr/a.nii.gz"}), sorted by stem; a listed file that is missing is named."""
+    import json
+
+    path = root / listing
+    try:
+        entries = json.loads(path.read_text())["training"]
+        listed = [(root / str(e["image"]), root / str(e["label"])) for e in entries]
+    except FileNotFoundError:
+        raise ValueError(f"{NAME}: listing '{path}' does not exist") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{NAME}: listing '{path}': expected JSON with a 'training' list of {{\"image\": ..., "
+                         f"\"label\": ...}} paths relative to the folder ({type(error).__name__}: {error})") from None
+    pairs = []
+    for image, label in listed:
+        for role, file in (("image", image), ("label", label)):
+            if not file.is_file():
+                raise ValueError(f"{NAME}: listing '{path}' names {role} '{file}', which does not exist")
+        pairs.append((_volume_stem(image.name) if is_volume(image) else image.stem, image, label))
+    if not pairs:
+        raise ValueError(f"{NAME}: listing '{path}' lists no training pairs")
+    return sorted(pairs)
 
 
 def is_volume(path: Path) -> bool:
@@ -316,8 +358,10 @@ def _volume_stem(name: str) -> str:
     return name
 
 
-def _pair_files(root: Path, images_name: str, masks_name: str) -> list[tuple[str, Path, Path]]:
-    """(stem, image path, mask path) for every image, sorted by stem; every image needs a mask."""
+def _pair_files(root: Path, images_name: str, masks_name: str, *,
+                skip_unpaired: bool = False) -> list[tuple[str, Path, Path]]:
+    """(stem, image path, mask path) for every image, sorted by stem; every image needs a mask
+    (or, with `skip_unpaired`, one without is left out)."""
     images = _files_by_stem(root / images_name, "images", root)
     masks = _files_by_stem(root / masks_name, "masks", root)
     if not images:
@@ -331,16 +375,20 @@ def _pair_files(root: Path, images_name: str, masks_name: str) -> list[tuple[str
     what = "label" if volumes else "mask"
     pairs = []
     for stem in sorted(images):
+        if stem not in masks and skip_unpaired:
+            continue
         if stem not in masks:
             looked = f"'{stem}.nii.gz' or '{stem}.nii'" if volumes else f"a file named '{stem}.*'"
             raise ValueError(
                 f"{NAME}: image '{images[stem].name}' has no {what} in '{root / masks_name}' "
-                f"(looked for {looked}): {images[stem]}"
+                f"(looked for {looked}): {images[stem]}; or set the option unpaired: skip"
             )
         if is_volume(masks[stem]) != volumes:
             raise ValueError(f"{NAME}: image '{images[stem]}' and its {what} '{masks[stem]}' are not both "
                              "NIfTI volumes or both 2-D images")
         pairs.append((stem, images[stem], masks[stem]))
+    if not pairs:
+        raise ValueError(f"{NAME}: no image in '{root / images_name}' has its {what} in '{root / masks_name}'")
     return pairs
 
 

@@ -160,7 +160,22 @@ def build_site_plan(scenario):
     test = load_folder_records(data, auditor.test)
     population = load_folder_records(data, auditor.population)
     targets = load_folder_records(data, auditor.targets)
+    if targets.groups is not None:  # NIfTI: a scan is the patient, one slice of it the target
+        targets = one_slice_per_scan(targets, scenario.seed)
     return FederationPlan(layout.info, [], test, population, targets, None, None, layout)
+
+
+def one_slice_per_scan(records: Records, seed: int) -> Records:
+    """One record drawn from each group (scan), as the single-pool plan draws its targets: every
+    target an independent patient, so intervals over targets are intervals over patients."""
+    rng = np.random.default_rng([seed, 17])
+    picks = [int(rng.choice(np.flatnonzero(records.groups == g))) for g in np.unique(records.groups)]
+    return records.subset(np.asarray(picks))
+
+
+def scan_of(record_id: str) -> str:
+    """The file a record comes from: a NIfTI slice's id is `folder:STEM/SLICE`, a 2-D image's `folder:STEM`."""
+    return record_id.split("/", 1)[0]
 
 
 def check_site_folders(scenario) -> None:
@@ -185,7 +200,8 @@ def target_digests(scenario) -> dict[str, str]:
 def ledger_from_manifests(target_digests_: dict[str, str], owner: dict[str, int], ids) -> dict[str, int | str]:
     from fedmia.data.federation import NON_MEMBER
 
-    return {rid: owner.get(target_digests_[rid], NON_MEMBER) for rid in np.asarray(ids).tolist()}
+    # a slice's membership is its scan's: the manifest digests files, not slices
+    return {rid: owner.get(target_digests_[scan_of(rid)], NON_MEMBER) for rid in np.asarray(ids).tolist()}
 
 
 def write_example_audit(root: Path, sites: tuple[str, ...] = ("hospital-a", "hospital-b", "hospital-c"),

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedmia.attacks.base import AttackResult
 from fedmia.data.plan import MembershipLedger
-from fedmia.data.sites import ledger_from_manifests, read_manifests
+from fedmia.data.sites import ledger_from_manifests, read_manifests, scan_of
 from fedmia.evaluation.compare import RunFolderError, read_run_json, read_scores
 from fedmia.evaluation.schema import check_metrics
 from fedmia.evaluation.ood import ood_rates
@@ -43,7 +43,7 @@ def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
     ids, scores = read_scores(run_dir / "scores.csv")
     names = [site.name for site in scenario.data.sites]
     owner, counts = read_manifests(manifests, names)
-    unknown = [rid for rid in ids if rid not in output["target_digests"]]
+    unknown = [rid for rid in ids if scan_of(rid) not in output["target_digests"]]
     if unknown:
         raise RunFolderError(f"{run_dir / ADVERSARY_OUTPUT}: target_digests: no digest for {unknown[:3]}")
     ledger = MembershipLedger(ledger_from_manifests(output["target_digests"], owner, ids))

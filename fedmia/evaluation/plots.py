@@ -89,8 +89,12 @@ def finish_roc_axes(ax, floor: float, title: str, loglog: bool = True) -> None:
     if loglog:
         ax.set_xscale("log")
         ax.set_yscale("log")
+    # headroom above 1: a perfect attack's curve (TPR 1 at every FPR) runs along the top and
+    # looked like no curve at all when the axis ended exactly there
+    top = 1.35 if loglog else 1.03
     ax.set_xlim(floor, 1.0)
-    ax.set_ylim(floor, 1.0)
+    ax.set_ylim(floor, top)
+    ax.axhline(1.0, color="black", linewidth=0.6, alpha=0.5)
     ax.set_xlabel("False positive rate")
     ax.set_ylabel("True positive rate")
     ax.set_title(title, fontsize="medium")

@@ -135,6 +135,8 @@ def _setup_paragraph(metrics: dict) -> str:
     phrases = {
         "dataset": lambda v: f"dataset **{v}**",
         "clients": lambda v: f"{v} clients",
+        "members": lambda v: f"{v} members",
+        "member_records": lambda v: f"({v} slices of them)",
         "rounds": lambda v: f"{v} federated rounds",
         "model": lambda v: f"model {v}",
         "server": lambda v: f"server aggregation {v}",
@@ -154,10 +156,14 @@ def _setup_paragraph(metrics: dict) -> str:
 
     timing = metrics.get("timing")
     if isinstance(timing, dict) and _is_number(timing.get("wall_s")):
-        details = [f"{k.removesuffix('_s').replace('_', ' ')} {_fmt(v)} s"
-                   for k, v in timing.items() if k != "wall_s" and _is_number(v)]
-        extra = f" ({', '.join(details)})" if details else ""
-        sentences.append(f"Wall time {_fmt(timing['wall_s'])} s{extra}.")
+        names = {"startup_s": "start-up", "simulation_s": "federated rounds", "attacks_s": "attacks",
+                 "ood_s": "OOD sets", "evaluation_s": "evaluation", "other_s": "other"}
+        details = [f"{names.get(k, k.removesuffix('_s').replace('_', ' '))} {_fmt(v)} s"
+                   for k, v in timing.items() if k in names and _is_number(v)]
+        overlap = [f"{k.removesuffix('_s').replace('_', ' ')} {_fmt(v)} s (within the rounds)"
+                   for k, v in timing.items() if k not in names and k != "wall_s" and _is_number(v)]
+        extra = f" = {' + '.join(details)}" if details else ""
+        sentences.append(f"Wall time {_fmt(timing['wall_s'])} s{extra}" + (f"; {', '.join(overlap)}" if overlap else "") + ".")
     return " ".join(sentences)
 
 
@@ -318,10 +324,28 @@ def _how_to_read(metrics: dict) -> list[str]:
 # Public API
 
 
+LEARNT_NOTHING_DICE = 0.05  # below it the model segments nothing: no figure measures memorisation
+
+
+def learnt_nothing(metrics: dict) -> str | None:
+    """A warning when the released model learnt nothing (held-out Dice below 0.05): an attack's
+    AUC on such a model reads as "safe" but measures nothing (a first audit once reported AUC
+    0.63, TPR 0.00 on a model with Dice 0.000). None when the model learnt."""
+    utility = metrics.get("utility") if isinstance(metrics.get("utility"), dict) else {}
+    dice = utility.get("dice")
+    if not _is_number(dice) or dice >= LEARNT_NOTHING_DICE:
+        return None
+    return (f"the model learnt nothing (Dice {dice:.2f}): the figures below do not measure leakage; train longer "
+            "(federation.rounds, local_epochs, lr) until it segments")
+
+
 def render_report(metrics: dict, *, roc_png: str | None, utility_png: str | None) -> str:
     """Markdown report for one run; PNGs are linked by the (relative) names given."""
     scenario = metrics.get("scenario", "unnamed run")
-    lines = [f"# Membership-inference report: {scenario}", "", _setup_paragraph(metrics), ""]
+    lines = [f"# Membership-inference report: {scenario}", ""]
+    if warning := learnt_nothing(metrics):
+        lines += [f"> **Warning:** {warning[0].upper() + warning[1:]}.", ""]
+    lines += [_setup_paragraph(metrics), ""]
     lines += _utility_section(metrics)
     if utility_png:
         lines += [_image_link("Utility per round", utility_png), ""]
@@ -373,4 +397,6 @@ def summary_table(metrics: dict) -> Table:
     if flagged_any:
         caption.append("† fewer than 10 false positives allowed")
     table.caption = " · ".join(caption)
+    if warning := learnt_nothing(metrics):
+        table.title = f"{table.title}\n[bold red]{warning}[/]"
     return table

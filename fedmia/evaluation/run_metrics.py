@@ -79,13 +79,17 @@ def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]
     rounds = utility_per_round(scenario, plan, transcript)
     final = rounds[-1] if rounds else {"dice": float("nan"), "miou": float("nan")}
     model = scenario.model
+    records = int(sum(len(c) for c in plan.clients))
+    grouped = any(c.groups is not None for c in plan.clients)  # NIfTI slices: a scan is the member
     metrics = {
         "scenario": scenario.name,
         "description": scenario.description,
         "setup": {
             "dataset": scenario.data.dataset,
             "clients": scenario.federation.clients,
-            "members": int(sum(len(c) for c in plan.clients)) if plan.ledger is not None else None,
+            # in the unit the scenario counts (data.members): scans when records come in groups
+            "members": (scenario.data.members if grouped else records) if plan.ledger is not None else None,
+            **({"member_records": records} if grouped and plan.ledger is not None else {}),
             "rounds": scenario.federation.rounds,
             "local_epochs": scenario.federation.local_epochs,
             "model": describe_model(model),

@@ -12,6 +12,7 @@ a `model.init` checkpoint fits it, so `fedmia validate` names the problem before
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -76,18 +77,24 @@ def build_model(spec, in_channels: int, num_classes: int, seed: int | None = Non
     `model.init` checkpoint that does not fit the architecture — checked here, on the probe model
     validation builds, with the input channels and classes left free (validation does not know
     the data's yet; `scenario_model` then checks them exactly)."""
+    from fedmia.models.adapters import adapt
+
     family = family_of(spec)
     options = _options(family, spec)
     if seed is not None:
         torch.manual_seed(seed)
-    model = family.build(spec, in_channels, num_classes, options)
+    # a network with a fixed input, or one sigmoid logit, is built as it is: never asked for
+    # channels or classes it does not have (the adapters then read its head as two classes)
+    in_channels = spec.in_channels or in_channels
+    outputs = 1 if spec.head == "sigmoid" else num_classes
+    model = family.build(spec, in_channels, outputs, options)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: family {spec.family} built a {type(model).__name__}; expected an nn.Module")
     if spec.family != "smp":  # smp's builder probes (and prunes) itself
-        _check_output(model, spec, in_channels, num_classes)
+        _check_output(model, spec, in_channels, outputs)
     if spec.init is not None:
         _check_init_fits(spec, in_channels, num_classes)
-    return model
+    return adapt(model, spec)
 
 
 def _check_output(model: nn.Module, spec, in_channels: int, num_classes: int) -> None:
@@ -109,8 +116,12 @@ def _check_output(model: nn.Module, spec, in_channels: int, num_classes: int) ->
     expected = (2, num_classes, PROBE_SIZE, PROBE_SIZE)
     if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
         found = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        hint = ""
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[1] == 1 and spec.head != "sigmoid":
+            hint = "; one output channel is a sigmoid head: set model.head: sigmoid"
         raise ValueError(f"model: family {spec.family} maps a {tuple(probe.shape)} batch to {found}; expected "
-                         f"logits of shape {expected} (N, classes, H, W)")
+                         f"logits of shape {expected} (N, {'1 logit' if spec.head == 'sigmoid' else 'classes'}, H, W)"
+                         + hint)
 
 
 def uses_group_norm(scenario) -> bool:
@@ -127,6 +138,12 @@ def scenario_model(scenario, info, seed: int | None = None) -> nn.Module:
     builds it here, so they agree on the architecture — GroupNorm included when DP needs it —
     and on the starting point: `model.init`'s weights when given (the server's first broadcast)."""
     spec = scenario.model
+    if spec.in_channels is not None and spec.in_channels != info.in_channels:
+        raise ValueError(f"model.in_channels: the network takes {spec.in_channels} input channel(s), the data's "
+                         f"images have {info.in_channels} (data.options.channels)")
+    if spec.head == "sigmoid" and info.num_classes != 2:
+        raise ValueError(f"model.head: sigmoid is one logit for a binary mask; the data has {info.num_classes} "
+                         "classes (expected 2, or head: softmax with one logit per class)")
     model = build_model(spec, info.in_channels, info.num_classes, seed=seed)
     state = read_checkpoint(spec.init) if spec.init is not None else None
     group_norm = uses_group_norm(scenario)
@@ -205,13 +222,26 @@ def state_problems(model: nn.Module, state: dict[str, torch.Tensor],
     return problems
 
 
+def misfit_hint(problems: list[str]) -> str:
+    """What a misfit most likely means, for the two descriptions users got wrong most: a
+    one-channel (sigmoid) head, and smp's own decoder widths."""
+    text = " ".join(problems)
+    if any(re.search(r"expected shape \(2\b.*found \(1\b", p) for p in problems):
+        return " (one output channel: a sigmoid head, smp's classes=1; set model.head: sigmoid)"
+    if "decoder" in text:
+        return (" (a plain smp.Unet(encoder_name=...) is encoder_depth 5 with decoder_channels [256, 128, 64, 32, "
+                "16], fedmia's default at depth 5; set encoder_depth and decoder_channels as the model was built)")
+    return ""
+
+
 def load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
     """Load `state` into `model` exactly (names, shapes), or raise ValueError naming the first
     problem."""
     problems = state_problems(model, state)
     if problems:
         raise ValueError(f"model.init: {path} does not fit the model: {problems[0]}"
-                         + (f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""))
+                         + (f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else "")
+                         + misfit_hint(problems))
     own = model.state_dict()
     with torch.no_grad():
         for name, tensor in own.items():
@@ -256,7 +286,7 @@ def _init_problem(spec_json: str, stamp, in_channels: int, num_classes: int) -> 
         return None
     problems = found[0] if spec.norm != "group" else found[-1]
     return (f"model.init: {spec_init} does not fit family {spec.family}'s model: {problems[0]}"
-            + (f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""))
+            + (f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else "") + misfit_hint(problems))
 
 
 # ---- the weights bridge ---------------------------------------------------------------------

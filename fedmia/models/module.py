@@ -3,7 +3,9 @@
     model: {family: module, factory: "mypkg.nets:make_net", options: {width: 16}}
 
 `make_net(in_channels=..., num_classes=..., **options)` returns a network mapping (N, C, H, W)
-images to (N, K, H, W) logits. The factory's package must be importable wherever the model is
+images to (N, K, H, W) logits; a factory that does not take `in_channels` or `num_classes`
+(`Net()`) is called without them, its fixed input and output declared by `model.in_channels` and
+`model.head` (sigmoid: one logit channel). The factory's package must be importable wherever the model is
 built — the driver, every Ray worker, every SuperNode (install it, or put it on PYTHONPATH) —
 which is why a network used more than once is better registered as a family of its own
 (`@register_model_family`, one entry-point line): `fedmia list` then names it.
@@ -47,8 +49,24 @@ class ModuleFamily(ModelFamily):
 
     def build(self, spec, in_channels: int, num_classes: int, options) -> nn.Module:
         factory = resolve_factory(spec.factory)
+        offered = {"in_channels": in_channels, "num_classes": num_classes}
+        kwargs = {**{k: v for k, v in offered.items() if _takes(factory, k)}, **options}
         try:
-            return factory(in_channels=in_channels, num_classes=num_classes, **options)
+            return factory(**kwargs)
         except TypeError as error:
             raise ValueError(f"model.options: {spec.factory} does not take these keyword arguments "
-                             f"(in_channels, num_classes, {', '.join(options) or 'no options'}): {error}") from None
+                             f"({', '.join(kwargs) or 'none'}): {error}") from None
+
+
+def _takes(factory, name: str) -> bool:
+    """Whether `factory` accepts keyword `name` (by name or through **kwargs). A network with a
+    fixed input and head (`Net()`, as `flwr new` writes one) is called with neither channels nor
+    classes: `model.in_channels` and `model.head` describe it instead."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: offer both, as before
+        return True
+    return any(p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.kind == p.VAR_KEYWORD
+               for p in parameters)

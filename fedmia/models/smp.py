@@ -18,8 +18,10 @@ from fedmia.registry import UnknownNameError
 
 # smp's own name table; we accept its class names case-insensitively ("Unet", "FPN", ...).
 ARCHITECTURES = sorted(smp.MODEL_ARCHITECTURES_MAPPING)
-# Architectures whose decoder takes one channel count per encoder stage.
+# Architectures whose decoder takes one channel count per encoder stage, and smp's default counts
+# (smp.Unet's decoder_channels for its default encoder_depth 5).
 _UNET_LIKE = {"unet", "unetplusplus", "manet"}
+SMP_DECODER = (256, 128, 64, 32, 16)
 
 
 def check_architecture(arch: str) -> str:
@@ -65,10 +67,8 @@ class SmpFamily(ModelFamily):
         encoder = check_encoder(spec.encoder)
         check_encoder_weights(encoder, spec.encoder_weights)
         kwargs = {"encoder_depth": spec.encoder_depth}
-        if arch in _UNET_LIKE:
-            kwargs["decoder_channels"] = tuple(
-                spec.decoder_channels or [max(16, 64 >> i) for i in range(spec.encoder_depth)]
-            )
+        if arch in _UNET_LIKE:  # smp's own defaults; a shallower encoder takes their last stages
+            kwargs["decoder_channels"] = tuple(spec.decoder_channels or SMP_DECODER[len(SMP_DECODER) - spec.encoder_depth:])
         try:
             model = smp.create_model(arch, encoder_name=encoder, encoder_weights=spec.encoder_weights,
                                      in_channels=in_channels, classes=num_classes, **kwargs)
