@@ -635,7 +635,8 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.88em}th,td{border:1px so
 th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .pass{color:#1a7f37;font-weight:bold}.fail{color:#c62828;font-weight:bold}.na{color:#777}
 .verdict{padding:.6em 1em;border:2px solid;display:inline-block;margin:.4em 0}.note{color:#555;font-size:.9em}
-img{max-width:100%;height:auto}figure img{max-width:560px}code{background:#f4f4f4;padding:0 .2em}
+img{max-width:100%;height:auto}figure img{max-width:min(560px,100%)}code{background:#f4f4f4;padding:0 .2em;overflow-wrap:anywhere}
+p,li,figcaption{overflow-wrap:anywhere}
 table{display:block;max-width:100%;overflow-x:auto}td.words{min-width:16em}figure{margin:1em 0}
 ul.headline{list-style:none;padding:0}ul.headline li{padding:.4em .7em;margin:.3em 0;border-left:5px solid #999;background:#fafafa}
 ul.headline li.leaks{border-color:#c62828}ul.headline li.unclear{border-color:#e6a100}ul.headline li.none{border-color:#1a7f37}
@@ -655,7 +656,8 @@ def render_html(rows: list[dict], verdicts: list[dict], ctx: dict, groups: list[
     seeds = ctx["seeds"]
     interval_words = ("mean [95% Student-t interval across seeds]" if seeds >= 2 else
                       "value [95% bootstrap interval over targets: one seed, so no interval across federations]")
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Membership-inference audit: "
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
+             f"content=\"width=device-width, initial-scale=1\"><title>Membership-inference audit: "
              f"{e(ctx['scenario'])}</title><style>{CSS}</style></head><body>",
              f"<h1>Membership-inference audit: {e(ctx['scenario'])}</h1>",
              f"<p class=\"note\">Scenario <code>{e(ctx['source'])}</code>; {_plural(seeds, 'independent federation')} per "

@@ -117,12 +117,16 @@ def test_report_answers_first_and_reads_at_420_px(audited, tmp_path):
     assert {tm for _, tm, _ in headlines} == {"black-box", "client-updates", "trap-weights", "secagg-isolation"}
     assert any(kind == "leaks" and "identifies" in words for kind, _, words in headlines)  # the trap leaks
     assert "1 independent federation per" in text and "1 seeds" not in text
-    # measured in the browser: a copy of the report with a script that writes the layout into the DOM
+    assert 'name="viewport" content="width=device-width' in text  # a phone lays it out at its own width
+    # measured in the browser: a copy of the report whose page is 420 px wide (headless Chromium's
+    # window is at least 500), with a script that writes the layout into the DOM: the right edge
+    # of every block of the page (a table scrolls inside itself) and the tallest summary row
     probe = tmp_path / "probe.html"
-    probe.write_text(text.replace("</body>", "<script>document.body.setAttribute('data-layout', JSON.stringify({"
-                                  "page: document.documentElement.scrollWidth, tallest: Math.max(...Array.from("
-                                  "document.querySelectorAll('#summary tr')).map(r => r.getBoundingClientRect().height))"
-                                  "}));</script></body>"))
+    probe.write_text(text.replace("</head>", "<style>html{width:420px}</style></head>").replace(
+        "</body>", "<script>document.body.setAttribute('data-layout', JSON.stringify({page: Math.max(...Array.from("
+        "document.querySelectorAll('body > *, section > *, figure > *')).map(e => e.getBoundingClientRect().right)), "
+        "tallest: Math.max(...Array.from(document.querySelectorAll('#summary tr')).map(r => "
+        "r.getBoundingClientRect().height))}));</script></body>"))
     flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}"]
     dom = subprocess.run([*flags, "--window-size=420,900", "--dump-dom", probe.as_uri()], capture_output=True,

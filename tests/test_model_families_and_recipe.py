@@ -123,12 +123,13 @@ def test_init_that_does_not_fit_is_named_at_validation(write_scenario, tmp_path)
     """Validation names the first mismatching tensor (name, expected shape, found shape), missing
     or unexpected tensors, and files that are no state dict; input channels and classes are the
     data's, so the probe leaves them free and the run's model checks them exactly."""
-    _trained_checkpoint(ModelSpec(encoder_depth=2, decoder_channels=[32, 16]), tmp_path / "narrow.pt")
+    _trained_checkpoint(ModelSpec(encoder_depth=2, decoder_channels=[16, 8]), tmp_path / "narrow.pt")
     with pytest.raises(ScenarioError) as error:
         load_scenario(write_scenario({"model": {"init": str(tmp_path / "narrow.pt")}}))
     (where, what), = [p for p in error.value.problems if p[0] == "model"]
-    assert "narrow.pt" in what and "tensor decoder.blocks" in what and "expected shape (64," in what
-    assert "found (32," in what
+    assert "narrow.pt" in what and "tensor decoder.blocks" in what and "expected shape (32," in what
+    assert "found (16," in what
+    assert "decoder_channels [256, 128, 64, 32, 16]" in what  # the hint: smp's own widths, a plain smp.Unet
 
     state = read_checkpoint(str(_write(tmp_path / "x.pt", TINY)))  # the helper writes a real state dict
     state.pop("segmentation_head.0.bias")

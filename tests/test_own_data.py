@@ -131,10 +131,10 @@ def test_the_plan_keeps_every_scan_with_one_client_and_one_side(tmp_path, client
     for record_id, owner in plan.ledger.owner.items():  # membership is the scan's
         owners.setdefault(_scan(record_id), set()).add(owner)
     assert all(len(o) == 1 for o in owners.values())
-    # one target per patient, members and non-members alike
+    # one target per patient, members and non-members alike; init makes every scan of both a target
     scans = [_scan(i) for i in plan.targets.ids]
-    assert len(scans) == len(set(scans)) == 2 * min(raw["data"]["members"], raw["data"]["heldout"])
-    assert plan.ledger.is_member(plan.targets.ids).sum() == len(scans) // 2
+    assert len(scans) == len(set(scans)) == raw["data"]["members"] + raw["data"]["heldout"]
+    assert plan.ledger.is_member(plan.targets.ids).sum() == raw["data"]["members"]
     for k in range(clients):  # what a Ray worker loads is the plan's share, slice for slice
         own, _ = plan.layout.load_client(k)
         assert list(own.ids) == list(plan.clients[k].ids)
@@ -148,6 +148,7 @@ def test_dirichlet_partition_and_public_records_draw_whole_scans(tmp_path):
     raw = yaml.safe_load(text)
     raw["data"].update(members=5, heldout=2, population=1, public=2, partition={"kind": "dirichlet", "alpha": 1.0},
                        domain_shift=0.5, image_size=16)
+    raw["evaluation"].pop("targets")  # init's counts were for its own split
     out.write_text(yaml.safe_dump(raw))
     plan = _plan_of(out)
     groups = [{_scan(i) for i in r.ids} for r in (*plan.clients, plan.heldout, plan.population, plan.public)]
@@ -423,3 +424,156 @@ def test_audit_model_audits_a_checkpoint_trained_by_a_plain_pytorch_loop(tmp_pat
     (tmp_path / "pool.yaml").write_text(yaml.safe_dump(raw))
     refused = runner.invoke(app, ["audit-model", str(tmp_path / "trained.pt"), str(tmp_path / "pool.yaml")])
     assert refused.exit_code == 2 and "data.auditor" in refused.output, refused.output
+
+
+# ---------------------------------------------------------------- an auditor's first hour
+
+
+def _decathlon(tmp_path: Path, volumes: int = 16) -> Path:
+    """A Decathlon-style folder as a hospital exports it: `dataset.json` listing the valid pairs,
+    a macOS `._` file, and one image without its label (left out of the listing, as the
+    Decathlon lists only labelled training scans)."""
+    import json
+
+    root = write_example_volumes(tmp_path / "Task09_Spleen", volumes=volumes, size=(32, 32, 8))
+    (root / "imagesTr" / "._case_000.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (root / "labelsTr" / f"case_{volumes - 1:03d}.nii.gz").unlink()  # an image without its label
+    training = [{"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"}
+                for i in range(volumes - 1)]
+    (root / "dataset.json").write_text(json.dumps({"name": "Spleen", "training": training}))
+    return root
+
+
+def test_init_reads_dataset_json_skips_unpaired_and_targets_every_member(tmp_path):
+    """`init` on a Decathlon-style folder: the listed pairs only (the stray `._` file and the
+    unlabelled image never read); without the listing, the unlabelled image is skipped and named
+    instead of stopping init; every member scan is a target; the FPR levels are ones its own
+    non-member count supports (it chose 10% with 7 non-members, then flagged its own choice);
+    members counted in scans, the scenario's unit."""
+    root = _decathlon(tmp_path)
+    out = tmp_path / "audit.yaml"
+    text, _ = write_scenario(root, out)
+    raw = yaml.safe_load(text)
+    assert raw["data"]["options"]["listing"] == "dataset.json" and "unpaired" not in raw["data"]["options"]
+    units = raw["data"]["members"] + raw["data"]["heldout"] + raw["data"]["population"]
+    assert units == 15  # 16 scans, one without its label
+    assert raw["evaluation"]["targets"] == {"members": raw["data"]["members"], "nonmembers": raw["data"]["heldout"]}
+    heldout = raw["data"]["heldout"]
+    assert all(heldout * level >= 1 for level in raw["evaluation"]["tpr_at_fpr"])
+    plan = _plan_of(out)
+    member_scans = {_scan(i) for c in plan.clients for i in c.ids}
+    target_scans = {_scan(i) for i in plan.targets.ids}
+    assert member_scans <= target_scans and len(member_scans) == raw["data"]["members"]  # every member scan
+
+    (root / "dataset.json").unlink()  # no listing: the unlabelled image is skipped and named
+    again = tmp_path / "again.yaml"
+    text, _ = write_scenario(root, again)
+    raw = yaml.safe_load(text)
+    assert raw["data"]["options"]["unpaired"] == "skip"
+    assert "1 image(s) without a label, skipped: case_015.nii.gz" in text
+    assert _validate_in_process(again).exit_code == 0
+    (root / "labelsTr" / "case_003.nii.gz").unlink()  # a second one, after init: still skipped, not fatal
+    assert _validate_in_process(again).exit_code == 0
+
+
+def test_init_for_model_splits_the_folder_for_audit_model(tmp_path):
+    """`init --for-model`: a training site and the auditor's folders (every training scan among
+    the targets, byte for byte), and a multi-site scenario that audit-model reads; NIfTI targets
+    are one slice per scan, and a slice's membership is its scan's."""
+    from fedmia.cli import app
+    from fedmia.data.plan import build_plan
+    from fedmia.data.sites import file_digest, scan_of
+    from fedmia.validation import load_scenario
+
+    root = _decathlon(tmp_path)
+    out = tmp_path / "model-audit.yaml"
+    made = CliRunner().invoke(app, ["init", str(root), "--for-model", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    assert "fedmia audit-model trained.pt" in made.output
+    layout = tmp_path / "task09-spleen-audit"
+    trainer = sorted(p.name for p in (layout / "sites" / "trainer" / "images").iterdir())
+    targets = sorted(p.name for p in (layout / "auditor" / "targets" / "images").iterdir())
+    assert set(trainer) < set(targets) and len(trainer) >= 5
+    for name in trainer:  # shared for the audit: byte-for-byte copies
+        assert file_digest(layout / "auditor" / "targets" / "images" / name) == \
+            file_digest(layout / "sites" / "trainer" / "images" / name)
+    scenario = load_scenario(out)
+    assert scenario.data.multi_site and scenario.model.head == "sigmoid" and scenario.model.encoder_depth == 5
+    plan = build_plan(scenario)
+    assert len(plan.targets) == len(targets)  # one slice per scan
+    assert len({scan_of(i) for i in plan.targets.ids}) == len(targets)
+
+
+# slow: whole runs; the init logic above is tested without them
+@pytest.mark.slow
+def test_a_decathlon_folder_goes_init_validate_run_and_its_model_learns(tmp_path):
+    """init → validate → run on a Decathlon-style folder, as a user types it, with init's own
+    scenario unchanged: the unlabelled image named and left out, a model that learns (it once
+    reported on a model with Dice 0.000), and no "learnt nothing" warning."""
+    root = _decathlon(tmp_path)
+    (root / "dataset.json").unlink()  # the unpaired image must then be named
+    scenario = tmp_path / "audit.yaml"
+    made = subprocess.run([*CLI, "init", str(root), "--out", str(scenario)], capture_output=True, text=True,
+                          timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert "case_015.nii.gz" in scenario.read_text()
+    checked = subprocess.run([*CLI, "validate", str(scenario)], capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    out = tmp_path / "run"
+    done = subprocess.run([*CLI, "run", str(scenario), "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["utility"]["dice"] > 0.5, metrics["utility"]
+    assert "learnt nothing" not in (out / "report.md").read_text()
+    assert metrics["setup"]["members"] == yaml.safe_load(scenario.read_text())["data"]["members"]  # scans
+
+
+@pytest.mark.slow
+def test_a_plain_smp_unet_with_one_output_is_audited_through_init_for_model(tmp_path):
+    """`init --for-model`, a plain `smp.Unet(encoder_name="resnet18", classes=1)` trained by a short
+    PyTorch loop on the trainer folder (BCE on its one logit), `fedmia manifest`, `fedmia
+    audit-model`: no YAML written by hand, membership figures at once."""
+    import json
+
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from fedmia.data.sites import load_folder_records
+    from fedmia.validation import load_scenario
+
+    root = _decathlon(tmp_path)
+    scenario_file = tmp_path / "model-audit.yaml"
+    made = subprocess.run([*CLI, "init", str(root), "--for-model", "--out", str(scenario_file)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    scenario = load_scenario(scenario_file)
+    trainer = Path(scenario.data.sites[0].path)
+    records = load_folder_records(scenario.data, trainer)  # the images as fedmia reads them: [0, 1]
+    torch.manual_seed(0)
+    model = smp.Unet(encoder_name="resnet18", encoder_weights=None, in_channels=1, classes=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
+    images = torch.nn.functional.interpolate(torch.as_tensor(records.images), size=32)
+    masks = torch.nn.functional.interpolate(torch.as_tensor(records.masks)[:, None].float(), size=32)
+    model.train()
+    for _ in range(4):
+        for start in range(0, len(images), 8):
+            optimizer.zero_grad()
+            logits = model(images[start:start + 8])
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, masks[start:start + 8]).backward()
+            optimizer.step()
+    torch.save(model.state_dict(), tmp_path / "trained.pt")
+    manifests = tmp_path / "manifests"
+    listed = subprocess.run([*CLI, "manifest", str(trainer), "--site", "trainer", "--out",
+                             str(manifests / "trainer.json")], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    audited = subprocess.run([*CLI, "audit-model", str(tmp_path / "trained.pt"), str(scenario_file), "--manifests",
+                              str(manifests), "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                             timeout=600)
+    assert audited.returncode == 0, audited.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    targets = metrics["setup"]["targets"]
+    assert targets["members"] == len(list((trainer / "images").iterdir())) and targets["nonmembers"] > 0
+    assert 0 <= metrics["attacks"]["loss"]["auc"] <= 1

@@ -24,7 +24,8 @@ CPU = torch.device("cpu")
 # 32x32 scans, a depth-2 ResNet-18 encoder: 2 residual blocks, 128 detector slots.
 TRAP = {"data": {"image_size": 32, "options": {"binary": True, "noise": 0.15},
                  "members": 24, "heldout": 24, "population": 48},
-        "model": {"encoder_depth": 2},
+        # the decoder these tests were calibrated on (fedmia's default before smp's own widths)
+        "model": {"encoder_depth": 2, "decoder_channels": [64, 32]},
         "federation": {"clients": 3, "rounds": 2, "local_epochs": 2, "batch_size": 4},
         "evaluation": {"targets": {"members": 24, "nonmembers": 24}, "ood": []}}
 
