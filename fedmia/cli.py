@@ -335,6 +335,8 @@ def deploy_local(
     _check_data_or_exit(scenario, parsed, sites_here=True)
     folder = out_dir or Path("runs") / parsed.name
     _clear_for_deployment(folder, force)
+    resume_with(f"every process it started was stopped; a deployment starts afresh: the same command with --force "
+                f"moves the unfinished run in {folder} aside")
     certs = self_signed_certificates(workdir / "certs") if tls or auth else None
     # a multi-site scenario: each SuperNode gets its site's name and folder, as a hospital's would
     configs = site_node_configs(parsed) if parsed.data.multi_site else None
@@ -437,6 +439,8 @@ def deploy(
     _check_data_or_exit(scenario, parsed)  # the auditor's own folders, before anything is sent
     folder = out_dir or Path("runs") / parsed.name
     _clear_for_deployment(folder, force)
+    resume_with(f"every process it started was stopped; a deployment starts afresh: the same command with --force "
+                f"moves the unfinished run in {folder} aside")
     sent = parsed.with_absolute_paths(keep_site_paths=False)
     result = submit(sent, folder, superlink, root_certificates)
     _finished_or_exit(result, folder, sent)

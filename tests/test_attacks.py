@@ -130,6 +130,27 @@ def test_label_only_augmentation_attack_reads_labels_only_and_separates_memorise
     assert np.ptp(hard_result.scores) > 0 and hard_result.threshold is not None
 
 
+def test_loss_augment_is_the_loss_attack_without_augmentation_and_reads_every_view_with_it(overfit_setup):
+    """loss-augment: with no augmentation in the recipe its one view is the plain one (the loss
+    attack's scores exactly); `views: dihedral` queries all eight views (on this model, trained
+    without augmentation, the rotated views are ones it never fitted: no better than chance —
+    which is why the default follows the recipe; bench/augment_aware.yaml measures it with one)."""
+    from fedmia.attacks import ATTACKS
+
+    scenario, plan, transcript = overfit_setup
+    spec = type(scenario.attacks[0])
+    plain = scenario.model_copy(update={"attacks": [spec(name="loss"), spec(name="loss-augment")]})
+    results = run_attacks(plain, adversary_view(plain, transcript))
+    np.testing.assert_allclose(results["loss-augment"].scores, results["loss"].scores)
+    view = adversary_view(plain, transcript)
+    attack = ATTACKS.get("loss-augment")(ATTACKS.get("loss-augment").Params(views="dihedral"))
+    assert len(attack.views(view)) == 8
+    attack.fit(view)
+    scores = attack.score(view, plan.targets)
+    assert scores.shape == (len(plan.targets),) and np.isfinite(scores).all() and attack.threshold is not None
+    assert not np.allclose(scores, results["loss"].scores)  # the other seven views count
+
+
 BLACK_BOX = [{"name": n} for n in ("loss", "entropy", "confidence", "max-softmax", "modified-entropy", "qmia",
                                    "label-augment")] + [
     {"name": n, "models": 2, "epochs": 2} for n in

@@ -3,10 +3,12 @@
 
 The adversary trains K reference models with the victim's recipe, each on a random half of the
 records it holds (its population plus the target list — it knows which reference model saw
-which record, not what the victim saw). `training: central` (the default): one model on the
-half, for rounds × local_epochs epochs, the federation's optimiser, learning rate and batch size.
-`training: federated`: the half split over the federation's clients, its rounds of the clients'
-own local training and FedAvg (`federated_training`) — the same number of gradient steps.
+which record, not what the victim saw). `training: federated` (the default since 2026-12-05:
+every measurement found it the stronger adversary, docs/threat-models.md): the half split over
+the federation's clients, its rounds of the clients' own local training and FedAvg
+(`federated_training`). `training: central`: one model on the half, for rounds × local_epochs
+epochs, the federation's optimiser, learning rate and batch size — the same number of gradient
+steps.
 
 Reference models are cached on disk, keyed by everything that determines them (data, recipe,
 seed, index, how they were trained): a second run or sweep point with the same settings trains
@@ -70,9 +72,10 @@ class ReferenceParams(BaseModel):
     gamma: float = Field(1.0, gt=0, description="RMIA: a population record z counts if LR(x)/LR(z) >= gamma")
     epochs: int | None = Field(None, ge=1, description="central training: default rounds x local_epochs")
     training: Literal["central", "federated"] = Field(
-        "central", description="central: each reference model trains alone for rounds x local epochs; "
-        "federated: as the federation trains — its records split over the clients a round samples, the "
-        "scenario's rounds of the clients' own local training (local defenses included) and FedAvg")
+        "federated", description="federated (default: the stronger adversary in every measurement): as the "
+        "federation trains — its records split over the clients a round samples, the scenario's rounds of the "
+        "clients' own local training (local defenses included) and FedAvg; central: each reference model trains "
+        "alone for rounds x local epochs")
     calibrate: bool = Field(True, description="LiRA: centre each model's φ on its OUT population records")
 
 
