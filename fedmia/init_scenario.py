@@ -23,7 +23,8 @@ MAX_COLOURS = 64  # more distinct mask colours than this is no colour code (JPEG
 FIRST_AUDIT_SIZE = 128  # largest image_size a first audit uses: it trains on CPUs in minutes
 MANY_SLICES = 2000  # above this, a first audit keeps only the slices with foreground
 LISTING = "dataset.json"  # the Medical Segmentation Decathlon's list of image/label pairs
-LEVELS = (0.001, 0.01, 0.1)  # TPR at these FPRs where the non-member targets allow ten false positives
+LEVELS = (0.001, 0.01, 0.1)
+CT_WINDOW = (-160, 240)  # Hounsfield units: the abdominal soft-tissue window (width 400, level 40)  # TPR at these FPRs where the non-member targets allow ten false positives
 
 
 def _layout(root: Path) -> tuple[str, str]:
@@ -55,6 +56,8 @@ def inspect_folder(path: str | Path) -> dict:
     unpaired: list[str] = []
     if (root / LISTING).is_file():  # the Decathlon's own list of valid pairs: stray files never read
         options["listing"] = LISTING
+        listed = {image.name for _, image, _ in folder_pairs(options)}
+        unpaired = [str(path) for path in unpaired_images(options) if path.name not in listed]  # named, not read
     else:
         unpaired = [str(path) for path in unpaired_images(options)]
         if unpaired:  # skipped and named, not a stop: one scan without its label is common
@@ -62,7 +65,19 @@ def inspect_folder(path: str | Path) -> dict:
     pairs = folder_pairs(options)
     found = _inspect_volumes(pairs) if is_volume(pairs[0][1]) else _inspect_images(pairs)
     return {"path": str(root.resolve()), "images": images, "masks": masks, "listing": options.get("listing"),
-            "unpaired": unpaired, **found}
+            "unpaired": unpaired, "modality": _listed_modality(root), **found}
+
+
+def _listed_modality(root: Path) -> str | None:
+    """The scans' modality as a Decathlon dataset.json names it ({"modality": {"0": "CT"}}), if any."""
+    import json
+
+    try:
+        modality = json.loads((root / LISTING).read_text()).get("modality")
+    except (OSError, ValueError, AttributeError):
+        return None
+    values = [str(v) for v in modality.values()] if isinstance(modality, dict) else []
+    return values[0] if values else None
 
 
 def _inspect_volumes(pairs) -> dict:
@@ -213,7 +228,11 @@ def scenario_for(info: dict) -> tuple[dict, list[str]]:
     if info.get("listing"):
         options["listing"] = info["listing"]
         why.append(f"the pairs {info['listing']} lists under 'training' (other files are not read)")
-    if info.get("unpaired"):
+    if info.get("unpaired") and info.get("listing"):
+        why.append(f"{len(info['unpaired'])} image(s) without a {'label' if volumes else 'mask'}, not listed and not "
+                   "read: " + ", ".join(Path(p).name for p in info["unpaired"][:10])
+                   + (" ..." if len(info["unpaired"]) > 10 else ""))
+    elif info.get("unpaired"):
         options["unpaired"] = "skip"
         why.append(f"{len(info['unpaired'])} image(s) without a {'label' if volumes else 'mask'}, skipped: "
                    + ", ".join(Path(p).name for p in info["unpaired"][:10]) + (" ..." if len(info["unpaired"]) > 10 else ""))
@@ -222,11 +241,15 @@ def scenario_for(info: dict) -> tuple[dict, list[str]]:
     if info["palette"]:
         options["palette"] = info["palette"]
         why.append(f"colour-coded masks: {len(info['palette'])} colours mapped to classes (check the palette)")
-    if info["high_bit"]:
+    if info["high_bit"] and str(info.get("modality") or "").upper() == "CT":
+        options["window"] = list(CT_WINDOW)
+        why.append(f"CT (dataset.json's modality): Hounsfield units windowed to {list(CT_WINDOW)}, the abdominal "
+                   "soft-tissue window (W400/L40); a per-scan percentile window clips bright lesions into the body")
+    elif info["high_bit"]:
         options["window"] = "percentile"
         why.append("16-bit or float intensities: window 'percentile' maps each "
                    f"{'scan' if volumes else 'image'}'s 1st-99th percentile to 0..1 (for CT, a HU window such "
-                   "as [-100, 400] is better)")
+                   "as [-160, 240] is better)")
     if volumes:
         options["axis"] = 2
         if info["modalities"]:
@@ -236,6 +259,8 @@ def scenario_for(info: dict) -> tuple[dict, list[str]]:
             options["slices"] = "foreground"
             why.append(f"{info['count']} slices: only those with foreground ({info['foreground_slices']}) are kept")
         why.append("a patient is the member: each scan's slices stay with one client; one slice per scan is a target")
+    why.append("recipe: 5 rounds of 5 local epochs, Adam 0.003, Dice + cross-entropy: enough for a model to "
+               "segment; set it to how you train (reference and shadow models follow it)")
     why.append(f"image_size {size}: a power of two within the smallest image (at most {FIRST_AUDIT_SIZE} "
                "for a first audit)")
     # every member and every held-out record (scan) a target, where a first audit has few of them
@@ -251,8 +276,10 @@ def scenario_for(info: dict) -> tuple[dict, list[str]]:
         "data": {"dataset": "folder", "image_size": size, "options": options,
                  "members": members, "heldout": heldout, "population": population, "partition": {"kind": "iid"}},
         "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 3},
-        "federation": {"clients": clients, "rounds": 2, "local_epochs": 2, "batch_size": 8, "lr": 0.001,
-                       "optimizer": "adam"},
+        # enough training that the model segments (a first audit of a model that learnt nothing measures
+        # nothing); Dice + cross-entropy because lesions are a few percent of the pixels
+        "federation": {"clients": clients, "rounds": 5, "local_epochs": 5, "batch_size": 8, "lr": 0.003,
+                       "optimizer": "adam", "loss": "dice+ce"},
         "server": {"strategy": "fedavg"},
         "attacks": ["loss", "modified-entropy", "confidence", "entropy"],
         "evaluation": {"tpr_at_fpr": levels, "ood": [], "targets": {"members": members, "nonmembers": heldout}},

@@ -98,10 +98,12 @@ def test_readme_is_short():
 
 
 def test_readme_quick_start_keeps_the_ci_commands():
-    """.ci/run runs the README's install and test commands."""
+    """.ci/run runs the README's install and test commands: every test, the slow set included."""
     commands = [line.split("#")[0].strip() for block in _bash_blocks(README.read_text()) for line in block]
     assert 'pip install -e ".[dev]"' in commands
-    assert "pytest" in commands
+    assert "pytest && pytest -m slow" in commands
+    ci = [line.strip() for line in (README.parent / ".ci" / "run").read_text().splitlines()]
+    assert 'pip install -e ".[dev]"' in ci and "pytest" in ci and "pytest -m slow" in ci
 
 
 # ---------------------------------------------------------------- (c) the docs build

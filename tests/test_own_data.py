@@ -440,7 +440,7 @@ def _decathlon(tmp_path: Path, volumes: int = 16) -> Path:
     (root / "labelsTr" / f"case_{volumes - 1:03d}.nii.gz").unlink()  # an image without its label
     training = [{"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"}
                 for i in range(volumes - 1)]
-    (root / "dataset.json").write_text(json.dumps({"name": "Spleen", "training": training}))
+    (root / "dataset.json").write_text(json.dumps({"name": "Spleen", "modality": {"0": "CT"}, "training": training}))
     return root
 
 
@@ -511,12 +511,13 @@ def test_a_decathlon_folder_goes_init_validate_run_and_its_model_learns(tmp_path
     scenario unchanged: the unlabelled image named and left out, a model that learns (it once
     reported on a model with Dice 0.000), and no "learnt nothing" warning."""
     root = _decathlon(tmp_path)
-    (root / "dataset.json").unlink()  # the unpaired image must then be named
     scenario = tmp_path / "audit.yaml"
     made = subprocess.run([*CLI, "init", str(root), "--out", str(scenario)], capture_output=True, text=True,
                           timeout=120)
     assert made.returncode == 0, made.stderr
-    assert "case_015.nii.gz" in scenario.read_text()
+    written = yaml.safe_load(scenario.read_text())
+    assert written["data"]["options"]["listing"] == "dataset.json" and written["data"]["options"]["window"] == [-160, 240]
+    assert "without a label, not listed and not read: case_015.nii.gz" in scenario.read_text()  # named
     checked = subprocess.run([*CLI, "validate", str(scenario)], capture_output=True, text=True, timeout=120)
     assert checked.returncode == 0, checked.stderr
     out = tmp_path / "run"
