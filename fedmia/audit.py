@@ -143,6 +143,7 @@ def plan(scenario: Scenario, what_if: list[tuple[str, dict]] = (), source: str =
             if row.why_not is not None:
                 continue
             raw = model.derive(dset.scenario)
+            raw["attacks"] = raw["attacks"] + adaptive_specs(dset.scenario, name, raw["attacks"])
             try:
                 parse_scenario(raw, name)
             except ScenarioError as error:
@@ -166,6 +167,38 @@ def plan(scenario: Scenario, what_if: list[tuple[str, dict]] = (), source: str =
         group.scenario = parse_scenario(raw, joined)
         group.folder = Path(out_dir) / "runs" / _slug(group.defense) / joined
     return rows, list(groups.values()), sets
+
+
+def active_defenses(scenario: Scenario):
+    from fedmia.defenses import active
+
+    return active(scenario)
+
+
+def adaptive_specs(scenario: Scenario, threat_model: str, attacks: list[dict]) -> list[dict]:
+    """The attacks the scenario's defenses declare against themselves (`Defense.adaptive_attacks`)
+    that this threat model runs — black-box ones by the black-box adversary, white-box ones by
+    the client-updates one — and it does not already."""
+    from fedmia.attacks import ATTACKS
+    from fedmia.defenses import active
+
+    reads = {"black-box": "black-box", "client-updates": "white-box"}.get(threat_model)
+    have = {spec.get("label") or spec["name"] for spec in attacks}
+    out = []
+    for defense in active(scenario):
+        for name in defense.adaptive_attacks:
+            if name not in have and ATTACKS.get(name).access == reads:
+                out.append({"name": name})
+                have.add(name)
+    return out
+
+
+def untested_defenses(scenario: Scenario) -> list[str]:
+    """Keys of the scenario's defenses that declare no attack designed against them: a verdict on
+    them rests only on adversaries who ignore them."""
+    from fedmia.defenses import active
+
+    return [defense.key for defense in active(scenario) if not defense.adaptive_attacks]
 
 
 # ---------------------------------------------------------------- the gate
@@ -428,6 +461,8 @@ def summarise_rows(rows: list[Row], sets: list[DefenseSet], seeds: int, levels: 
             "wall_s": [_num((m.get("timing") or {}).get("wall_s")) for m in per_seed],
             "federation": "+".join(group.threat_models), "strategy": group.scenario.server.strategy,
             "defenses": group.scenario.defenses.keys(),
+            "untested_defenses": untested_defenses(group.scenario),
+            "adaptive": [a for d in active_defenses(group.scenario) for a in d.adaptive_attacks if a in attacks],
         })
     return out
 
@@ -639,7 +674,7 @@ img{max-width:100%;height:auto}figure img{max-width:min(560px,100%)}code{backgro
 p,li,figcaption{overflow-wrap:anywhere}
 table{display:block;max-width:100%;overflow-x:auto}td.words{min-width:16em}figure{margin:1em 0}
 ul.headline{list-style:none;padding:0}ul.headline li{padding:.4em .7em;margin:.3em 0;border-left:5px solid #999;background:#fafafa}
-ul.headline li.leaks{border-color:#c62828}ul.headline li.unclear{border-color:#e6a100}ul.headline li.none{border-color:#1a7f37}
+.untested{color:#b35c00}ul.headline li.leaks{border-color:#c62828}ul.headline li.unclear{border-color:#e6a100}ul.headline li.none{border-color:#1a7f37}
 @media (max-width:600px){body{margin:.5em auto;padding:0 .5em}h1{font-size:1.3em}table{font-size:.8em}td.words{min-width:12em}}
 @media print{body{max-width:none;margin:0;font-size:10pt}h2{page-break-after:avoid}table,img,figure{page-break-inside:avoid}
 a{color:inherit;text-decoration:none}}
@@ -735,6 +770,11 @@ def render_html(rows: list[dict], verdicts: list[dict], ctx: dict, groups: list[
             continue
         figs = r["attacks"][r["strongest"]]
         star = " ★" if best_defense.get(r["threat_model"], (None,))[0] == r["defense"] and len(ctx["defense_sets"]) > 1 else ""
+        if r.get("untested_defenses"):  # a verdict on a defense no adversary who knows it was tried against
+            star += (f' <span class="untested">⚠ not tested against an adversary who knows it '
+                     f'({e(", ".join(r["untested_defenses"]))})</span>')
+        if r.get("adaptive"):
+            star += f' <span class="note">(adaptive: {e(", ".join(r["adaptive"]))})</span>'
         parts.append(f'<tr><td>{e(r["threat_model"])}</td><td>{e(label)}{star}</td><td>{e(r["strongest"])}</td>'
                      f'<td class=num>{_fig_text(figs.get("auc"))}</td><td class=num>{_fig_text(figs.get(f"tpr_at_fpr.{one}"))}</td>'
                      f'<td class=num>{_fig_text(r.get("dice"))}</td></tr>')

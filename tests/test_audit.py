@@ -136,6 +136,42 @@ def test_report_answers_first_and_reads_at_420_px(audited, tmp_path):
     assert layout["tallest"] < 200, layout
 
 
+def test_defenses_declare_their_adaptive_attacks_and_the_audit_runs_them(tmp_path):
+    """A defense declares the attacks designed against it (output hardening: label-augment, which
+    reads label maps); the audit adds them to the threat model that can run them wherever the
+    defense is used, and lists the defenses that declare none."""
+    scenario = parse_scenario(SCENARIO, "tiny")
+    what_if = [("argmax", {"output": {"mode": "argmax"}}), ("smooth", {"label_smoothing": {"epsilon": 0.1}})]
+    rows, groups, _ = audit.plan(scenario, what_if, "tiny", tmp_path / "out")
+    by = {(r.threat_model, r.defense): r for r in rows}
+    assert "label-augment" in by[("black-box", "argmax")].attacks
+    assert "label-augment" not in by[("black-box", "scenario")].attacks  # no defense, nothing to adapt to
+    assert "label-augment" not in by[("client-updates", "argmax")].attacks  # it reads the served model only
+    argmax = next(g for g in groups if g.defense == "argmax")
+    assert audit.untested_defenses(argmax.scenario) == []
+    smooth = next(g for g in groups if g.defense == "smooth")
+    assert audit.untested_defenses(smooth.scenario) == ["label_smoothing"]
+
+
+def test_a_defense_verdict_resting_only_on_non_adaptive_attacks_is_marked(audited):
+    """The report marks a defense set whose defenses no adversary who knows them was tried against,
+    and names the adaptive attacks that ran where there were some."""
+    import copy
+
+    data = json.loads((audited["out"] / "audit.json").read_text())
+    rows, verdicts = data.pop("rows"), data.pop("verdicts")
+    base = next(r for r in rows if r["threat_model"] == "black-box" and r["applies"])
+    smooth, argmax = copy.deepcopy(base), copy.deepcopy(base)
+    smooth.update(defense="smooth", defenses=["label_smoothing"], untested_defenses=["label_smoothing"], adaptive=[])
+    argmax.update(defense="argmax", defenses=["output"], untested_defenses=[], adaptive=["label-augment"])
+    sets = data["defense_sets"] + [{"label": "smooth", "defenses": ["label_smoothing"]},
+                                   {"label": "argmax", "defenses": ["output"]}]
+    page = audit.render_html(rows + [smooth, argmax], verdicts, {**data, "defense_sets": sets}, [])
+    assert "⚠ not tested against an adversary who knows it (label_smoothing)" in page
+    assert "(adaptive: label-augment)" in page
+    assert page.count("not tested against an adversary who knows it") == 1  # not on the undefended rows
+
+
 def test_headline_says_leaks_unclear_or_nothing_measurable():
     def row(tpr_low, auc_low):
         figs = {"tpr_at_fpr.0.001": {"mean": 0.4, "low": tpr_low, "high": 0.6},

@@ -47,6 +47,11 @@ class Defense:
     hides_client_updates: ClassVar[bool] = False
     # the model the federation trains has no BatchNorm (models' `norm: auto` asks every defense)
     needs_group_norm: ClassVar[bool] = False
+    # Registered attacks designed against this defense — an adversary who knows it (Carlini et al.
+    # 2019; Tramèr et al. 2020: defenses that held against fixed attacks fell to adaptive ones).
+    # `fedmia audit` runs them wherever the scenario uses the defense; a defense that declares none
+    # has every verdict marked "not tested against an adversary who knows it".
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ()
 
     @property
     def audited_client(self) -> int | None:

@@ -29,6 +29,9 @@ class OutputParams(Params):
 @register_defense("output", acts_on="query")
 class OutputHardening(Defense):
     Params = OutputParams
+    # label maps (argmax, top-k) are what label-only attacks read: label-augment scores a record by
+    # its label map under flips, shifts and noise (Choquette-Choo et al. 2021)
+    adaptive_attacks = ("label-augment",)
 
     def describe(self) -> str:
         return f"output: {self.params.mode}"
