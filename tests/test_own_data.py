@@ -578,3 +578,30 @@ def test_a_plain_smp_unet_with_one_output_is_audited_through_init_for_model(tmp_
     targets = metrics["setup"]["targets"]
     assert targets["members"] == len(list((trainer / "images").iterdir())) and targets["nonmembers"] > 0
     assert 0 <= metrics["attacks"]["loss"]["auc"] <= 1
+
+
+def test_audit_model_refuses_a_checkpoint_it_cannot_audit_before_writing_anything(tmp_path):
+    """A one-output (sigmoid) checkpoint under a scenario that does not say `head: sigmoid` failed
+    late (exit 1, a folder left with only scenario.yaml, the next try refused, `--force` moving a
+    finished run aside first). Now: exit 2 naming the fix, and the run folder untouched."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from fedmia.cli import app
+
+    root = _decathlon(tmp_path)
+    scenario_file = tmp_path / "model-audit.yaml"
+    assert CliRunner().invoke(app, ["init", str(root), "--for-model", "--out", str(scenario_file)]).exit_code == 0
+    raw = yaml.safe_load(scenario_file.read_text())
+    raw["model"].pop("head")  # as a hand-written scenario would forget it
+    scenario_file.write_text(yaml.safe_dump(raw))
+    torch.save(smp.Unet(encoder_name="resnet18", encoder_weights=None, in_channels=1, classes=1).state_dict(),
+               tmp_path / "trained.pt")
+    finished = tmp_path / "run"
+    finished.mkdir()
+    (finished / "keep.txt").write_text("an earlier run's file")
+    result = CliRunner().invoke(app, ["audit-model", str(tmp_path / "trained.pt"), str(scenario_file), "--out",
+                                      str(finished), "--force"])
+    assert result.exit_code == 2, result.output
+    assert "set model.head: sigmoid" in " ".join(result.stderr.split())
+    assert sorted(p.name for p in finished.iterdir()) == ["keep.txt"]  # nothing written, nothing moved aside
