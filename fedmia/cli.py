@@ -1,4 +1,5 @@
-"""`fedmia` command line: run, validate, list.
+"""`fedmia` command line: init, validate, run, audit, audit-model, compare, replicate, sweep,
+deploy-local, deploy, manifest, evaluate, credentials, schema, describe, list (`fedmia --help`).
 
 Scenario problems print as `FILE: key.path: message` on stderr and exit with code 2 — never a
 traceback — so a typo costs seconds, not a failed overnight run.
