@@ -1,0 +1,46 @@
+"""The release gate's verdicts (`fedmia.audit.judge`) and the headline, from rows built by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedmia import audit
+
+
+def _row(threat_model="black-box", mean=0.7, low=0.6, high=0.8, applies=True, defense="scenario"):
+    figs = {"auc": {"mean": mean, "low": low, "high": high},
+            "tpr_at_fpr.0.01": {"mean": 0.2, "low": 0.05, "high": 0.35}, "_targets": {"members": 100, "nonmembers": 1000}}
+    return {"threat_model": threat_model, "defense": defense, "applies": applies,
+            "why_not": None if applies else "SecAgg+ is off", "attacks": {"loss": figs} if applies else {},
+            "strongest": "loss" if applies else None}
+
+
+@pytest.mark.parametrize("ceiling, on, status", [(0.9, "upper", "pass"), (0.75, "upper", "fail"), (0.75, "point", "pass"),
+                                                 (0.7, "point", "pass"), (0.69, "point", "fail")])
+def test_a_ceiling_judged_on_the_upper_end_or_on_the_point(ceiling, on, status):
+    """The upper end of the interval by default (0.8 here), the mean with `--gate-on point` (0.7);
+    a value equal to its ceiling passes."""
+    (verdict,) = audit.judge([_row()], {"all": {"auc": ceiling}}, on, seeds=3)
+    assert verdict["status"] == status and verdict["attack"] == "loss"
+    assert verdict["value"] == (0.8 if on == "upper" else 0.7)
+
+
+def test_a_threat_model_that_does_not_apply_is_not_judged():
+    (verdict,) = audit.judge([_row(applies=False)], {"all": {"auc": 0.5}}, "upper", seeds=3)
+    assert verdict["status"] == "not applicable" and verdict["why"] == "SecAgg+ is off"
+
+
+def test_a_threat_models_own_ceiling_overrides_all_and_what_if_rows_are_not_gated():
+    rows = [_row(), _row("trap-weights", mean=0.99, low=0.98, high=1.0), _row(defense="argmax", mean=0.99, high=1.0)]
+    verdicts = audit.judge(rows, {"all": {"auc": 0.9}, "trap-weights": {"auc": 1.0}}, "upper", seeds=3)
+    assert [(v["threat_model"], v["status"]) for v in verdicts] == [("black-box", "pass"), ("trap-weights", "pass")]
+
+
+def test_a_metric_no_attack_reported_is_said():
+    (verdict,) = audit.judge([_row()], {"all": {"balanced_accuracy": 0.6}}, "upper", seeds=3)
+    assert verdict["status"] == "no figure"
+
+
+def test_the_headline_reads_the_lowest_fpr_level():
+    kind, words = audit.headline(_row(), "0.01")
+    assert kind == "leaks" and "identifies 20.0% of training patients" in words and "1 false accusation in 100" in words
