@@ -73,7 +73,13 @@ def _check_data_or_exit(path: Path, parsed, *, sites_here: bool = False) -> None
 
     where = "data"
     try:
-        build_plan(parsed)
+        plan = build_plan(parsed)
+        if parsed.model.init is not None:  # the checkpoint against the data's channels and classes
+            from fedmia.models import scenario_model
+
+            where = "model"
+            scenario_model(parsed, plan.info)
+            where = "data"
         if sites_here:
             where = "data.sites"
             check_site_folders(parsed)

@@ -338,3 +338,19 @@ def test_reference_models_train_with_the_recipe():
         models.append(get_weights(model))
     for other in models[1:]:
         assert any(not np.array_equal(a, b) for a, b in zip(models[0], other))
+
+
+def test_validate_refuses_a_checkpoint_whose_head_the_scenario_misdescribes(write_scenario, tmp_path):
+    """`validate` said ok to a one-logit checkpoint under a two-class head, and the run failed
+    later: the checkpoint is now built against the data's channels and classes at validation."""
+    from typer.testing import CliRunner
+
+    from fedmia.cli import app
+
+    one_logit = build_model(ModelSpec(encoder_depth=2, head="sigmoid"), in_channels=1, num_classes=2, seed=0)
+    torch.save(one_logit.state_dict(), tmp_path / "sigmoid.pt")
+    wrong = write_scenario({"model": {"init": str(tmp_path / "sigmoid.pt")}})
+    result = CliRunner().invoke(app, ["validate", str(wrong)])
+    assert result.exit_code == 2 and "set model.head: sigmoid" in " ".join(result.stderr.split()), result.output
+    right = write_scenario({"model": {"init": str(tmp_path / "sigmoid.pt"), "head": "sigmoid"}}, name="right.yaml")
+    assert CliRunner().invoke(app, ["validate", str(right)]).exit_code == 0
