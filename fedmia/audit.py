@@ -441,6 +441,7 @@ def summarise_rows(rows: list[Row], sets: list[DefenseSet], seeds: int, levels: 
                     figs[metric] = fig
             first = next(r for r in rows_of if r is not None)
             figs["_targets"] = {"members": first.get("n_members"), "nonmembers": first.get("n_nonmembers"),
+                                "levels": list(levels),
                                 "false_positives_allowed": first.get("false_positives_allowed", {}),
                                 "low_n_levels": sorted({lv for r in rows_of if r for lv in r.get("low_n_levels", [])})}
             figs["_ood"] = {which: {s: _mean([((m.get(which) or {}).get(attack) or {}).get(s) for m in per_seed])
@@ -563,26 +564,37 @@ def _fig_text(fig: dict | None, digits: int = 3) -> str:
 
 def headline(row: dict, level: str) -> tuple[str, str]:
     """("leaks" | "unclear" | "none" | "na", one sentence): whether this threat model leaks, with
-    or without a gate. It leaks when the strongest attack's TPR at `level` (the lowest FPR the
-    scenario reports) is above `level` even at its interval's lower end — more patients named
+    or without a gate. It leaks when the strongest attack's TPR at the lowest FPR level its
+    non-member count supports (ten false positives allowed: `level`, or a higher level the
+    scenario reports) is above that level even at its interval's lower end — more patients named
     than false accusations made; "unclear" when only the AUC is above chance at its lower end;
-    else nothing is measurable at this sample size (which is not "safe")."""
+    else nothing is measurable at this sample size (which is not "safe"). A model that learnt
+    nothing (Dice below 0.05) is said instead: its figures measure nothing."""
+    from fedmia.evaluation.report import LEARNT_NOTHING_DICE
+
     if not row["applies"]:
         return "na", f"does not apply: {row['why_not']}"
     best = row.get("strongest")
     if best is None:
         return "na", "no attack produced a figure"
+    dice = (row.get("dice") or {}).get("mean")
+    if dice is not None and dice < LEARNT_NOTHING_DICE:
+        return "na", f"the model learnt nothing (Dice {dice:.2f}): these figures do not measure leakage"
     figs = row["attacks"][best]
-    tpr, auc, targets = figs.get(f"tpr_at_fpr.{level}"), figs.get("auc"), figs.get("_targets", {})
-    words = _level_words(level)
-    if tpr and tpr["mean"] is not None and (tpr["low"] if tpr["low"] is not None else tpr["mean"]) > float(level):
+    auc, targets = figs.get("auc"), figs.get("_targets", {})
+    # the lowest FPR level the non-member count supports (ten false positives allowed), else none
+    supported = [lv for lv in sorted([level, *targets.get("levels", [])], key=float)
+                 if lv not in targets.get("low_n_levels", [])]
+    tpr = figs.get(f"tpr_at_fpr.{supported[0]}") if supported else None
+    if tpr and tpr["mean"] is not None and (tpr["low"] if tpr["low"] is not None else tpr["mean"]) > float(supported[0]):
         interval = f" (95% interval {_pct(tpr['low'])} to {_pct(tpr['high'])})" if tpr["low"] is not None else ""
-        flagged = " †" if level in targets.get("low_n_levels", []) else ""
         return "leaks", (f"leaks: an adversary ({best}) identifies {_pct(tpr['mean'])} of training patients{interval} "
-                         f"at {words}{flagged}")
+                         f"at {_level_words(supported[0])}")
+    at = (f"at {_level_words(supported[0])}" if supported else
+          f"at a low false-positive rate ({targets.get('nonmembers', '?')} non-members are too few to measure one)")
     if auc and auc["mean"] is not None and (auc["low"] if auc["low"] is not None else auc["mean"]) > 0.5:
         return "unclear", (f"leaks on average (AUC {_fig_text(auc)} with {best}), but identifies no share of "
-                           f"training patients reliably at {words}")
+                           f"training patients reliably {at}")
     return "none", (f"no leakage measurable at this sample size ({targets.get('members', '?')} members, "
                     f"{targets.get('nonmembers', '?')} non-members): not evidence of safety")
 

@@ -44,3 +44,18 @@ def test_a_metric_no_attack_reported_is_said():
 def test_the_headline_reads_the_lowest_fpr_level():
     kind, words = audit.headline(_row(), "0.01")
     assert kind == "leaks" and "identifies 20.0% of training patients" in words and "1 false accusation in 100" in words
+
+
+def test_the_headline_uses_the_lowest_level_its_non_members_support_and_says_a_model_learnt_nothing():
+    """With 12 non-members no TPR at 0.1% or 1% FPR is measurable (it once read "identifies 33% at 1
+    false accusation in 1,000" on twelve non-members): the AUC is what it can say."""
+    row = _row()
+    row["attacks"]["loss"]["_targets"].update(nonmembers=12, levels=["0.001", "0.01"], low_n_levels=["0.001", "0.01"])
+    kind, words = audit.headline(row, "0.001")
+    assert kind == "unclear" and "12 non-members are too few to measure one" in words
+    row["attacks"]["loss"]["_targets"].update(low_n_levels=["0.001"])
+    kind, words = audit.headline(row, "0.001")
+    assert kind == "leaks" and "1 false accusation in 100" in words
+    row["dice"] = {"mean": 0.02, "low": 0.0, "high": 0.04}
+    assert audit.headline(row, "0.001") == ("na", "the model learnt nothing (Dice 0.02): these figures do not "
+                                                  "measure leakage")
