@@ -657,14 +657,18 @@ def plot_matrix(rows: list[dict]) -> str | None:
     ax = fig.add_subplot()
     xs = [v for r in points for v in (r["dice"]["low"], r["dice"]["mean"], r["dice"]["high"]) if v is not None]
     middle = (min(xs) + max(xs)) / 2
+    stacked: dict[tuple[float, float], int] = {}
     for r in points:
         auc, dice = r["attacks"][r["strongest"]]["auc"], r["dice"]
         xerr = [[dice["mean"] - dice["low"]], [dice["high"] - dice["mean"]]] if dice["low"] is not None else None
         yerr = [[auc["mean"] - auc["low"]], [auc["high"] - auc["mean"]]] if auc["low"] is not None else None
         ax.errorbar(dice["mean"], auc["mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, markersize=4)
         right = dice["mean"] > middle  # labels point inwards, so none runs off the plot's edge
+        spot = (round(dice["mean"], 3), round(auc["mean"], 3))
+        stacked[spot] = stacked.get(spot, -1) + 1  # labels of points that coincide are stacked, not overprinted
         ax.annotate(f"{r['threat_model']} / {r['defense']}", (dice["mean"], auc["mean"]), fontsize=7,
-                    xytext=(-4 if right else 4, 4), textcoords="offset points", ha="right" if right else "left")
+                    xytext=(-4 if right else 4, 4 + 9 * stacked[spot]), textcoords="offset points",
+                    ha="right" if right else "left")
     # scaled to the data, with room for the labels: at least 0.05 of Dice around the points
     span = max(max(xs) - min(xs), 0.05)
     ax.set_xlim(middle - 0.65 * span, middle + 0.65 * span)

@@ -82,7 +82,10 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
             backend_config=backend_config(scenario), verbose_logging=verbose)
         try:
             result.ended.wait()  # the server app's end: the transcript is complete
-        except BaseException:  # Ctrl-C lands here, not in Flower's thread: stop Ray ourselves
+        except BaseException:  # Ctrl-C, SIGTERM land here, not in Flower's thread: stop Ray ourselves
+            # Flower's thread then sees its actors die and logs each as an error with a traceback;
+            # the stop is ours and said in one line (fedmia.stopping), so its logger is silenced first
+            logging.getLogger("flwr").disabled = True
             ray.shutdown()  # (the rounds done so far are checkpointed: `fedmia run --resume`)
             raise
     try:
