@@ -1,0 +1,1 @@
+"""segapp: a Flower app for federated binary lesion segmentation (Message API)."""
