@@ -90,7 +90,8 @@ def _check_data_or_exit(path: Path, parsed, *, sites_here: bool = False) -> None
 
 @app.command()
 def init(
-    data_dir: Path = typer.Argument(..., help="a folder of your scans: images/ + masks/, or imagesTr/ + labelsTr/ (NIfTI)"),
+    data_dir: Path = typer.Argument(..., help="a folder of your scans: images/ + masks/, or imagesTr/ + labelsTr/ (NIfTI), "
+                                    "or a sites/<name>/ + auditor/ layout"),
     out_file: Path = typer.Option(Path("my-audit.yaml"), "--out", help="the scenario file to write"),
     force: bool = typer.Option(False, "--force", help="overwrite the scenario file if it exists"),
     for_model: bool = typer.Option(False, "--for-model", help="for a model you train yourself: split the folder "
@@ -100,10 +101,12 @@ def init(
                                           "(default: NAME-audit beside the scenario file)"),
 ) -> None:
     """Inspect a folder of scans (count, sizes, channels, classes, volumes) and write a first scenario for it."""
-    from fedmia.init_scenario import write_model_audit, write_scenario
+    from fedmia.init_scenario import is_site_layout, write_layout_scenario, write_model_audit, write_scenario
 
     try:
-        if for_model:
+        if is_site_layout(data_dir):  # sites/<name>/ and auditor/: the multi-site scenario audit-model reads
+            _, next_commands = write_layout_scenario(data_dir, out_file, overwrite=force)
+        elif for_model:
             _, next_commands = write_model_audit(data_dir, out_file, layout, overwrite=force)
         else:
             _, next_commands = write_scenario(data_dir, out_file, overwrite=force)

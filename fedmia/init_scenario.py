@@ -353,10 +353,6 @@ def write_model_audit(path: str | Path, out: str | Path, layout: str | Path | No
     import os
     import shutil
 
-    import yaml
-
-    from fedmia.io import write_text_atomic
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists; choose another --out or remove it")
@@ -401,26 +397,65 @@ def write_model_audit(path: str | Path, out: str | Path, layout: str | Path | No
     place(parts["test"], root / "auditor" / "test")
     unit = "scans" if info["layout"] == "volumes" else "images"
     members, outside = len(parts["trainer"]), len(parts["outside"])
+    note = (f"# {root}: sites/trainer ({members} {unit}: train on these only), auditor/targets (those {members} "
+            f"and {outside} never trained on), auditor/population ({len(parts['population'])}), "
+            f"auditor/test ({len(parts['test'])})")
+    text, commands = write_layout_scenario(root, out, overwrite=True, options=options, name=base["name"] + "-model",
+                                           recipe=base["federation"], why=[note, *(f"# {line}" for line in why
+                                                                                  if not line.startswith("split by"))],
+                                           nonmembers=outside)
+    return text, [f"# train your model on {trainer} (images/, masks/) and save its state dict as trained.pt", *commands]
+
+
+def is_site_layout(path: str | Path) -> bool:
+    """A folder laid out for a multi-site audit: `sites/<name>/` per site and the auditor's
+    `auditor/targets`, `auditor/population`, `auditor/test` (what `init --for-model` writes)."""
+    root = Path(path).expanduser()
+    return (root / "sites").is_dir() and all((root / "auditor" / k).is_dir() for k in ("targets", "population", "test"))
+
+
+def write_layout_scenario(path: str | Path, out: str | Path, *, overwrite: bool = False, options: dict | None = None,
+                          name: str | None = None, recipe: dict | None = None, why: list[str] | None = None,
+                          nonmembers: int | None = None) -> tuple[str, list[str]]:
+    """The multi-site scenario for a sites/auditor layout (`is_site_layout`): one client per site
+    folder, the auditor's folders, a plain smp.Unet described as its library builds it
+    (`head: sigmoid` for binary masks, smp's classes=1) — what `fedmia audit-model` and a
+    simulated multi-site `fedmia run` read. The folder options come from the first site."""
+    import yaml
+
+    from fedmia.io import write_text_atomic
+
+    root = Path(path).expanduser().resolve()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another --out or remove it")
+    sites = sorted(p for p in (root / "sites").iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not sites:
+        raise ValueError(f"{root / 'sites'}: no site folder (expected sites/<name>/ with images/ and masks/)")
+    info = inspect_folder(sites[0])
+    base, lines = scenario_for(info)
+    if options is None:
+        options = {k: v for k, v in base["data"]["options"].items() if k not in ("path", "listing", "unpaired")}
+        if options.get("images") == "images" and options.get("masks") == "masks":
+            options = {k: v for k, v in options.items() if k not in ("images", "masks")}
+    targets = len(list((root / "auditor" / "targets" / options.get("images", "images")).iterdir()))
+    outside = nonmembers or max(1, targets // 2)  # members are unknown until the sites' manifests
     levels = [f for f in LEVELS if outside * f >= 10] or [next((f for f in (0.1, 0.2, 0.5) if outside * f >= 1), 0.5)]
     binary = info["mask_mode"] == "binary"
     scenario = {
-        "name": base["name"] + "-model",
-        "description": f"audit of a model trained on {trainer} ({members} {unit}), outside fedmia",
+        "name": name or _name(root),
+        "description": f"audit of a model trained at {len(sites)} site(s) ({', '.join(s.name for s in sites)})",
         "seed": 0,
         "data": {"dataset": "folder", "image_size": base["data"]["image_size"], "options": options,
-                 "sites": [{"name": "trainer", "path": str(trainer.resolve())}],
-                 "auditor": {k: str((root / "auditor" / k).resolve()) for k in ("targets", "population", "test")}},
+                 "sites": [{"name": site.name, "path": str(site)} for site in sites],
+                 "auditor": {k: str(root / "auditor" / k) for k in ("targets", "population", "test")}},
         "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 5, **({"head": "sigmoid"} if binary else {})},
-        "federation": {**base["federation"], "clients": 1},
+        "federation": {**(recipe or base["federation"]), "clients": len(sites)},
         "attacks": base["attacks"],
         "evaluation": {"tpr_at_fpr": levels, "ood": []},
     }
-    lines = [line for line in why if not line.startswith("split by")]
-    header = ["# Written by `fedmia init --for-model`: audit a model you train on the trainer folder.",
-              f"# {root}: sites/trainer ({members} {unit}: train on these only), auditor/targets (those {members} "
-              f"and {outside} never trained on), auditor/population ({len(parts['population'])}), "
-              f"auditor/test ({len(parts['test'])})",
-              *(f"# {line}" for line in lines),
+    header = ["# Written by `fedmia init`: audit a model trained at the site folders below, outside fedmia.",
+              *(why if why is not None else [f"# {line}" for line in lines if not line.startswith("split by")]),
               "# model: a plain smp.Unet(encoder_name='resnet18'" + (", classes=1) (sigmoid head)" if binary else ")")
               + "; describe yours (encoder_depth, decoder_channels, head, normalize): docs/own-data.md",
               "# federation: the recipe the model was trained with (reference and shadow models follow it)",
@@ -429,6 +464,6 @@ def write_model_audit(path: str | Path, out: str | Path, layout: str | Path | No
     text = "\n".join(header) + "\n" + yaml.safe_dump(scenario, sort_keys=False, default_flow_style=None, width=100)
     write_text_atomic(out, text)
     manifests = out.parent / "manifests"
-    return text, [f"# train your model on {trainer} (images/, masks/) and save its state dict as trained.pt",
-                  f"fedmia manifest {trainer} --site trainer --out {manifests / 'trainer.json'}",
+    return text, [*(f"fedmia manifest {site} --site {site.name} --out {manifests / (site.name + '.json')}"
+                    for site in sites),
                   f"fedmia audit-model trained.pt {out} --manifests {manifests}"]

@@ -503,6 +503,15 @@ def test_init_for_model_splits_the_folder_for_audit_model(tmp_path):
     assert len(plan.targets) == len(targets)  # one slice per scan
     assert len({scan_of(i) for i in plan.targets.ids}) == len(targets)
 
+    # a sites/auditor layout (this one, or a consortium's own) is read by init, not refused
+    again = tmp_path / "layout.yaml"
+    made = CliRunner().invoke(app, ["init", str(layout), "--out", str(again)])
+    assert made.exit_code == 0, made.output
+    assert "fedmia manifest" in made.output and "--site trainer" in made.output
+    read = load_scenario(again)
+    assert [s.name for s in read.data.sites] == ["trainer"] and read.data.auditor is not None
+    assert read.federation.clients == 1 and read.model.head == "sigmoid"
+
 
 # slow: whole runs; the init logic above is tested without them
 @pytest.mark.slow
