@@ -9,32 +9,50 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, alive, child_pids, stop_pids
 
 APP = REPO / "examples" / "flower-app"
 
 
 # slow: a whole Flower simulation of the app, then a whole audit of its model
 @pytest.mark.slow
-def test_the_example_flower_app_trains_on_its_own_and_its_network_is_audited(tmp_path, stops_its_processes):
+def test_the_example_flower_app_trains_on_its_own_and_its_network_is_audited(tmp_path):
     from fedmia.data.sites import write_example_audit
 
     data = write_example_audit(tmp_path / "data", sites=("consortium",), per_site=24, shared=8, others=12,
                                population=16, test=12, size=(72, 64))
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "SEGAPP_DATA": str(data / "consortium"),
-           "SEGAPP_OUT": str(tmp_path / "final_model.pt"),
-           "PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")])}
-    driver = ("from flwr.simulation import run_simulation\n"
-              "from segapp.client_app import app as client\nfrom segapp.server_app import app as server\n"
-              "run_simulation(server_app=server, client_app=client, num_supernodes=2, backend_config="
-              "{'client_resources': {'num_cpus': 1, 'num_gpus': 0.0}, 'init_args': {'num_cpus': 2}})\n")
-    trained = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=600)
-    assert trained.returncode == 0 and (tmp_path / "final_model.pt").is_file(), trained.stderr[-3000:]
+    # the app on its own, as its users run it: `flwr run` on Flower's local simulation SuperLink
+    bin_dir = str(Path(sys.executable).parent)  # flwr launches `flower-superlink` from PATH
+    home = tmp_path / "flwr-home"
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "FLWR_HOME": str(home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    before = child_pids()
+    try:
+        trained = subprocess.run(
+            [str(Path(bin_dir) / "flwr"), "run", ".", "--stream", "--run-config",
+             f"data-path='{data / 'consortium'}' final-model='{tmp_path / 'final_model.pt'}'",
+             "--federation-config", "num-supernodes=2"],
+            cwd=APP, env=env, capture_output=True, text=True, timeout=600)
+    finally:  # `flwr run` leaves a background SuperLink running: ours by lineage and FLWR_HOME, by PID
+        ours = {p for p in child_pids() - before if alive(p)}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if str(home) in (entry / "cmdline").read_text():
+                        ours.add(int(entry.name))
+                except OSError:
+                    pass
+        ours |= {c for p in ours for c in child_pids(p)}
+        stop_pids(ours)
+        assert not [p for p in ours if alive(p)]
+    assert trained.returncode == 0 and (tmp_path / "final_model.pt").is_file(), \
+        trained.stdout[-3000:] + trained.stderr[-3000:]
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")])}  # the factory
     assert "fedmia" not in (APP / "segapp" / "task.py").read_text().split('"""', 2)[2]  # imports nothing of fedmia
 
     scenario = {"name": "segapp-model", "seed": 0,
