@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,25 @@ def example_plugins(tmp_path_factory):
     finally:
         sys.path.remove(str(target))
         entry_points_of.cache_clear()
+
+
+@contextmanager
+def stops_flwr_run(home: Path):
+    """Around a `flwr run` with FLWR_HOME=`home`: it leaves a background SuperLink (+ SuperExec)
+    running, so on exit ours are found by PID lineage and by `home` in their command line, and
+    stopped by PID."""
+    before = child_pids()
+    try:
+        yield
+    finally:
+        ours = {p for p in child_pids() - before if alive(p)}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if str(home) in (entry / "cmdline").read_text():
+                        ours.add(int(entry.name))
+                except OSError:
+                    pass
+        ours |= {c for p in ours for c in child_pids(p)}
+        stop_pids(ours)
+        assert not [p for p in ours if alive(p)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, alive, child_pids, stop_pids
+from conftest import REPO, stops_flwr_run
 
 APP = REPO / "examples" / "flower-app"
 
@@ -31,25 +31,12 @@ def test_the_example_flower_app_trains_on_its_own_and_its_network_is_audited(tmp
     home = tmp_path / "flwr-home"
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "FLWR_HOME": str(home),
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-    before = child_pids()
-    try:
+    with stops_flwr_run(home):
         trained = subprocess.run(
             [str(Path(bin_dir) / "flwr"), "run", ".", "--stream", "--run-config",
              f"data-path='{data / 'consortium'}' final-model='{tmp_path / 'final_model.pt'}'",
              "--federation-config", "num-supernodes=2"],
             cwd=APP, env=env, capture_output=True, text=True, timeout=600)
-    finally:  # `flwr run` leaves a background SuperLink running: ours by lineage and FLWR_HOME, by PID
-        ours = {p for p in child_pids() - before if alive(p)}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if str(home) in (entry / "cmdline").read_text():
-                        ours.add(int(entry.name))
-                except OSError:
-                    pass
-        ours |= {c for p in ours for c in child_pids(p)}
-        stop_pids(ours)
-        assert not [p for p in ours if alive(p)]
     assert trained.returncode == 0 and (tmp_path / "final_model.pt").is_file(), \
         trained.stdout[-3000:] + trained.stderr[-3000:]
     env = {**env, "PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")])}  # the factory

@@ -16,7 +16,7 @@ from fedmia.runner import run_scenario
 from fedmia.validation import load_scenario
 from fedmia.transcript import Transcript
 
-from conftest import REPO, alive, child_pids, stop_pids
+from conftest import REPO, alive, child_pids, stop_pids, stops_flwr_run
 
 
 def check_run_folder(folder: Path, scenario) -> dict:
@@ -98,30 +98,15 @@ def test_flwr_run_runs_the_same_app(write_scenario, tmp_path):
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "FLWR_HOME": str(tmp_path / "flwr-home"),
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
     flwr = Path(sys.executable).parent / "flwr"
-    before = child_pids()
-    try:
+    with stops_flwr_run(tmp_path / "flwr-home"):
         proc = subprocess.run(
             [str(flwr), "run", ".", "--stream",
              "--run-config", f"scenario='{scenario_path}' out='{out}'",
              "--federation-config", "num-supernodes=2"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
         )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        check_run_folder(out, load_scenario(scenario_path))
-    finally:
-        # `flwr run` leaves a background SuperLink (+ SuperExec) running: find ours by PID lineage
-        # and by our private FLWR_HOME in their command line, then stop them by PID.
-        ours = {p for p in child_pids() - before if alive(p)}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if str(tmp_path / "flwr-home") in (entry / "cmdline").read_text():
-                        ours.add(int(entry.name))
-                except OSError:
-                    pass
-        ours |= {c for p in ours for c in child_pids(p)}
-        stop_pids(ours)
-        assert not [p for p in ours if alive(p)]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check_run_folder(out, load_scenario(scenario_path))
 
 
 # slow: the multi-site loopback test runs folder data (RGB, simulated and deployed) by default;
