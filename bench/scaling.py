@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import plain_rounds  # noqa: E402  (same baseline as bench/overhead.py)
 
-from fedmia.deploy import descendants  # noqa: E402
+from fedmia.processes import descendants  # noqa: E402
 from fedmia.runner import run_scenario  # noqa: E402
 from fedmia.scenario import Scenario  # noqa: E402
 from fedmia.transcript import Transcript  # noqa: E402

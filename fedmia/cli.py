@@ -636,16 +636,17 @@ def _report_fault(error: BaseException) -> int:
 
 
 def main() -> None:
-    from fedmia.stopping import Stopped, stop_line, stop_on_signals
+    from fedmia.stopping import Stopped, stop_line, stop_on_signals, stop_what_is_left
 
-    stop_on_signals()
+    stop_on_signals()  # a stop: its line, what is left stopped by PID, then os._exit below
     try:
         # non-standalone, click hands back a command's exit code (typer.Exit(2) of a usage error)
         returned = app(standalone_mode=False)
         code = returned if isinstance(returned, int) else 0
-    except (KeyboardInterrupt, Stopped) as stop:  # Ctrl-C, SIGTERM, SIGHUP: what ran was stopped by its command
+    except (KeyboardInterrupt, Stopped) as stop:  # Ctrl-C, SIGTERM, SIGHUP
         line, code = stop_line(stop)
         typer.echo(line, err=True)
+        stop_what_is_left()
     except click.exceptions.Abort:
         typer.echo("Aborted!", err=True)
         code = 1

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedmia.processes import descendants, terminate
+
 REPO = Path(__file__).resolve().parents[1]
 TASK_POLL_INTERVAL = "0.1"  # seconds; docker/app.Dockerfile bakes the same (tested)
 
@@ -199,48 +201,6 @@ def submit(scenario, out_dir: Path, superlink: str, root_certificates: Path | No
         env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0",
                "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
         return flwr_run(scenario, out_dir, "audit", env, Path(home), timeout)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, read from /proc (Linux)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def terminate(pids: set[int], timeout: float = 15.0) -> None:
-    """SIGTERM, wait up to `timeout`, then SIGKILL what is left."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + timeout
-    while time.time() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @contextmanager

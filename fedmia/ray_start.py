@@ -17,7 +17,7 @@ import warnings
 from typing import Callable, TypeVar
 
 from fedmia.scenario import Scenario
-from fedmia.stopping import stop_on_signals
+from fedmia.stopping import again_after_ray_init
 
 T = TypeVar("T")
 
@@ -121,7 +121,7 @@ def beside_ray_start(scenario: Scenario, work: Callable[[], T]) -> T:
                 check_ray_address(init_args["address"])
                 init_args["runtime_env"] = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}
             ray.init(**init_args)
-            stop_on_signals()  # ray.init replaced our SIGTERM handler with its sys.exit (fedmia.stopping)
+            again_after_ray_init()  # ray.init replaced the CLI's SIGTERM handler (fedmia.stopping)
             started = True
     finally:
         thread.join()

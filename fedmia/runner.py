@@ -13,6 +13,7 @@ from fedmia.data.plan import build_plan
 from fedmia.pipeline import finish_run, prepare_run_folder, progress_bar
 from fedmia.ray_start import backend_config, beside_ray_start, quiet_library_notices
 from fedmia.scenario import Scenario
+from fedmia.stopping import process_ends_on_stop
 
 
 def plan_while_ray_starts(scenario: Scenario):
@@ -86,7 +87,8 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, console: Console | None =
             # Flower's thread then sees its actors die and logs each as an error with a traceback;
             # the stop is ours and said in one line (fedmia.stopping), so its logger is silenced first
             logging.getLogger("flwr").disabled = True
-            ray.shutdown()  # (the rounds done so far are checkpointed: `fedmia run --resume`)
+            if not process_ends_on_stop():  # the CLI's Ray goes with its process (fedmia.stopping)
+                ray.shutdown()  # (the rounds done so far are checkpointed: `fedmia run --resume`)
             raise
     try:
         if result.transcript is None:

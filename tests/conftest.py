@@ -20,7 +20,7 @@ _CACHE = tempfile.mkdtemp(prefix="fedmia-test-cache-")
 os.environ["FEDMIA_CACHE"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
-from fedmia.deploy import alive, descendants, terminate  # noqa: E402
+from fedmia.processes import alive, descendants, terminate  # noqa: E402
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")

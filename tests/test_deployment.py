@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmia.deploy import LocalDeployment, alive, local_deployment, self_signed_certificates, supernode_keys
+from fedmia.deploy import LocalDeployment, local_deployment, self_signed_certificates, supernode_keys
+from fedmia.processes import alive
 
 
 # TLS alone is a subset of "tls+auth" (same certificates, same transport); one run covers both.

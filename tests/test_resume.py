@@ -167,6 +167,8 @@ def test_ctrl_c_stops_the_run_and_its_ray_and_keeps_the_checkpoint(write_scenari
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output[-3000:]
+    # typer once turned the KeyboardInterrupt into a bare exit 130: no line, Ray's agents left
+    assert f"stopped by Ctrl-C; the rounds done so far are kept: fedmia run --resume {folder}" in output
     deadline = time.monotonic() + 10  # Ray's processes go once their parent asks: wait for that, bounded
     while {p for p in family if alive(p)} and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -203,26 +205,31 @@ def test_sigterm_stops_the_run_like_ctrl_c_and_resume_finishes_it(write_scenario
     while {p for p in family if alive(p)} and time.monotonic() < deadline:
         time.sleep(0.1)
     leftovers = {p for p in family if alive(p)}
+    names = {p: Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:60] for p in leftovers if alive(p)}
     stop_pids(leftovers)
-    assert not leftovers, "processes outlived the stopped run"
+    assert not leftovers, f"processes outlived the stopped run: {names}"
     assert state(folder) == "unfinished" and checkpointed(folder) == 1
     finish(fedmia("run", "--resume", str(folder)))
     assert state(folder) == "finished" and checkpointed(folder) == 2
 
 
-def test_stop_signals_raise_in_the_main_thread_with_the_exit_code_a_shell_expects():
+def test_stop_signals_raise_in_the_main_thread_with_the_exit_code_a_shell_expects(monkeypatch):
+    from fedmia import stopping
     from fedmia.stopping import Stopped, resume_with, stop_line, stop_on_signals
 
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(stopping, "_installed", False)  # restored after: pytest's own Ctrl-C stays its own
+    saved = {s: signal.getsignal(s) for s in stopping.CAUGHT}
     try:
+        assert not stopping.process_ends_on_stop()
         stop_on_signals()
-        for signum, code in ((signal.SIGTERM, 143), (signal.SIGHUP, 129)):
+        assert stopping.process_ends_on_stop()  # the CLI's commands then leave Ray to main's stop
+        for signum, name, code in ((signal.SIGTERM, "SIGTERM", 143), (signal.SIGHUP, "SIGHUP", 129),
+                                   (signal.SIGINT, "Ctrl-C", 130)):
             with pytest.raises(Stopped) as caught:
                 os.kill(os.getpid(), signum)
                 time.sleep(1)  # the handler runs between bytecodes: within this sleep
             resume_with("fedmia run --resume runs/x")
-            assert stop_line(caught.value) == (f"fedmia: stopped by {signal.Signals(signum).name}; "
-                                               "fedmia run --resume runs/x", code)
+            assert stop_line(caught.value) == (f"fedmia: stopped by {name}; fedmia run --resume runs/x", code)
         assert stop_line(KeyboardInterrupt())[1] == 130
     finally:
         for signum, handler in saved.items():
