@@ -60,7 +60,9 @@ def _scan(group: str) -> tuple[dict[str, metadata.EntryPoint], dict[str, tuple[m
         first = found.setdefault(point.name, point)
         if first is not point and distribution_of(first)[0] != distribution_of(point)[0]:
             clashes.setdefault(point.name, [first]).append(point)
-    return found, {name: tuple(points) for name, points in clashes.items()}
+    # offers in package order, not sys.path order (which differs between installs: a test once
+    # saw them either way round)
+    return found, {name: tuple(sorted(points, key=distribution_of)) for name, points in clashes.items()}
 
 
 def entry_points_of(group: str) -> dict[str, metadata.EntryPoint]:
