@@ -198,7 +198,7 @@ def untested_defenses(scenario: Scenario) -> list[str]:
     them rests only on adversaries who ignore them."""
     from fedmia.defenses import active
 
-    return [defense.key for defense in active(scenario) if not defense.adaptive_attacks]
+    return [defense.key for defense in active(scenario) if not (defense.adaptive_attacks or defense.adaptive_servers)]
 
 
 # ---------------------------------------------------------------- the gate
@@ -463,7 +463,9 @@ def summarise_rows(rows: list[Row], sets: list[DefenseSet], seeds: int, levels: 
             "federation": "+".join(group.threat_models), "strategy": group.scenario.server.strategy,
             "defenses": group.scenario.defenses.keys(),
             "untested_defenses": untested_defenses(group.scenario),
-            "adaptive": [a for d in active_defenses(group.scenario) for a in d.adaptive_attacks if a in attacks],
+            "adaptive": [a for d in active_defenses(group.scenario) for a in d.adaptive_attacks if a in attacks]
+            + [f"{s} server" for d in active_defenses(group.scenario) for s in d.adaptive_servers
+               if s == group.scenario.server.strategy],
         })
     return out
 

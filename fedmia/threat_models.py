@@ -75,6 +75,11 @@ class ThreatModel:
             if scenario.server.strategy == strategy else {}
         raw["server"] = {"strategy": strategy, **kept, **server}
         raw["attacks"] = attacks
+        from fedmia.defenses import active
+
+        for defense in active(scenario):  # the adversary knows the defenses (Kerckhoffs)
+            for key, value in defense.knowing_server(strategy).items():
+                raw["server"].setdefault(key, value)
         return raw
 
     @staticmethod
@@ -125,11 +130,12 @@ class ClientUpdates(ThreatModel):
 class TrapWeights(ThreatModel):
     title = "A malicious server planting membership detectors"
     adversary = ("the server turns encoder channels of the model it sends into one detector per target record "
-                 "and reads which detectors moved in each reply (Boenisch et al. 2023)")
+                 "and reads which detectors moved in each reply (Boenisch et al. 2023); it knows the clients' "
+                 "defenses: its detectors pass their receive-check, helper clients defeat thresholded aggregation")
     sees = "every client's reply (or the secure sum), the weights it chose to send, its own population data"
-    stopped_by = ("local DP-SGD; a client that repairs the model it receives (receive-check, action: repair: "
-                  "training goes on) or refuses it (training stops); thresholded secure aggregation "
-                  "(simulated: coordinates only one client moved are never released); not SecAgg+ or augmentation")
+    stopped_by = ("local DP-SGD; a client that repairs the model it receives (receive-check, action: repair, "
+                  "min_open >= 0.004: also against a trap that knows the check) or refuses it; not thresholded "
+                  "secure aggregation against a server that knows t (helper clients), not SecAgg+ or augmentation")
 
     def derive(self, scenario: Scenario) -> dict[str, Any]:
         return self._with(scenario, "trap-weights", self._user_attacks(scenario, ("trap-weights",)),

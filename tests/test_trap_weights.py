@@ -111,6 +111,31 @@ def test_receive_check_repair_trains_with_the_detectors_switched_off(write_scena
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def test_a_server_that_knows_repair_plants_detectors_it_lets_through(write_scenario):
+    """`evade_min_open`: each detector opens on enough positions of its own target that the
+    client's check (same min_open) lets it through where the target is, and finds it shut or
+    closes it where the target is not: under repair the adaptive trap still reads membership,
+    which the plain trap does not (the test above)."""
+    scenario = load_scenario(write_scenario(TRAP))
+    plan = build_plan(scenario)
+    model = scenario_model(scenario, plan.info, seed=0)
+    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    client = plan.clients[1]
+    params = TrapParams(evade_min_open=0.01, client_records=len(client))
+    table = plant_detectors(model, plan.targets, plan.population, 4, params, CPU, client_records=len(client))
+    # 8 records x 64 positions at the first block: 1% of them is 5.12, so each target opens on 6
+    assert {e["opens"] for e in table} == {6}
+    names, sent = list(model.state_dict()), get_weights(model)
+    repair = ReceiveCheck(ReceiveCheckParams(min_open=0.01, action="repair"))
+    LocalRun(scenario, model, client, TrainRecipe(2, 4, 0.003), 1, CPU, defenses=[repair]).train()
+    moved = _moved(sent, get_weights(model), names, table)
+    tolerance = TrapAttackParams().tolerance
+    present = {str(i) for i in client.ids}
+    hits = np.mean([moved[r] > tolerance for r in moved if r in present])
+    false = np.mean([moved[r] > tolerance for r in moved if r not in present])
+    assert hits >= 0.5 and false <= 0.2, (hits, false)
+
+
 # Both slow: tests/test_audit.py runs the trap-weights threat model through a real federation
 # (strategy, detectors, trap attack), and the units' behaviour is tested above without Ray.
 @pytest.mark.parametrize("secure", [pytest.param(False, marks=pytest.mark.slow),
@@ -170,6 +195,39 @@ def test_trap_weights_settings_are_checked_before_the_run(write_scenario):
     text = " ".join(result.output.split())
     for where in ("server.isolate_client", "server.attack_rounds", "model.encoder"):
         assert where in text, text
+
+
+def test_a_server_that_knows_t_has_helpers_move_every_detector(write_scenario):
+    """Against thresholded secure aggregation with t = 2, one helper client is sent every detector
+    held open (`helpers: 1`): it changes every detector coordinate, so a detector's coordinates
+    are released iff its target's client moved them too — the release itself reads membership
+    for every other client's records, and stays shut for non-members. No sybil: one model per
+    client, as the isolation server already sends."""
+    from fedmia.defenses.thresholded_secagg import thresholded_mean
+    from strategies.trap_weights import HELD_OPEN, disarm
+
+    scenario = load_scenario(write_scenario(TRAP))
+    plan = build_plan(scenario)
+    model = scenario_model(scenario, plan.info, seed=0)
+    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    table = plant_detectors(model, plan.targets, plan.population, 4, TrapParams(), CPU)
+    names, armed = list(model.state_dict()), get_weights(model)
+    held = disarm(armed, names, table, HELD_OPEN)
+    updates, counts = [], []
+    for k, client in enumerate(plan.clients):
+        sent = held if k == 0 else armed  # client 0 helps
+        set_weights(model, sent)
+        train_local(model, client, TrainRecipe(2, 4, 0.003), seed=k, device=CPU)
+        updates.append([a.astype(np.float64) - b.astype(np.float64) for a, b in zip(get_weights(model), sent)])
+        counts.append(len(client))
+    released, _ = thresholded_mean(updates, counts, min_clients=2)
+    index = {n: i for i, n in enumerate(names)}
+    moved = {rid: detector_movement(released, index, e["block"], e["channel"]) for e in table for rid in e["ids"]}
+    tolerance = TrapAttackParams().tolerance
+    readable = {str(r) for c in plan.clients[1:] for r in c.ids}
+    members = {str(r) for c in plan.clients for r in c.ids}
+    assert np.mean([moved[r] > tolerance for r in readable]) >= 0.75  # released: helper + owner
+    assert np.mean([moved[r] > tolerance for r in moved if r not in members]) <= 0.1  # the helper alone: withheld
 
 
 def test_thresholded_secure_aggregation_hides_what_one_client_alone_moved(write_scenario):

@@ -52,6 +52,14 @@ class Defense:
     # `fedmia audit` runs them wherever the scenario uses the defense; a defense that declares none
     # has every verdict marked "not tested against an adversary who knows it".
     adaptive_attacks: ClassVar[tuple[str, ...]] = ()
+    # Server strategies with a variant designed against this defense; `knowing_server` gives the
+    # parameters that variant sets from what it knows of the defense, and a threat model running
+    # that strategy sends them (fedmia/threat_models.py).
+    adaptive_servers: ClassVar[tuple[str, ...]] = ()
+
+    def knowing_server(self, strategy: str) -> dict:
+        """Server parameters of the `strategy` variant that knows this defense ({} when none)."""
+        return {}
 
     @property
     def audited_client(self) -> int | None:

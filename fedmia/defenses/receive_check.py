@@ -24,6 +24,12 @@ dead channels are common in GroupNorm (DP-SGD) models; `flag_shut: true` refuses
 one position per target, so `min_open` must sit below 1 / (records × positions) of the client's
 data to see it: the default 0.1% needs more than 1,000 positions (100 scans of 32×32 give 6,400
 at the first residual block). `README.md` reports false alarms on honest servers' rounds.
+
+A server that knows `min_open` plants detectors that open on that share of a client's
+positions, all on their own target (`evade_min_open` in strategies/trap_weights.py): measured,
+it passes the default 0.001 and fails from 0.004, and above 1 / (records a client holds) no
+detector that opens on one record only can pass (docs/defenses.md, "Repair against a trap that
+knows it").
 """
 
 from __future__ import annotations
@@ -79,6 +85,12 @@ def relu_open_shares(model: nn.Module, images: np.ndarray, batch_size: int, devi
 @register_defense("receive-check", acts_on="received model")
 class ReceiveCheck(Defense):
     Params = ReceiveCheckParams
+    # a trap that knows min_open plants detectors opening on that share of a client's positions,
+    # all on their own target (strategies/trap_weights.py, evade_min_open)
+    adaptive_servers = ("trap-weights",)
+
+    def knowing_server(self, strategy: str) -> dict:
+        return {"evade_min_open": self.params.min_open} if strategy == "trap-weights" else {}
 
     def describe(self) -> str:
         return f"receive-check (ReLU open share >= {self.params.min_open:g})"

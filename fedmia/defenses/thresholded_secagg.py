@@ -49,6 +49,11 @@ def thresholded_mean(updates: list[list[np.ndarray]], counts: list[int], min_cli
 class ThresholdedSecAgg(Defense):
     Params = ThresholdedParams
     hides_client_updates = True  # the server reads the released mean only; clients send updates
+    # a trap that knows t makes t - 1 clients move every detector coordinate (strategies/trap_weights.py)
+    adaptive_servers = ("trap-weights",)
+
+    def knowing_server(self, strategy: str) -> dict:
+        return {"helpers": self.params.min_clients - 1} if strategy == "trap-weights" else {}
 
     def describe(self) -> str:
         return f"thresholded secure aggregation (ideal functionality, t = {self.params.min_clients})"

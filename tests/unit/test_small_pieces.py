@@ -114,3 +114,24 @@ def test_fpr_levels_in_words(level, words):
     from fedmia.audit import _level_words
 
     assert _level_words(level) == words
+
+
+def test_the_trap_threat_model_knows_the_clients_check():
+    """Under receive-check the audit's trap-weights adversary is the one that knows it: its server
+    plants detectors that pass a check of the scenario's own min_open; the report then counts the
+    check as tested against an adaptive adversary, and a defense with no adaptive adversary not."""
+    from conftest import TINY, deep_update
+    from fedmia.audit import untested_defenses
+    from fedmia.threat_models import THREAT_MODELS
+    from fedmia.validation import parse_scenario
+
+    checked = parse_scenario(deep_update(TINY, {"defenses": {"receive-check": {"min_open": 0.004}}}), "tiny")
+    for name in ("trap-weights", "secagg-isolation"):
+        assert THREAT_MODELS.get(name)().derive(checked)["server"]["evade_min_open"] == 0.004
+    assert "evade_min_open" not in THREAT_MODELS.get("trap-weights")().derive(parse_scenario(TINY, "tiny"))["server"]
+    assert untested_defenses(checked) == []
+    thresholded = parse_scenario(deep_update(TINY, {"federation": {"clients": 3},
+                                                    "defenses": {"thresholded-secagg": {"min_clients": 2}}}), "tiny")
+    assert THREAT_MODELS.get("trap-weights")().derive(thresholded)["server"]["helpers"] == 1  # t - 1
+    cropped = parse_scenario(deep_update(TINY, {"defenses": {"crop": {"size": 12}}}), "tiny")
+    assert untested_defenses(cropped) == ["crop"]
