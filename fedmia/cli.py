@@ -521,9 +521,9 @@ def audit(
             out.print(f"{row['threat_model']}: strongest {row['strongest']}, AUC {auc['mean']:.3f}"
                       + (f" [{auc['low']:.3f}, {auc['high']:.3f}]" if auc["high"] is not None else ""))
     if ceilings is not None:
-        from fedmia.audit import _on_words
+        from fedmia.audit.verdict import on_words
 
-        on = _on_words(gate_on, seeds)
+        on = on_words(gate_on, seeds)
         for v in result.verdicts:
             value = f" = {v['value']:.4f} ({v['attack']})" if "value" in v else ""
             out.print(f"gate {v['threat_model']}: {v['metric']}{value} ceiling {v['ceiling']:g}: {v['status']}")

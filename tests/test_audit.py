@@ -36,11 +36,11 @@ def audited(tmp_path_factory):
     base = tmp_path_factory.mktemp("audit")
     (base / "scenario.yaml").write_text(yaml.safe_dump(SCENARIO))
     (base / "pass.yaml").write_text("all: {auc: 1.0}\n")
-    before = audit.RUNS_TRAINED
+    before = audit.running.RUNS_TRAINED
     result = CliRunner().invoke(app, ["audit", str(base / "scenario.yaml"), "--seeds", "1", "--out", str(base / "out"),
                                       "--gate", str(base / "pass.yaml"), "--junit", str(base / "pass.xml")])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    return {"base": base, "out": base / "out", "output": result.output, "trained": audit.RUNS_TRAINED - before}
+    return {"base": base, "out": base / "out", "output": result.output, "trained": audit.running.RUNS_TRAINED - before}
 
 
 def test_one_run_per_distinct_training_and_a_passing_gate(audited):
@@ -69,12 +69,12 @@ def test_second_invocation_trains_nothing_and_a_failing_gate_exits_1(audited):
     stamps = _metrics_stamps(out / "runs")
     assert len(stamps) == 2
     (base / "fail.yaml").write_text("all: {auc: 0.0}\ntrap-weights: {tpr_at_fpr.0.01: 0.0}\n")
-    before = audit.RUNS_TRAINED
+    before = audit.running.RUNS_TRAINED
     result = CliRunner().invoke(app, ["audit", str(base / "scenario.yaml"), "--seeds", "1", "--out", str(out),
                                       "--gate", str(base / "fail.yaml"), "--gate-on", "point",
                                       "--junit", str(base / "fail.xml")])
     assert result.exit_code == 1, result.output + repr(result.exception)
-    assert audit.RUNS_TRAINED == before and _metrics_stamps(out / "runs") == stamps
+    assert audit.running.RUNS_TRAINED == before and _metrics_stamps(out / "runs") == stamps
     assert "0 trained, 2 reused" in result.output and "gate: FAIL (judged on the point estimate" in result.output
     suite = ET.parse(base / "fail.xml").getroot()
     failures = suite.findall("testcase/failure")
@@ -143,7 +143,7 @@ def test_defenses_declare_their_adaptive_attacks_and_the_audit_runs_them(tmp_pat
     defense is used, and lists the defenses that declare none."""
     scenario = parse_scenario(SCENARIO, "tiny")
     what_if = [("argmax", {"output": {"mode": "argmax"}}), ("smooth", {"label_smoothing": {"epsilon": 0.1}})]
-    rows, groups, _ = audit.plan(scenario, what_if, "tiny", tmp_path / "out")
+    rows, groups, _ = audit.plan_audit(scenario, what_if, "tiny", tmp_path / "out")
     by = {(r.threat_model, r.defense): r for r in rows}
     assert "label-augment" in by[("black-box", "argmax")].attacks
     assert "label-augment" not in by[("black-box", "scenario")].attacks  # no defense, nothing to adapt to
@@ -206,7 +206,7 @@ def test_what_if_rows_and_applicability_without_training(tmp_path):
     what_if = tmp_path / "what-if.yaml"
     what_if.write_text(yaml.safe_dump([{"label": "secagg", "defenses": {"secagg": True}},
                                        {"label": "argmax", "defenses": {"output": {"mode": "argmax"}}}]))
-    rows, groups, _ = audit.plan(scenario, audit.load_what_if(what_if), "tiny", tmp_path / "out")
+    rows, groups, _ = audit.plan_audit(scenario, audit.load_what_if(what_if), "tiny", tmp_path / "out")
     applies = {(r.threat_model, r.defense): r.why_not is None for r in rows}
     assert applies[("client-updates", "secagg")] is False and applies[("secagg-isolation", "secagg")] is True
     assert applies[("secagg-isolation", "scenario")] is False and applies[("client-updates", "argmax")] is True

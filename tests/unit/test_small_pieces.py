@@ -111,9 +111,9 @@ def test_a_misfit_hint_names_the_likely_description(problems, hint):
 @pytest.mark.parametrize("level, words", [("0.001", "1 false accusation in 1,000"), ("0.01", "1 false accusation in 100"),
                                           ("0.03", "a false-positive rate of 3%")])
 def test_fpr_levels_in_words(level, words):
-    from fedmia.audit import _level_words
+    from fedmia.audit.verdict import level_words
 
-    assert _level_words(level) == words
+    assert level_words(level) == words
 
 
 def test_the_trap_threat_model_knows_the_clients_check():
