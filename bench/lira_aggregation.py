@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from fedmia.attacks.reference import ReferenceModels
+from fedmia.attacks.reference_models import ReferenceModels
 from fedmia.data.plan import build_plan
 from fedmia.evaluation.metrics import membership_metrics
 from fedmia.models import set_weights

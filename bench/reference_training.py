@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmia.attacks.reference import ReferenceModels
+from fedmia.attacks.reference_models import ReferenceModels
 from fedmia.data.plan import build_plan
 from fedmia.models import scenario_model
 from fedmia.pipeline import adversary_view

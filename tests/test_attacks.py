@@ -249,7 +249,7 @@ def test_federated_reference_models_train_as_the_federation_does(overfit_setup, 
     key of its own (not the centrally trained model's)."""
     import dataclasses
 
-    from fedmia.attacks.reference import ReferenceModels, federated_training
+    from fedmia.attacks.reference_models import ReferenceModels, federated_training
 
     scenario, plan, transcript = overfit_setup
     base = adversary_view(scenario, transcript)
@@ -304,8 +304,8 @@ def test_reference_models_train_in_worker_processes_as_they_would_in_this_one(ov
     import dataclasses
     import os
 
-    from fedmia.attacks import reference
-    from fedmia.attacks.reference import ReferenceModels
+    from fedmia.attacks import reference_models as reference
+    from fedmia.attacks.reference_models import ReferenceModels
 
     scenario, plan, transcript = overfit_setup
     tiny = ReferenceModels(dataclasses.replace(adversary_view(scenario, transcript), train_workers=2,

@@ -18,7 +18,7 @@ ATTACKS = [{"name": n, "models": 4, "epochs": 2} for n in
 # without Ray in tests/test_attacks.py
 @pytest.mark.slow
 def test_reference_attacks_cache_and_ood(write_scenario, tmp_path, stops_its_processes, monkeypatch):
-    from fedmia.attacks import reference
+    from fedmia.attacks import reference_models as reference
 
     trained = []
     original = reference.ReferenceModels.weights

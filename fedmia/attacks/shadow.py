@@ -1,7 +1,7 @@
 """Shadow-model attacks for segmentation (Chobola et al. 2022; He et al., Segmentations-Leak 2020;
 Salem et al. 2019).
 
-The shadow model is reference model 0 of `fedmia.attacks.reference` (trained with the victim's
+The shadow model is reference model 0 of `fedmia.attacks.reference_models` (trained with the victim's
 recipe on a random half of the adversary's records; the adversary knows which half). On its
 population records — members or not, as the adversary arranged — it trains an attack model,
 then applies it to the victim's global model queried on the targets.
@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedmia.attacks.base import AdversaryView, Attack, model_probabilities, register_attack
-from fedmia.attacks.reference import ReferenceParams, _shared_references
+from fedmia.attacks.reference_models import ReferenceParams, shared_references
 from fedmia.data.records import Records
 from fedmia.models import set_weights
 
@@ -73,7 +73,7 @@ class _ShadowAttack(Attack):
     Params = ShadowParams
 
     def _shadow(self, view: AdversaryView):
-        refs = _shared_references(view, self.params)
+        refs = shared_references(view, self.params)
         model = view.model_factory()
         set_weights(model, refs.weights(0))
         n_pop = len(view.population)
