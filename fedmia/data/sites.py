@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fedmia.data.datasets import load_dataset
-from fedmia.data.folder import DEFAULTS, check_pair, folder_pairs
+from fedmia.data.folder import check_pair, folder_pairs
+from fedmia.data.folder_options import DEFAULTS
 from fedmia.data.records import DatasetInfo, Records
 
 MANIFEST_FORMAT = "fedmia-site-manifest/1"

@@ -1,0 +1,7 @@
+"""`python -m fedmia.cli`."""
+
+import sys
+
+from fedmia.cli import main
+
+sys.exit(main())
