@@ -491,3 +491,19 @@ def test_a_supernode_is_placed_by_its_node_config(tmp_path):
         partition_of(sites, {"site": "c", "data-path": "/scans"})
     with pytest.raises(ValueError, match="data-path is for a multi-site scenario"):
         partition_of(Scenario.model_validate({"name": "p"}), {"partition-id": 0, "data-path": "/scans"})
+
+
+def test_a_run_builds_its_plan_once(write_scenario, tmp_path, stops_its_processes):
+    """`fedmia run` reads the federation plan where it needs it (start-up, server app, release,
+    attacks, evaluation) but builds it once: the others are the same scenario's cached plan, and
+    the workers take the layout handed to them (the test above). A second build would re-read a
+    folder dataset and re-draw nothing different — only cost."""
+    from fedmia.data import plan
+    from fedmia.runner import run_scenario
+    from fedmia.validation import load_scenario
+
+    scenario = load_scenario(write_scenario({}))
+    plan._build_plan_cached.cache_clear()
+    run_scenario(scenario, tmp_path / "run")
+    built = plan._build_plan_cached.cache_info()
+    assert built.misses == 1 and built.hits >= 3, built
