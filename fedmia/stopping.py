@@ -58,7 +58,7 @@ def process_ends_on_stop() -> bool:
     """Whether a stop ends this process at once (the CLI). A command then leaves Ray running
     instead of stopping it from the main thread while Flower's thread still waits on it: a Ray
     call after `ray.shutdown()` makes Ray's C++ core end the whole process with exit 1 (seen in
-    CI, about one run in five), before the stop's line and exit code."""
+    CI: once in five clean-clone runs), before the stop's line and exit code."""
     return _installed
 
 
