@@ -31,6 +31,19 @@ def test_every_module_is_short_enough_to_read_whole():
     assert not long, long
 
 
+def test_no_import_circle_not_even_for_type_checking():
+    """No module of fedmia/ or strategies/ reaches itself through its imports — module-level,
+    function-level and `TYPE_CHECKING` ones alike (grimp, import-linter's graph). The plan's types
+    once named their builders for type checking only (federation ↔ plan ↔ sites)."""
+    import grimp
+
+    graph = grimp.build_graph("fedmia", "strategies")
+    circles = sorted((module, imported) for module in graph.modules
+                     for imported in graph.find_modules_directly_imported_by(module)
+                     if graph.chain_exists(importer=imported, imported=module))
+    assert not circles, circles
+
+
 @pytest.fixture(scope="module")
 def plugins(example_plugins):
     """The example package's modules, as the registries import them when a scenario names them."""

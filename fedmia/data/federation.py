@@ -7,15 +7,11 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from fedmia.data.records import DatasetInfo, Records
-
-if TYPE_CHECKING:
-    from fedmia.data.plan import ClientLayout
-    from fedmia.data.sites import SiteLayout
 
 NON_MEMBER = "non-member"
 POPULATION = "population"
@@ -73,6 +69,19 @@ class MembershipLedger:
         return cls(json.loads(Path(path).read_text())["owner"])
 
 
+class ClientRecords(Protocol):
+    """Where each client's records are, as a client loads its own: one pool's
+    `fedmia.data.plan.ClientLayout` or a multi-site audit's `fedmia.data.sites.SiteLayout`.
+    A protocol, so that this module names neither builder (they import it: no import circle)."""
+
+    info: DatasetInfo
+
+    @property
+    def clients(self) -> int: ...
+
+    def load_client(self, partition_id: int, *args) -> tuple[Records, Records | None]: ...
+
+
 @dataclass(frozen=True)
 class FederationPlan:
     info: DatasetInfo
@@ -82,4 +91,4 @@ class FederationPlan:
     targets: Records  # what the adversary scores; membership unknown to it
     ledger: MembershipLedger | None  # None in a multi-site audit: the sites' manifests tell it later
     public: Records | None = None  # shared public records (training-time defenses), never targets
-    layout: "ClientLayout | SiteLayout | None" = None  # where each client's records are
+    layout: ClientRecords | None = None  # where each client's records are
