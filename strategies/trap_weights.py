@@ -133,16 +133,21 @@ def _input_patches(model: nn.Module, conv_name: str, images: np.ndarray, batch_s
     return torch.cat(chunks).transpose(1, 2).double()
 
 
+def _whitening(population: torch.Tensor, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The population's patches flattened to (n, features), their mean, and the inverse of their
+    covariance shrunk toward its mean variance — the metric every detector's filter is built in."""
+    flat = population.reshape(-1, population.shape[-1])
+    cov = torch.cov(flat.T)
+    dim = cov.shape[0]
+    cov = (1 - shrinkage) * cov + shrinkage * cov.diagonal().mean() * torch.eye(dim, dtype=cov.dtype)
+    return flat, flat.mean(0), torch.linalg.inv(cov)
+
+
 def _matched_filters(targets: torch.Tensor, population: torch.Tensor, params: TrapParams) -> torch.Tensor:
     """One unit filter per target: the whitened matched filter at the candidate position (of the
     `positions` furthest from the population, Mahalanobis) whose response most exceeds the
     largest response any population position gives."""
-    flat = population.reshape(-1, population.shape[-1])
-    mu = flat.mean(0)
-    cov = torch.cov(flat.T)
-    dim = cov.shape[0]
-    cov = (1 - params.shrinkage) * cov + params.shrinkage * cov.diagonal().mean() * torch.eye(dim, dtype=cov.dtype)
-    inverse = torch.linalg.inv(cov)
+    flat, mu, inverse = _whitening(population, params.shrinkage)
     centred = targets - mu
     distance = torch.einsum("tpi,ij,tpj->tp", centred, inverse, centred)
     k = min(params.positions, distance.shape[1])
@@ -151,7 +156,7 @@ def _matched_filters(targets: torch.Tensor, population: torch.Tensor, params: Tr
     picked = centred[rows, candidates]  # (targets, k, dim)
     filters = picked @ inverse
     filters = filters / filters.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    responses = (flat - mu) @ filters.reshape(-1, dim).T
+    responses = (flat - mu) @ filters.reshape(-1, flat.shape[1]).T
     spread = responses.std(0).clamp_min(1e-12)
     margin = ((filters * picked).sum(-1).reshape(-1) - responses.max(0).values) / spread
     best = margin.reshape(len(targets), k).argmax(1)
@@ -164,12 +169,7 @@ def _wide_filters(targets: torch.Tensor, population: torch.Tensor, opens: int, p
     (the adaptive trap, `evade_min_open`): start from the whitened mean of its `opens` patches
     furthest from the population, then alternate — the `opens` positions the filter answers
     most, their whitened mean — a one-cluster k-means in the whitened space."""
-    flat = population.reshape(-1, population.shape[-1])
-    mu = flat.mean(0)
-    cov = torch.cov(flat.T)
-    dim = cov.shape[0]
-    cov = (1 - params.shrinkage) * cov + params.shrinkage * cov.diagonal().mean() * torch.eye(dim, dtype=cov.dtype)
-    inverse = torch.linalg.inv(cov)
+    flat, mu, inverse = _whitening(population, params.shrinkage)
     centred = targets - mu
     whitened = centred @ inverse
     picked = torch.einsum("tpi,tpi->tp", centred, whitened).topk(opens, dim=1).indices

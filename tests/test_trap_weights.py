@@ -30,6 +30,16 @@ TRAP = {"data": {"image_size": 32, "options": {"binary": True, "noise": 0.15},
         "evaluation": {"targets": {"members": 24, "nonmembers": 24}, "ood": []}}
 
 
+def _trained_global(write_scenario):
+    """The TRAP scenario, its plan, and a global model trained on the population: what a trap
+    server plants its detectors in."""
+    scenario = load_scenario(write_scenario(TRAP))
+    plan = build_plan(scenario)
+    model = scenario_model(scenario, plan.info, seed=0)
+    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    return scenario, plan, model
+
+
 def _moved(before, after, names, table) -> dict[str, float]:
     index = {n: i for i, n in enumerate(names)}
     update = [a.astype(np.float64) - b for a, b in zip(after, before)]
@@ -37,10 +47,7 @@ def _moved(before, after, names, table) -> dict[str, float]:
 
 
 def test_a_detector_moves_iff_its_target_is_trained_on(write_scenario):
-    scenario = load_scenario(write_scenario(TRAP))
-    plan = build_plan(scenario)
-    model = scenario_model(scenario, plan.info, seed=0)
-    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)  # a trained global
+    scenario, plan, model = _trained_global(write_scenario)
     table = plant_detectors(model, plan.targets, plan.population, 4, TrapParams(), CPU)
     assert len(table) == len(plan.targets) and all(len(e["ids"]) == 1 for e in table)
     names = list(model.state_dict())
@@ -60,10 +67,7 @@ def test_a_detector_moves_iff_its_target_is_trained_on(write_scenario):
 
 
 def test_receive_check_refuses_a_model_whose_units_answer_to_a_few_of_its_records(write_scenario):
-    scenario = load_scenario(write_scenario(TRAP))
-    plan = build_plan(scenario)
-    model = scenario_model(scenario, plan.info, seed=0)
-    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    scenario, plan, model = _trained_global(write_scenario)
     honest = get_weights(model)
     # 8 records x 64 positions per client here: a detector open on one position opens on 0.2% of
     # them, so the threshold is 1% (the default 0.1% suits clients with > 1,000 positions)
@@ -89,10 +93,7 @@ def test_receive_check_repair_trains_with_the_detectors_switched_off(write_scena
     """`action: repair`: the client trains on a trapped model with the flagged channels closed:
     every detector of its own records stays exactly where the server put it (the trap reads
     "not trained on"), the rest of the network trains, and the hooks are gone afterwards."""
-    scenario = load_scenario(write_scenario(TRAP))
-    plan = build_plan(scenario)
-    model = scenario_model(scenario, plan.info, seed=0)
-    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    scenario, plan, model = _trained_global(write_scenario)
     client = plan.clients[1]
     table = plant_detectors(model, client, plan.population, 4, TrapParams(), CPU)
     names, sent = list(model.state_dict()), get_weights(model)
@@ -116,10 +117,7 @@ def test_a_server_that_knows_repair_plants_detectors_it_lets_through(write_scena
     client's check (same min_open) lets it through where the target is, and finds it shut or
     closes it where the target is not: under repair the adaptive trap still reads membership,
     which the plain trap does not (the test above)."""
-    scenario = load_scenario(write_scenario(TRAP))
-    plan = build_plan(scenario)
-    model = scenario_model(scenario, plan.info, seed=0)
-    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    scenario, plan, model = _trained_global(write_scenario)
     client = plan.clients[1]
     params = TrapParams(evade_min_open=0.01, client_records=len(client))
     table = plant_detectors(model, plan.targets, plan.population, 4, params, CPU, client_records=len(client))
@@ -206,10 +204,7 @@ def test_a_server_that_knows_t_has_helpers_move_every_detector(write_scenario):
     from fedmia.defenses.thresholded_secagg import thresholded_mean
     from strategies.trap_weights import HELD_OPEN, disarm
 
-    scenario = load_scenario(write_scenario(TRAP))
-    plan = build_plan(scenario)
-    model = scenario_model(scenario, plan.info, seed=0)
-    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    scenario, plan, model = _trained_global(write_scenario)
     table = plant_detectors(model, plan.targets, plan.population, 4, TrapParams(), CPU)
     names, armed = list(model.state_dict()), get_weights(model)
     held = disarm(armed, names, table, HELD_OPEN)
@@ -240,10 +235,7 @@ def test_thresholded_secure_aggregation_hides_what_one_client_alone_moved(write_
     from fedmia.defenses.thresholded_secagg import ThresholdedParams, ThresholdedSecAgg, thresholded_mean
     from fedmia.scenario import ScenarioError
 
-    scenario = load_scenario(write_scenario(TRAP))
-    plan = build_plan(scenario)
-    model = scenario_model(scenario, plan.info, seed=0)
-    train_local(model, plan.population, TrainRecipe(2, 4, 0.003), seed=0, device=CPU)
+    scenario, plan, model = _trained_global(write_scenario)
     table = plant_detectors(model, plan.targets, plan.population, 4, TrapParams(), CPU)
     names, sent = list(model.state_dict()), get_weights(model)
     updates, counts = [], []
