@@ -186,12 +186,12 @@ def test_trap_weights_settings_are_checked_before_the_run(write_scenario):
     from fedmia.cli import app
 
     bad = write_scenario({**TRAP, "server": {"strategy": "trap-weights", "isolate_client": 7,
-                                            "attack_rounds": [5]},
+                                            "attack_rounds": [5], "helpers": 5},
                           "model": {"encoder": "mobilenet_v2", "encoder_depth": 2}})
     result = CliRunner().invoke(app, ["validate", str(bad)])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
-    for where in ("server.isolate_client", "server.attack_rounds", "model.encoder"):
+    for where in ("server.isolate_client", "server.attack_rounds", "server.helpers", "model.encoder"):
         assert where in text, text
 
 
