@@ -52,7 +52,7 @@ def main() -> None:
         scenario = Scenario.model_validate(raw)
         started = time.perf_counter()
         with PeakMemory() as memory:
-            metrics = run_scenario(scenario, Path(tmp) / "run", started=started)
+            metrics = run_scenario(scenario, Path(tmp) / "run", started=started).as_json()
         rounds = [v.round_s for v in Transcript.load(Path(tmp) / "run" / "transcript").rounds]
     timing = metrics["timing"]
     evaluation_s = timing["wall_s"] - timing["startup_s"] - timing["simulation_s"] - timing["attacks_s"]

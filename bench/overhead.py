@@ -69,7 +69,7 @@ def main() -> None:
     plain_before, plain = plain_run(scenario)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        metrics = run_scenario(scenario, Path(tmp) / "run")
+        metrics = run_scenario(scenario, Path(tmp) / "run").as_json()
         wall = time.perf_counter() - started
         from fedmia.transcript import Transcript
 

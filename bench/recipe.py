@@ -69,8 +69,8 @@ def main() -> None:
             raw["name"] = f"{base['name']}-{slug}-{seed}"
             scenario = parse_scenario(raw, f"{args.scenario} ({label}, seed {seed})")
             metrics, _ = run_or_reuse(args.out / raw["name"], scenario)
-            auc.append(metrics["attacks"]["loss"]["auc"])
-            dice.append(metrics["utility"]["dice"])
+            auc.append(metrics.attacks["loss"].auc)
+            dice.append(metrics.utility.dice)
             print(f"{label}, seed {seed}: loss AUC {auc[-1]:.3f}, Dice {dice[-1]:.3f}", file=sys.stderr)
         rows.append((label, auc, dice))
     print(f"| recipe | `loss` AUC | Dice | ΔAUC vs today (paired) | ΔDice vs today (paired) |"

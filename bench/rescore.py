@@ -58,7 +58,7 @@ def main() -> None:
             continue
         shutil.rmtree(out, ignore_errors=True)  # an interrupted rescore of this seed: start it again
         prepare_run_folder(out, scenario)
-        metrics = finish_run(scenario, Transcript.load(folder / "transcript"), out, timing={})
+        metrics = finish_run(scenario, Transcript.load(folder / "transcript"), out, timing={}).as_json()
         print(folder.name, {k: round(v["auc"], 3) for k, v in metrics["attacks"].items()})
 
 

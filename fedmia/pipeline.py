@@ -25,9 +25,9 @@ from fedmia.data.plan import build_plan
 from fedmia.defenses import active, defended_recipe
 from fedmia.defenses.base import LOCAL_STAGES
 from fedmia.evaluation.manifests import ADVERSARY_OUTPUT
-from fedmia.evaluation.ood import fake_steps, ood_rates, ood_scores
-from fedmia.evaluation.run_metrics import evaluate_run
-from fedmia.evaluation.schema import check_metrics
+from fedmia.evaluation.ood import fake_steps, ood_scores
+from fedmia.evaluation.run_metrics import OODScored, evaluate_run
+from fedmia.evaluation.schema import RunMetrics
 from fedmia.evaluation import plot_roc, plot_utility, render_report
 from fedmia.io import write_json_atomic, write_text_atomic
 from fedmia.local import local_training
@@ -35,7 +35,7 @@ from fedmia.plugins import plugins_used
 from fedmia.runfolder import claim, complete
 from fedmia.models import scenario_model, set_weights
 from fedmia.scenario import Scenario
-from fedmia.training import available_cpus, evaluate_utility, pick_device
+from fedmia.training import available_cpus, pick_device
 from fedmia.transcript import Transcript
 
 
@@ -152,7 +152,7 @@ PHASES = ("startup_s", "simulation_s", "attacks_s", "ood_s", "evaluation_s")
 
 
 def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, timing: dict,
-               console: Console | None = None, started: float | None = None) -> dict:
+               console: Console | None = None, started: float | None = None) -> RunMetrics:
     out_dir = Path(out_dir)
     # every reply stays on disk until the attacks and the evaluation have read it; the
     # scenario's `keep_transcript` prunes at the end
@@ -171,7 +171,7 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     results = run_attacks(scenario, view, console)
     timing = {**timing, "attacks_s": time.perf_counter() - attacks_started}
 
-    scored, sizes = {}, {}
+    scored, sizes, steps = {}, {}, None
     ood_started = time.perf_counter()
     if scenario.evaluation.ood:
         with progress_bar(console) as progress:  # optimised fakes take a while: show the sets
@@ -187,25 +187,19 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     timing["ood_s"] = time.perf_counter() - ood_started  # it was most of the quickstart's wall time, unreported
     evaluation_started = time.perf_counter()
     # ---- evaluation: the only place that reads the ground truth ----
-    metrics, curves = evaluate_run(scenario, plan, transcript, results)
+    evaluation = evaluate_run(scenario, plan, transcript, results,
+                              ood=OODScored(scored, sizes, steps) if scenario.evaluation.ood else None,
+                              served=(served, release[1], view.device) if release is not None else None)
     if plan.ledger is not None:
         write_json_atomic(out_dir / "ledger.json", plan.ledger.to_json())
-        if scenario.evaluation.ood:
-            metrics.update(ood_rates(scored, results, plan.ledger.is_member(plan.targets.ids), sizes))
-            metrics["ood_fake_steps"] = steps  # what the budget chose (evaluation.ood_steps unset)
     else:  # a multi-site audit: what `fedmia evaluate --manifests` joins with the sites' ground truth
         output = adversary_output(scenario, results, scored, sizes)
         if scenario.evaluation.ood:
             output["ood_fake_steps"] = steps
         write_json_atomic(out_dir / ADVERSARY_OUTPUT, output)
-    if release is not None:  # the defense's utility cost is on what is served
-        utility = metrics["utility"]
-        utility["global_model"] = {"dice": utility["dice"], "miou": utility["miou"]}
-        served_utility = evaluate_utility(served, plan.heldout, plan.info.num_classes, view.device)
-        utility.update(dice=served_utility["dice"], miou=served_utility["miou"], released=release[1])
     write_scores(out_dir / "scores.csv", plan.targets.ids, {k: r.scores for k, r in results.items() if r.scores is not None})
-    plot_roc(curves, out_dir / "roc.png", title=f"{scenario.name}: membership inference (log-log ROC)")
-    plot_utility(metrics["utility"]["rounds"], out_dir / "utility.png")
+    plot_roc(evaluation.curves, out_dir / "roc.png", title=f"{scenario.name}: membership inference (log-log ROC)")
+    plot_utility(evaluation.rounds, out_dir / "utility.png")
     if scenario.runtime.keep_transcript != "all":
         transcript.save(out_dir / "transcript", keep=scenario.runtime.keep_transcript)
     # last, so that it covers everything but writing these two files
@@ -216,10 +210,9 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     # before the clock's first phase, Ray's stop, writing the transcript) is said, not hidden
     phases = sum(v for k, v in timing.items() if k in PHASES)
     timing["other_s"] = max(0.0, timing["wall_s"] - phases)
-    metrics["timing"] = timing
-    check_metrics(metrics)  # the one schema every reader relies on: a renamed figure fails here
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    write_text_atomic(out_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))
+    metrics = evaluation.metrics(timing)  # built once, complete
+    write_json_atomic(out_dir / "metrics.json", metrics.as_json())
+    write_text_atomic(out_dir / "report.md", render_report(metrics.as_json(), roc_png="roc.png", utility_png="utility.png"))
     complete(out_dir, scenario, wall_s=timing["wall_s"], plugins=plugins_used(scenario))  # last: only now does the folder read as finished
     return metrics
 

@@ -12,41 +12,46 @@ from __future__ import annotations
 
 import csv
 import io
-import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from fedmia.evaluation.compare import run_scores
 from fedmia.evaluation.metrics import roc_points
 from fedmia.evaluation.plots import _new_figure, distinct_colours, finish_roc_axes
-from fedmia.evaluation.schema import check_metrics, figures
+from fedmia.evaluation.figures import Figure, across_seeds
+from fedmia.evaluation.run import Run
+from fedmia.evaluation.schema import RunMetrics, figures
 from fedmia.io import save_figure_atomic, write_json_atomic, write_text_atomic
+from fedmia.runfolder import completion
 from fedmia.scenario import Scenario
 
-def summarise(per_seed: list[dict], level: float = 0.95) -> dict[str, dict]:
-    """Mean, standard deviation and Student-t interval across seeds of every figure."""
-    values: dict[str, list[float]] = {}
-    for i, metrics in enumerate(per_seed):  # typed reads through metrics.json's one schema
-        for key, value in figures(check_metrics(metrics, f"seed {i}: metrics.json")).items():
-            values.setdefault(key, []).append(value)
-    out = {}
-    for key, series in values.items():
-        x = np.array([v for v in series if math.isfinite(v)])
-        if len(x) == 0:
-            continue
-        mean, sd = float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
-        half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * sd / math.sqrt(len(x))) if len(x) > 1 else math.inf
-        low, high = mean - half, mean + half
-        if not key.startswith("privacy.") and not key.endswith("cosine"):
-            low, high = max(low, 0.0), min(high, 1.0)  # rates and scores in [0, 1]: clip the t-interval
-        out[key] = {"mean": mean, "sd": sd, "ci": [low, high], "n": int(len(x)), "values": series}
-    return out
+def summarise(per_seed: list[RunMetrics], level: float = 0.95) -> dict[str, Figure]:
+    """Every figure's mean, standard deviation and Student-t interval across seeds (a rate's
+    clipped to [0, 1], as its definition in the schema declares)."""
+    series: dict[str, list[float]] = {}
+    rates: dict[str, bool] = {}
+    for metrics in per_seed:
+        for key, value in figures(metrics).items():
+            series.setdefault(key, []).append(value.value)
+            rates[key] = value.rate
+    out = {key: across_seeds(values, rates[key], level) for key, values in series.items()}
+    return {key: figure for key, figure in out.items() if figure is not None}
+
+
+@dataclass(frozen=True)
+class Replication:
+    """N seeds of one scenario: each seed's run (typed, in memory) and every figure across them."""
+
+    scenario: str
+    seeds: list[int]
+    runs: list[Run]
+    figures: dict[str, Figure]
 
 
 def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None,
-                  manifests: Path | None = None) -> dict:
+                  manifests: Path | None = None) -> Replication:
     """`manifests`: the sites' manifests of a multi-site scenario (its seeds change the
     initialisation and the clients' seeds, not the sites' records), joined with each seed's run."""
     from fedmia.evaluation.manifests import evaluate_with_manifests
@@ -56,7 +61,7 @@ def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None,
         raise ValueError("a multi-site scenario's membership comes from its sites: give --manifests DIR")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_seed, folders = [], []
+    per_seed, folders, runs = [], [], []
     for k in range(seeds):
         point = scenario.model_copy(update={"seed": scenario.seed + k, "name": f"{scenario.name}-seed{scenario.seed + k}"})
         folder = out_dir / f"seed-{k:02d}"
@@ -69,17 +74,18 @@ def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None,
             metrics = evaluate_with_manifests(point, folder, manifests)
         per_seed.append(metrics)
         folders.append(folder)
+        runs.append(Run(folder, metrics, completion(folder)))
     summary = summarise(per_seed)
-    result = {"scenario": scenario.name, "seeds": [scenario.seed + k for k in range(seeds)],
-              "runs": [str(f) for f in folders], "interval": "95% Student t across seeds",
-              "figures": summary}
-    write_json_atomic(out_dir / "replicate.json", result)
+    result = Replication(scenario.name, [scenario.seed + k for k in range(seeds)], runs, summary)
+    write_json_atomic(out_dir / "replicate.json", {
+        "scenario": result.scenario, "seeds": result.seeds, "runs": [str(f) for f in folders],
+        "interval": "95% Student t across seeds", "figures": {key: fig.to_json() for key, fig in summary.items()}})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["figure", "mean", "ci_low", "ci_high", "sd", "n", *[f"seed {s}" for s in result["seeds"]]])
-    for key, row in summary.items():
-        writer.writerow([key, repr(row["mean"]), repr(row["ci"][0]), repr(row["ci"][1]), repr(row["sd"]), row["n"],
-                         *[repr(v) for v in row["values"]]])
+    writer.writerow(["figure", "mean", "ci_low", "ci_high", "sd", "n", *[f"seed {s}" for s in result.seeds]])
+    for key, fig in summary.items():
+        writer.writerow([key, repr(fig.mean), repr(fig.low), repr(fig.high), repr(fig.sd), fig.n,
+                         *[repr(v) for v in fig.values]])
     write_text_atomic(out_dir / "replicate.csv", buffer.getvalue())
     plot_replicate_roc(folders, out_dir / "replicate_roc.png", title=f"{scenario.name}: {seeds} seeds")
     return result

@@ -6,7 +6,7 @@ last, holding the SHA-256 of the scenario's canonical form, the versions of fedm
 libraries, and when it finished. A folder without that record never reads as finished, whatever
 else is in it — so a rerun that fails half-way cannot leave the new scenario beside the old
 figures and pass for a finished run. `sweep`, `replicate`, `audit` and `deploy` reuse or report a
-run only when its record names the scenario they mean (`finished_metrics`).
+run only when its record names the scenario they mean (`evaluation.run.finished_run`).
 
 Nothing is deleted without being asked: a folder that holds a run is refused (exit 2) unless the
 caller resumes it or forces a new one, and forcing moves the old run aside, it does not remove it.
@@ -76,19 +76,6 @@ def completion(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
-
-
-def finished_metrics(folder: Path, scenario: Any) -> dict | None:
-    """`metrics.json` of a finished run of exactly `scenario`, else None (no record, another
-    scenario's record, or unreadable results)."""
-    record = completion(folder)
-    if record is None or record.get("scenario_sha256") != scenario_digest(scenario):
-        return None
-    try:
-        metrics = json.loads((Path(folder) / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if isinstance(metrics, dict) else None
 
 
 def move_aside(folder: Path) -> Path:

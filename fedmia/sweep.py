@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedmia.evaluation.plots import _new_figure
+from fedmia.evaluation.schema import RunMetrics
 from fedmia.io import save_figure_atomic, write_text_atomic
 from fedmia.scenario import Scenario, ScenarioError, read_yaml
 from fedmia.validation import parse_scenario
@@ -91,18 +92,19 @@ def load_sweep(path: Path) -> tuple[SweepSpec, list[tuple[dict, Scenario]]]:
     return spec, points
 
 
-def run_or_reuse(folder: Path, scenario: Scenario, console=None) -> tuple[dict, str]:
+def run_or_reuse(folder: Path, scenario: Scenario, console=None) -> tuple[RunMetrics, str]:
     """A point's metrics: reused when `folder` holds a finished run of exactly `scenario` (its
     completion record says so), resumed when it holds that scenario's unfinished run, else run
     anew — a run of another scenario there is moved aside, never reported. Returns (metrics,
     'reused' | 'resumed' | 'ran')."""
-    from fedmia.runfolder import finished_metrics, state
+    from fedmia.evaluation.run import finished_run
+    from fedmia.runfolder import state
     from fedmia.runner import run_scenario
     from fedmia.scenario import read_yaml
 
-    metrics = finished_metrics(folder, scenario)
-    if metrics is not None:
-        return metrics, "reused"
+    finished = finished_run(folder, scenario)
+    if finished is not None:
+        return finished.metrics, "reused"
     resume = False
     if state(folder) == "unfinished":
         try:
@@ -117,7 +119,7 @@ def run_sweep(path: Path, out_dir: Path, console=None) -> list[dict]:
     spec, points = load_sweep(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    done: dict[str, dict] = {}
+    done: dict[str, RunMetrics] = {}
     for i, (assignment, scenario) in enumerate(points):
         folder = out_dir / f"point-{i:02d}"
         key = json.dumps({**scenario.resolved(), "name": None}, sort_keys=True)
@@ -137,16 +139,17 @@ def run_sweep(path: Path, out_dir: Path, console=None) -> list[dict]:
     return rows
 
 
-def _row(label: str, assignment: dict, metrics: dict, folder: Path) -> dict:
+def _row(label: str, assignment: dict, metrics: RunMetrics, folder: Path) -> dict:
+    """One line of sweep.csv (its columns: the swept values, then each attack's figures)."""
     row = {"label": label, **{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in assignment.items()},
-           "dice": metrics["utility"]["dice"], "miou": metrics["utility"]["miou"],
-           "epsilon": (metrics.get("privacy") or {}).get("epsilon"), "run": str(folder)}
-    for attack, m in metrics["attacks"].items():
-        ci = m.get("ci") or {}
-        row[f"{attack}.auc"] = m["auc"]
-        row[f"{attack}.auc.ci"] = json.dumps(ci.get("auc")) if ci.get("auc") else None
-        row[f"{attack}.tpr@1%"] = m["tpr_at_fpr"].get("0.01")
-        tpr_ci = (ci.get("tpr_at_fpr") or {}).get("0.01")
+           "dice": metrics.utility.dice, "miou": metrics.utility.miou,
+           "epsilon": metrics.privacy.epsilon if metrics.privacy else None, "run": str(folder)}
+    for attack, m in metrics.attacks.items():
+        auc_ci = m.ci.auc if m.ci else None
+        tpr_ci = m.ci.tpr_at_fpr.get("0.01") if m.ci else None
+        row[f"{attack}.auc"] = m.auc
+        row[f"{attack}.auc.ci"] = json.dumps(auc_ci) if auc_ci else None
+        row[f"{attack}.tpr@1%"] = m.tpr_at_fpr.get("0.01")
         row[f"{attack}.tpr@1%.ci"] = json.dumps(tpr_ci) if tpr_ci else None
     return row
 

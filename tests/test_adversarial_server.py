@@ -55,7 +55,7 @@ def test_isolation_recovers_the_target_update_through_secagg(write_scenario, tmp
         server={"strategy": "isolation", "target_client": 1},
         defenses={"secagg": True},
         attacks=["loss", "isolation", "update-loss-drop"])))
-    metrics = run_scenario(scenario, tmp_path / "run")
+    metrics = run_scenario(scenario, tmp_path / "run").as_json()
     iso = metrics["isolation"]
     assert iso["target_client"] == 1 and iso["round"] == 2
     assert iso["cosine"] >= 0.99, iso
@@ -88,7 +88,7 @@ def test_config_isolation_and_the_pinning_defense(write_scenario, tmp_path, stop
         server={"strategy": "config-isolation", "target_client": 0},
         federation={"pin_hyperparameters": pinned},
         attacks=["isolation"])))
-    metrics = run_scenario(scenario, tmp_path / "run")
+    metrics = run_scenario(scenario, tmp_path / "run").as_json()
     cosine = metrics["isolation"]["cosine"]
     if pinned:
         assert cosine < 0.9, cosine  # the other clients trained after all: the sum is not the target's
@@ -104,7 +104,7 @@ def _tailored_run(write_scenario, tmp_path, strategy: str, extra: dict):
         server={"strategy": strategy, **extra},
         attacks=["update-loss-drop", "gradient-ascent", "source-inference",
                  {"name": "gradient-ascent", "replays": 1, "label": "replayed"}]), name=f"{strategy}.yaml"))
-    metrics = run_scenario(scenario, tmp_path / strategy)
+    metrics = run_scenario(scenario, tmp_path / strategy).as_json()
     transcript = Transcript.load(tmp_path / strategy / "transcript")
     first, last = transcript.rounds
     assert last.notes.attacked == strategy and first.notes.attacked is None

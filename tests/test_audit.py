@@ -160,11 +160,15 @@ def test_a_defense_verdict_resting_only_on_non_adaptive_attacks_is_marked(audite
     import copy
 
     data = json.loads((audited["out"] / "audit.json").read_text())
-    rows, verdicts = data.pop("rows"), data.pop("verdicts")
-    base = next(r for r in rows if r["threat_model"] == "black-box" and r["applies"])
+    rows = [audit.AuditRow.from_json(r) for r in data.pop("rows")]  # audit.json's rows round-trip
+    verdicts = [audit.Verdict.from_json(v) for v in data.pop("verdicts")]
+    assert json.loads(json.dumps([r.to_json() for r in rows])) == json.loads((audited["out"] / "audit.json").read_text())["rows"]
+    base = next(r for r in rows if r.threat_model == "black-box" and r.applies)
     smooth, argmax = copy.deepcopy(base), copy.deepcopy(base)
-    smooth.update(defense="smooth", defenses=["label_smoothing"], untested_defenses=["label_smoothing"], adaptive=[])
-    argmax.update(defense="argmax", defenses=["output"], untested_defenses=[], adaptive=["label-augment"])
+    smooth.defense, smooth.defenses, smooth.untested_defenses, smooth.adaptive = "smooth", ["label_smoothing"], \
+        ["label_smoothing"], []
+    argmax.defense, argmax.defenses, argmax.untested_defenses, argmax.adaptive = "argmax", ["output"], [], \
+        ["label-augment"]
     sets = data["defense_sets"] + [{"label": "smooth", "defenses": ["label_smoothing"]},
                                    {"label": "argmax", "defenses": ["output"]}]
     page = audit.render_html(rows + [smooth, argmax], verdicts, {**data, "defense_sets": sets}, [])
@@ -174,17 +178,23 @@ def test_a_defense_verdict_resting_only_on_non_adaptive_attacks_is_marked(audite
 
 
 def test_headline_says_leaks_unclear_or_nothing_measurable():
+    from fedmia.evaluation.figures import Figure
+
     def row(tpr_low, auc_low):
-        figs = {"tpr_at_fpr.0.001": {"mean": 0.4, "low": tpr_low, "high": 0.6},
-                "auc": {"mean": 0.7, "low": auc_low, "high": 0.8}, "_targets": {"members": 100, "nonmembers": 1000}}
-        return {"applies": True, "strongest": "loss", "attacks": {"loss": figs}}
+        def fig(mean, low, high):
+            return Figure(mean, low, high, 3, (mean,) * 3, True, "95% t-interval across seeds")
+
+        figs = audit.AttackFigures(targets=audit.Targets(100, 1000, []), auc=fig(0.7, auc_low, 0.8),
+                                   tpr={"0.001": fig(0.4, tpr_low, 0.6)})
+        return audit.AuditRow("black-box", "scenario", attacks={"loss": figs}, strongest="loss")
 
     kind, words = audit.headline(row(0.2, 0.6), "0.001")
     assert kind == "leaks" and "identifies 40.0% of training patients" in words and "1 false accusation in 1,000" in words
     assert audit.headline(row(0.0, 0.6), "0.001")[0] == "unclear"
     kind, words = audit.headline(row(0.0, 0.45), "0.001")
     assert kind == "none" and "100 members, 1000 non-members" in words and "not evidence of safety" in words
-    assert audit.headline({"applies": False, "why_not": "SecAgg+ is off"}, "0.001") == ("na", "does not apply: SecAgg+ is off")
+    assert audit.headline(audit.AuditRow("black-box", "scenario", why_not="SecAgg+ is off"), "0.001") == \
+        ("na", "does not apply: SecAgg+ is off")
 
 
 def test_gate_file_errors_name_file_key_and_expected_values(audited):

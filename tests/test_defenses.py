@@ -126,7 +126,7 @@ def _with(**extra):
 def test_local_dp_run_reports_epsilon_per_client(write_scenario, tmp_path, stops_its_processes):
     scenario = load_scenario(write_scenario(_with(defenses={"dp": {"mode": "local", "target_epsilon": 8.0}},
                                                   federation={**SMALL["federation"], "clients": 2})))
-    metrics = run_scenario(scenario, tmp_path / "run")
+    metrics = run_scenario(scenario, tmp_path / "run").as_json()
     privacy = metrics["privacy"]
     assert privacy["mode"] == "local" and set(privacy["per_client"]) == {"0", "1"}
     # The noise was solved for ε = 8 with Opacus's RDP accountant; every client took part in every
@@ -152,7 +152,7 @@ def test_central_dp_noises_the_released_model(write_scenario, tmp_path, stops_it
     scenario = load_scenario(write_scenario(_with(
         defenses={"dp": {"mode": "central", "noise_multiplier": 1.0, "clipping_norm": 0.5, "clipping": "adaptive",
                          "clipped_count_stddev": 1.0}})))
-    metrics = run_scenario(scenario, tmp_path / "run")
+    metrics = run_scenario(scenario, tmp_path / "run").as_json()
     privacy = metrics["privacy"]
     assert privacy["mode"] == "central" and math.isfinite(privacy["epsilon"])
     assert privacy["epsilon"] == min(privacy["accountants"].values()) and privacy["released_rounds"] == 2

@@ -95,7 +95,7 @@ def test_multi_site_audit_on_loopback_matches_its_simulation(tmp_path, stops_its
             result=submit(deployed_scenario, tmp_path / "deployed", f"127.0.0.1:{deployment.superlink_port}",
                           tls_dir / "ca.crt", timeout=400)))
         auditor.start()
-        simulated = run_scenario(scenario, tmp_path / "sim")
+        simulated = run_scenario(scenario, tmp_path / "sim").as_json()
         auditor.join()
         result = box["result"]
         started = [p.pid for p in deployment.processes]

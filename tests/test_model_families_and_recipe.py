@@ -194,7 +194,7 @@ def test_a_plug_in_family_trains_in_a_real_run(example_plugins, write_scenario, 
     from fedmia.transcript import Transcript
 
     scenario = load_scenario(write_scenario(TINY_UNET))
-    metrics = run_scenario(scenario, tmp_path / "run")
+    metrics = run_scenario(scenario, tmp_path / "run").as_json()
     assert 0 <= metrics["utility"]["dice"] <= 1 and 0 <= metrics["attacks"]["loss"]["auc"] <= 1
     transcript = Transcript.load(tmp_path / "run" / "transcript")
     assert transcript.weight_names[0].startswith("down.0") and len(transcript.rounds[0].replies) == 2

@@ -128,7 +128,7 @@ def test_a_users_own_package_runs_through_ray_and_a_worker_without_it_stops_the_
     from fedmia.validation import load_scenario
 
     scenario = load_scenario(write_scenario(EXAMPLE))
-    metrics = run_scenario(scenario, tmp_path / "with")
+    metrics = run_scenario(scenario, tmp_path / "with").as_json()
     assert metrics["setup"]["defenses"] == "flip (p 1.0)"
     assert set(metrics["attacks"]) == {"loss", "example-median-pixel-loss"}
     assert metrics["ood_sets"] == {"heldout": 4, "example-inverted": 4}

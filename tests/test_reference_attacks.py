@@ -36,7 +36,7 @@ def test_reference_attacks_cache_and_ood(write_scenario, tmp_path, stops_its_pro
         "runtime": {"cache_dir": str(tmp_path / "cache")},
         "evaluation": {"ood_count": 8, "ood": ["heldout", "noise", "other-dataset", "scaled", "permuted",
                                                "optimised-fakes"]}}))
-    metrics = run_scenario(scenario, tmp_path / "first")
+    metrics = run_scenario(scenario, tmp_path / "first").as_json()
     assert sorted(trained) == [0, 1, 2, 3]  # four reference models, each trained once, shared by all
     assert len(list((tmp_path / "cache" / "reference").glob("*.npz"))) == 4
     for spec in ATTACKS:
@@ -52,7 +52,7 @@ def test_reference_attacks_cache_and_ood(write_scenario, tmp_path, stops_its_pro
     # Reruns of the attacks on the same transcript (the federation is not what is cached).
     transcript = Transcript.load(tmp_path / "first" / "transcript")
     trained.clear()
-    again = finish_run(scenario, transcript, tmp_path / "second", timing={})
+    again = finish_run(scenario, transcript, tmp_path / "second", timing={}).as_json()
     assert trained == []  # warm cache: no reference model trained
     for spec in ATTACKS:
         assert again["attacks"][spec["name"]]["auc"] == pytest.approx(metrics["attacks"][spec["name"]]["auc"])
@@ -60,7 +60,7 @@ def test_reference_attacks_cache_and_ood(write_scenario, tmp_path, stops_its_pro
     # a cold cache elsewhere retrains the same reference models: same scores, run to run
     trained.clear()
     cold = scenario.model_copy(update={"runtime": scenario.runtime.model_copy(update={"cache_dir": str(tmp_path / "cold")})})
-    third = finish_run(cold, transcript, tmp_path / "third", timing={})
+    third = finish_run(cold, transcript, tmp_path / "third", timing={}).as_json()
     assert sorted(trained) == [0, 1, 2, 3]
     for spec in ATTACKS:
         assert third["attacks"][spec["name"]]["auc"] == pytest.approx(metrics["attacks"][spec["name"]]["auc"])

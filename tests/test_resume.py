@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from fedmia.cli import app
 
-from fedmia.runfolder import finished_metrics, state
+from fedmia.evaluation.run import finished_run
+from fedmia.runfolder import state
 from fedmia.transcript import Transcript
 from fedmia.validation import load_scenario
 
@@ -75,7 +76,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_scenario, tmp_path
     assert checkpointed(killed) < 2 and not (killed / "metrics.json").exists()
     parsed = load_scenario(scenario)
     # what sweep, replicate and deploy ask: never a finished run
-    assert state(killed) == "unfinished" and finished_metrics(killed, parsed) is None
+    assert state(killed) == "unfinished" and finished_run(killed, parsed) is None
 
     resuming = fedmia("run", "--resume", str(killed))
     finish(resuming)
@@ -94,7 +95,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_scenario, tmp_path
     assert metrics[0]["utility"]["rounds"] == metrics[1]["utility"]["rounds"]
     for name in ("loss", "update-loss-drop"):
         assert metrics[0]["attacks"][name]["auc"] == metrics[1]["attacks"][name]["auc"]
-    assert finished_metrics(killed, parsed) == metrics[0]  # finished now, by its completion record
+    assert finished_run(killed, parsed).metrics.as_json() == metrics[0]  # finished now, by its completion record
 
     # fedmia compare on the two: the same targets, so a paired test; the same figures, no difference
     # (in this process: the CLI's own start-up is tested elsewhere)

@@ -14,7 +14,8 @@ import pytest
 
 from fedmia.io import write_json_atomic, write_text_atomic
 from fedmia.pipeline import prepare_run_folder
-from fedmia.runfolder import RunFolderError, claim, complete, finished_metrics, state
+from fedmia.evaluation.run import finished_run
+from fedmia.runfolder import RunFolderError, claim, complete, state
 from fedmia.validation import load_scenario
 
 from conftest import REPO
@@ -27,21 +28,22 @@ def digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def finished_run(folder: Path, scenario) -> None:
+def write_finished_run(folder: Path, scenario) -> None:
     """What a finished run leaves: its scenario first, results, the completion record last."""
     claim(folder, scenario)
     (folder / "transcript").mkdir()
     write_text_atomic(folder / "transcript" / "index.json", "{}")
-    write_json_atomic(folder / "metrics.json", {"scenario": scenario.name, "attacks": {}})
+    write_json_atomic(folder / "metrics.json", {"scenario": scenario.name, "setup": {}, "attacks": {},
+                                                "utility": {"dice": 0.5, "miou": 0.4, "rounds": []}})
     complete(folder, scenario, wall_s=1.0)
 
 
 def test_second_run_is_refused_and_force_moves_the_old_run_aside(tmp_path, write_scenario):
     scenario = load_scenario(write_scenario())
     folder = tmp_path / "run"
-    finished_run(folder, scenario)
+    write_finished_run(folder, scenario)
     before = digests(folder)
-    assert state(folder) == "finished" and finished_metrics(folder, scenario) is not None
+    assert state(folder) == "finished" and finished_run(folder, scenario).metrics.utility.dice == 0.5
 
     with pytest.raises(RunFolderError, match="already holds a finished run.*--force"):
         prepare_run_folder(folder, scenario)
@@ -60,11 +62,11 @@ def test_a_run_that_did_not_complete_never_reads_as_finished(tmp_path, write_sce
     scenario = load_scenario(write_scenario())
     other = load_scenario(write_scenario({"seed": 7}, name="other.yaml"))
     folder = tmp_path / "run"
-    finished_run(folder, scenario)
-    assert finished_metrics(folder, other) is None  # a finished run, but of another scenario
+    write_finished_run(folder, scenario)
+    assert finished_run(folder, other) is None  # a finished run, but of another scenario
     (folder / "completed.json").unlink()  # results written, completion record not (killed, failed)
     assert state(folder) == "unfinished"
-    assert finished_metrics(folder, scenario) is None
+    assert finished_run(folder, scenario) is None
 
 
 @pytest.mark.parametrize("kind", ["file", "foreign"])
@@ -137,15 +139,19 @@ def test_metrics_json_has_one_schema_and_a_renamed_figure_fails_loudly(tmp_path)
     row = {"auc": 0.8, "tpr_at_fpr": {"0.01": 0.2}, "balanced_accuracy": 0.7, "n_members": 10, "n_nonmembers": 100}
     metrics = {"scenario": "s", "setup": {}, "utility": {"dice": 0.6, "miou": 0.7, "rounds": []},
                "attacks": {"loss": row}, "privacy": {"epsilon": 3.0, "audit": {"epsilon_lower": 0.5}}}
-    assert figures(check_metrics(metrics)) == {
+    found = figures(check_metrics(metrics))
+    assert {k: v.value for k, v in found.items()} == {
         "attacks.loss.auc": 0.8, "attacks.loss.tpr_at_fpr.0.01": 0.2, "attacks.loss.balanced_accuracy": 0.7,
         "utility.dice": 0.6, "utility.miou": 0.7, "privacy.epsilon": 3.0, "privacy.audit.epsilon_lower": 0.5}
+    # a rate or not, as the figure's definition declares (an ε's interval is not clipped to [0, 1])
+    assert [k for k, v in found.items() if not v.rate] == ["privacy.epsilon", "privacy.audit.epsilon_lower"]
     renamed = {**metrics, "attacks": {"loss": {**{k: v for k, v in row.items() if k != "auc"}, "roc_auc": 0.8}}}
     with pytest.raises(MetricsError, match="attacks.loss.auc: Field required"):
         check_metrics(renamed)
-    with pytest.raises(MetricsError, match="seed 1: metrics.json: attacks.loss.auc"):
-        summarise([metrics, renamed])  # replicate: an error, not a table without the figure
-    assert summarise([metrics, metrics])["attacks.loss.auc"]["mean"] == 0.8
+    typed = check_metrics(metrics)
+    assert summarise([typed, typed])["attacks.loss.auc"].mean == 0.8
+    epsilon = summarise([typed, check_metrics({**metrics, "privacy": {"epsilon": 5.0}})])["privacy.epsilon"]
+    assert epsilon.high > 1 and not epsilon.rate
 
     folder = tmp_path / "run"  # compare: a folder whose metrics.json does not follow the schema
     folder.mkdir()

@@ -55,7 +55,7 @@ def test_ray_simulation_two_clients_records_a_transcript(write_scenario, tmp_pat
     scenario = load_scenario(write_scenario({"federation": {"rounds": 2, "federated_evaluation": "sampled"},
                                              "runtime": {"keep_transcript": "final"},
                                              "attacks": ["loss", "entropy", "update-loss-drop"]}))
-    metrics = run_scenario(scenario, tmp_path / "run")
+    metrics = run_scenario(scenario, tmp_path / "run").as_json()
     check_run_folder(tmp_path / "run", scenario)
     assert metrics["utility"]["rounds"][-1]["clients"] == 2
     for row in metrics["utility"]["rounds"]:
@@ -128,7 +128,7 @@ def test_kvasir_folder_scenario_runs_end_to_end_on_a_small_folder(tmp_path, stop
     raw["evaluation"].update(targets={"members": 4, "nonmembers": 4}, ood_count=3, ood_steps=2)
     scenario = Scenario.model_validate(raw)
     assert (scenario.model.encoder, scenario.model.encoder_depth, scenario.data.options["channels"]) == ("resnet34", 5, 3)
-    metrics = run_scenario(scenario, tmp_path / "run")
+    metrics = run_scenario(scenario, tmp_path / "run").as_json()
     assert metrics["ood_sets"] == {"heldout": 3, "noise": 3, "scaled": 3, "optimised-fakes": 3}
     assert set(metrics["attacks"]) == {"loss", "entropy", "modified-entropy"}
     assert 0 <= metrics["utility"]["dice"] <= 1

@@ -85,13 +85,13 @@ def test_replicate_runs_independent_seeds_and_summarises_them(tmp_path, write_sc
 
     scenario = load_scenario(write_scenario({"federation": {"rounds": 1}, "evaluation": {"ood": []}}))
     result = run_replicate(scenario, 2, tmp_path / "rep")
-    assert result["seeds"] == [0, 1]
+    assert result.seeds == [0, 1] and [r.folder.name for r in result.runs] == ["seed-00", "seed-01"]
     targets = [json.loads((tmp_path / "rep" / f"seed-0{k}" / "ledger.json").read_text())["owner"] for k in (0, 1)]
     assert targets[0] != targets[1]  # independent draws, not the same federation twice
-    auc = result["figures"]["attacks.loss.auc"]
-    assert auc["n"] == 2 and auc["ci"][0] <= auc["mean"] <= auc["ci"][1]
-    assert auc["mean"] == pytest.approx(sum(auc["values"]) / 2)
-    assert "utility.dice" in result["figures"]
+    auc = result.figures["attacks.loss.auc"]
+    assert auc.n == 2 and auc.low <= auc.mean <= auc.high and auc.rate
+    assert auc.mean == pytest.approx(sum(auc.values) / 2)
+    assert "utility.dice" in result.figures
     with open(tmp_path / "rep" / "replicate.csv") as handle:
         assert any(row["figure"] == "attacks.loss.auc" for row in csv.DictReader(handle))
     assert (tmp_path / "rep" / "replicate_roc.png").stat().st_size > 0

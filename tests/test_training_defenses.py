@@ -138,7 +138,7 @@ def test_federated_run_with_crop_mixup_and_minmax(write_scenario, tmp_path, stop
         "defenses": {"crop": {"size": 12}, "mixup": {"alpha": 0.4}, "minmax": {"weight": 1.0},
                      "laplace": {"fit_on": "public"}},
     }))
-    metrics = run_scenario(scenario, tmp_path / "run")
+    metrics = run_scenario(scenario, tmp_path / "run").as_json()
     assert 0 <= metrics["attacks"]["loss"]["auc"] <= 1
     assert metrics["utility"]["released"] == "last-layer Laplace"
     assert 0 <= metrics["utility"]["global_model"]["dice"] <= 1

@@ -144,7 +144,7 @@ def test_trap_weights_in_a_flower_simulation(write_scenario, tmp_path, stops_its
     if secure:
         extra["defenses"] = {"secagg": True}
     scenario = load_scenario(write_scenario({**TRAP, **extra}))
-    metrics = run_scenario(scenario, tmp_path / "run")
+    metrics = run_scenario(scenario, tmp_path / "run").as_json()
     transcript = Transcript.load(tmp_path / "run" / "transcript")
     plan = build_plan(scenario)
     owner = {str(r): k for k, c in enumerate(plan.clients) for r in c.ids}

@@ -17,7 +17,8 @@ Layout of OUT: `runs/DEFENSE-SET/THREAT-MODELS/seed-KK/` (run folders), `.../rep
 
 Modules, one idea each: `plan` (threat models × defense sets → rows and shared federations),
 `gate` (the gate file), `running` (training what the plan needs), `summary` (the rows' figures),
-`verdict` (`judge`, the JUnit form, the headline), `report` (audit.html and its PDF), `command`
+`verdict` (`judge`, the JUnit form, the headline), `report` (audit.html from a Jinja2 template, and
+its PDF), `command`
 (`run_audit`: all of it in order).
 """
 
@@ -25,7 +26,9 @@ from fedmia.audit.command import AuditResult, run_audit
 from fedmia.audit.gate import gate_json_schema, load_gate
 from fedmia.audit.plan import BASELINE, load_what_if, plan_audit, untested_defenses
 from fedmia.audit.report import SECTIONS, render_html
-from fedmia.audit.verdict import headline, judge, junit_xml
+from fedmia.audit.summary import AttackFigures, AuditRow, Targets
+from fedmia.audit.verdict import Verdict, headline, judge, junit_xml
 
-__all__ = ["AuditResult", "BASELINE", "SECTIONS", "gate_json_schema", "headline", "judge", "junit_xml",
-           "load_gate", "load_what_if", "plan_audit", "render_html", "run_audit", "untested_defenses"]
+__all__ = ["AttackFigures", "AuditResult", "AuditRow", "BASELINE", "SECTIONS", "Targets", "Verdict",
+           "gate_json_schema", "headline", "judge", "junit_xml", "load_gate", "load_what_if", "plan_audit",
+           "render_html", "run_audit", "untested_defenses"]

@@ -13,8 +13,8 @@ from pathlib import Path
 from fedmia.audit.plan import plan_audit
 from fedmia.audit.report import plugins_of, render_html, write_pdf
 from fedmia.audit.running import run_groups
-from fedmia.audit.summary import summarise_rows
-from fedmia.audit.verdict import judge, junit_xml
+from fedmia.audit.summary import AuditRow, summarise_rows
+from fedmia.audit.verdict import Verdict, judge, junit_xml
 from fedmia.io import write_json_atomic, write_text_atomic
 from fedmia.scenario import Scenario
 
@@ -22,8 +22,8 @@ from fedmia.scenario import Scenario
 @dataclass
 class AuditResult:
     out_dir: Path
-    rows: list[dict]
-    verdicts: list[dict]
+    rows: list[AuditRow]
+    verdicts: list[Verdict]
     counts: dict[str, int]
     html: Path
     pdf: Path | None
@@ -31,7 +31,7 @@ class AuditResult:
 
     @property
     def gate_failed(self) -> bool:
-        return any(v["status"] == "fail" for v in self.verdicts)
+        return any(v.status == "fail" for v in self.verdicts)
 
 
 def run_audit(scenario: Scenario, *, source: str, seeds: int, out_dir: Path, gate: dict | None = None,
@@ -41,9 +41,9 @@ def run_audit(scenario: Scenario, *, source: str, seeds: int, out_dir: Path, gat
     out_dir = Path(out_dir)
     rows, groups, sets = plan_audit(scenario, what_if, source, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = run_groups(groups, seeds, console)
+    counts, replications = run_groups(groups, seeds, console)
     levels = [str(f) for f in scenario.evaluation.tpr_at_fpr]
-    summary = summarise_rows(rows, sets, seeds, levels)
+    summary = summarise_rows(rows, replications, levels)
     verdicts = judge(summary, gate, gate_on, seeds) if gate else []
     duration = time.perf_counter() - started
     from fedmia.runfolder import versions
@@ -58,7 +58,8 @@ def run_audit(scenario: Scenario, *, source: str, seeds: int, out_dir: Path, gat
                "defense_sets": [{"label": s.label, "defenses": s.scenario.defenses.keys()} for s in sets],
                "groups": [{"folder": str(g.folder), "threat_models": g.threat_models, "defense": g.defense,
                            "attacks": [a.get("label") or a["name"] for a in g.attacks]} for g in groups]}
-    write_json_atomic(out_dir / "audit.json", {**context, "rows": summary, "verdicts": verdicts})
+    write_json_atomic(out_dir / "audit.json", {**context, "rows": [r.to_json() for r in summary],
+                                               "verdicts": [v.to_json() for v in verdicts]})
     page = render_html(summary, verdicts, context, groups)
     html_path = out_dir / "audit.html"
     write_text_atomic(html_path, page)

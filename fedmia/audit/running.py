@@ -1,11 +1,12 @@
 """Training what the plan needs: every group over its seeds (reusing finished runs), then each
-group's replicate.json."""
+group's replication (replicate.json on disk, the typed runs in memory)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fedmia.audit.plan import Group
+from fedmia.replicate import Replication
 from fedmia.scenario import Scenario
 
 
@@ -28,15 +29,15 @@ def _seed_point(scenario: Scenario, k: int) -> Scenario:
     return scenario.model_copy(update={"seed": scenario.seed + k, "name": f"{scenario.name}-seed{scenario.seed + k}"})
 
 
-def run_groups(groups: list[Group], seeds: int, console=None) -> dict[str, int]:
+def run_groups(groups: list[Group], seeds: int, console=None) -> tuple[dict[str, int], dict[int, Replication]]:
     """Train what is not finished (progress: runs done / to do, the current step), then each
-    group's replicate.json. Returns {'trained': n, 'reused': m}."""
+    group's replication. Returns ({'trained': n, 'reused': m}, {id(group): its Replication})."""
+    from fedmia.evaluation.run import finished_run
     from fedmia.pipeline import progress_bar
     from fedmia.replicate import run_replicate
-    from fedmia.runfolder import finished_metrics
 
     units = [(g, k) for g in groups for k in range(seeds)]
-    todo = [(g, k) for g, k in units if finished_metrics(g.folder / f"seed-{k:02d}", _seed_point(g.scenario, k)) is None]
+    todo = [(g, k) for g, k in units if finished_run(g.folder / f"seed-{k:02d}", _seed_point(g.scenario, k)) is None]
     counts = {"trained": 0, "reused": len(units) - len(todo)}
     if console is not None:
         console.print(f"[bold]audit[/]: {len(units)} runs ({len(groups)} federations × {seeds} seeds), "
@@ -48,9 +49,11 @@ def run_groups(groups: list[Group], seeds: int, console=None) -> dict[str, int]:
                               completed=counts["reused"] + counts["trained"])
         _run(group.folder / f"seed-{k:02d}", _seed_point(group.scenario, k), console)
         counts["trained"] += 1
+    replications = {}
     with progress_bar(console) as progress:
         task = progress.add_task("audit: replicate.json per federation", total=len(groups))
         for group in groups:
-            run_replicate(group.scenario, seeds, group.folder)  # every seed is finished: reads only
+            # every seed is finished: reads each run once, through its reader
+            replications[id(group)] = run_replicate(group.scenario, seeds, group.folder)
             progress.advance(task)
-    return counts
+    return counts, replications

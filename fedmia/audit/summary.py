@@ -1,132 +1,173 @@
-"""The audit's rows: every attack's figures (mean, interval) per (threat model, defense set),
-read from the runs' metrics and their replicate summaries."""
+"""The audit's rows, typed: per (threat model, defense set), every attack's figures (mean and
+interval) built from the runs in memory (`Replication`s), never re-read from disk by name."""
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
-from fedmia.audit.plan import DefenseSet, Row, active_defenses, untested_defenses
-
-
-def read_metrics(folder: Path) -> dict:
-    """A finished run's metrics.json, through the project's reader (one function, so a schema'd
-    reader replaces it in one line)."""
-    from fedmia.evaluation.compare import load_run
-
-    return load_run(Path(folder))["metrics"]
+from fedmia.audit.plan import Row, active_defenses, untested_defenses
+from fedmia.evaluation.figures import Figure, figure_of, finite
+from fedmia.evaluation.schema import AttackMetrics, RunMetrics
 
 
-def _num(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+@dataclass(frozen=True)
+class Targets:
+    """What an attack's figures rest on: its target counts, the FPR levels reported, how many
+    false positives each allows, and the levels resting on fewer than ten (†)."""
+
+    members: int | None
+    nonmembers: int | None
+    levels: list[str]
+    false_positives_allowed: dict[str, int] = field(default_factory=dict)
+    low_n_levels: list[str] = field(default_factory=list)
 
 
-def _figure(summary: dict, per_seed: list[dict], path: str, run_ci) -> dict | None:
-    """mean, interval (low, high) and per-seed values of one metrics.json leaf. Two seeds or
-    more: replicate's t-interval across seeds; one seed: the run's 95% bootstrap interval."""
-    values = [_num(_dig(m, path)) for m in per_seed]
-    if all(v is None for v in values):
-        return None
-    if len(per_seed) >= 2 and path in summary:
-        entry = summary[path]
-        low, high = entry["ci"]
-        return {"mean": entry["mean"], "low": _num(low), "high": _num(high), "values": values,
-                "interval": "95% t-interval across seeds"}
-    ci = run_ci(per_seed[0]) if run_ci else None
-    low, high = (ci if isinstance(ci, list) and len(ci) == 2 else (None, None))
-    mean = next(v for v in values if v is not None)
-    return {"mean": mean, "low": _num(low), "high": _num(high) if _num(high) is not None else None,
-            "values": values, "interval": "95% bootstrap over targets (one seed)" if ci else "none (one seed)"}
+@dataclass(frozen=True)
+class AttackFigures:
+    """One attack's figures over a row's seeds; `ood` / `ood_at_tpr50`: the mean share of each
+    OOD set called member, at the attack's own threshold / at the one catching half the members."""
+
+    targets: Targets
+    auc: Figure | None = None
+    balanced_accuracy: Figure | None = None
+    tpr: dict[str, Figure] = field(default_factory=dict)
+    ood: dict[str, float | None] = field(default_factory=dict)
+    ood_at_tpr50: dict[str, float | None] = field(default_factory=dict)
+
+    def metric(self, name: str) -> Figure | None:
+        """A figure by the gate's name for it: auc, balanced_accuracy or tpr_at_fpr.LEVEL."""
+        if name.startswith("tpr_at_fpr."):
+            return self.tpr.get(name.removeprefix("tpr_at_fpr."))
+        return {"auc": self.auc, "balanced_accuracy": self.balanced_accuracy}.get(name)
 
 
-def _dig(node, path: str):
-    """metrics.json leaf at a dotted path whose keys may hold dots (FPR levels: '0.001')."""
-    parts = path.split(".")
-    i = 0
-    while i < len(parts):
-        if not isinstance(node, dict):
-            return None
-        for j in range(len(parts), i, -1):  # longest key first: 'tpr_at_fpr', then '0.001'
-            key = ".".join(parts[i:j])
-            if key in node:
-                node, i = node[key], j
-                break
-        else:
-            return None
-    return node
+@dataclass
+class AuditRow:
+    """One threat model under one defense set: its attacks' figures, the strongest attack (by
+    mean AUC), utility, ε and its check, source inference, and what the runs say of themselves."""
+
+    threat_model: str
+    defense: str
+    why_not: str | None = None
+    attacks: dict[str, AttackFigures] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    strongest: str | None = None
+    dice: Figure | None = None
+    epsilon: Figure | None = None
+    epsilon_lower: Figure | None = None
+    epsilon_at_audit: Figure | None = None
+    source_inference: Figure | None = None
+    runs: list[str] = field(default_factory=list)
+    scenario_sha256: list[str | None] = field(default_factory=list)
+    wall_s: list[float | None] = field(default_factory=list)
+    federation: str = ""
+    strategy: str = ""
+    defenses: list[str] = field(default_factory=list)
+    untested_defenses: list[str] = field(default_factory=list)
+    adaptive: list[str] = field(default_factory=list)
+
+    @property
+    def applies(self) -> bool:
+        return self.why_not is None
+
+    @property
+    def best(self) -> AttackFigures | None:
+        return self.attacks.get(self.strongest) if self.strongest else None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "applies": self.applies}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "AuditRow":
+        """A row as audit.json holds it, typed again (the report renders from either)."""
+        figure = _figure_from_json
+        raw = {k: v for k, v in raw.items() if k != "applies"}
+        attacks = {name: AttackFigures(targets=Targets(**a["targets"]), auc=figure(a["auc"]),
+                                       balanced_accuracy=figure(a["balanced_accuracy"]),
+                                       tpr={lv: figure(f) for lv, f in a["tpr"].items()},
+                                       ood=a["ood"], ood_at_tpr50=a["ood_at_tpr50"])
+                   for name, a in raw.pop("attacks").items()}
+        figures = {k: figure(raw.pop(k)) for k in ("dice", "epsilon", "epsilon_lower", "epsilon_at_audit",
+                                                    "source_inference")}
+        return cls(**raw, **figures, attacks=attacks)
+
+
+def _figure_from_json(raw: dict | None) -> Figure | None:
+    return None if raw is None else Figure(**{**raw, "values": tuple(raw["values"])})
 
 
 def _mean(values: list) -> float | None:
-    xs = [v for v in (_num(x) for x in values) if v is not None]
+    xs = [v for v in map(finite, values) if v is not None]
     return sum(xs) / len(xs) if xs else None
 
 
-def summarise_rows(rows: list[Row], sets: list[DefenseSet], seeds: int, levels: list[str]) -> list[dict]:
-    """Per row: every attack's figures (mean, interval), the strongest attack by AUC, Dice, ε,
-    OOD false-positive rates, and what the runs say about their own limits."""
+def attack_figures(name: str, per_seed: list[RunMetrics], levels: list[str]) -> AttackFigures | None:
+    """One attack's figures over the seeds (None when no seed scored it): across seeds from two
+    seeds on, else the run's bootstrap interval over targets."""
+    rows: list[AttackMetrics | None] = [m.attacks.get(name) for m in per_seed]
+    present = [r for r in rows if r is not None]
+    if not present:
+        return None
+
+    def figure(value, interval) -> Figure | None:
+        return figure_of([value(r) if r else None for r in rows], [interval(r) if r and r.ci else None for r in rows])
+
+    first = present[0]
+    tpr = {lv: fig for lv in levels
+           if (fig := figure(lambda r, lv=lv: r.tpr_at_fpr.get(lv), lambda r, lv=lv: r.ci.tpr_at_fpr.get(lv)))}
+
+    def ood(which: str) -> dict[str, float | None]:
+        by_seed = [(getattr(m, which) or {}).get(name) or {} for m in per_seed]
+        return {s: _mean([rates.get(s) for rates in by_seed]) for s in sorted({s for rates in by_seed for s in rates})}
+
+    return AttackFigures(
+        targets=Targets(first.n_members, first.n_nonmembers, list(levels), dict(first.false_positives_allowed),
+                        sorted({lv for r in present for lv in r.low_n_levels})),
+        auc=figure(lambda r: r.auc, lambda r: r.ci.auc),
+        balanced_accuracy=figure(lambda r: r.balanced_accuracy, lambda r: r.ci.balanced_accuracy),
+        tpr=tpr, ood=ood("ood"), ood_at_tpr50=ood("ood_at_tpr50"))
+
+
+def _run_figure(per_seed: list[RunMetrics], value, rate: bool = True) -> Figure | None:
+    return figure_of([value(m) for m in per_seed], None, rate)
+
+
+def summarise_rows(rows: list[Row], replications: dict[int, "object"], levels: list[str]) -> list[AuditRow]:
+    """Per plan row: its group's seeds (`replications[id(group)]`, a `Replication`) as typed
+    figures; a row that does not apply keeps only its reason."""
     out = []
-    cache: dict[int, tuple[dict, list[dict], list[dict]]] = {}
     for row in rows:
-        entry: dict[str, Any] = {"threat_model": row.threat_model, "defense": row.defense,
-                                 "applies": row.why_not is None, "why_not": row.why_not}
+        entry = AuditRow(row.threat_model, row.defense, row.why_not)
         out.append(entry)
         if row.why_not is not None:
             continue
         group = row.group
-        if id(group) not in cache:
-            replicate = json.loads((group.folder / "replicate.json").read_text())
-            folders = [group.folder / f"seed-{k:02d}" for k in range(seeds)]
-            from fedmia.runfolder import completion
-
-            cache[id(group)] = (replicate.get("figures", {}), [read_metrics(f) for f in folders],
-                                [completion(f) or {} for f in folders])
-        summary, per_seed, records = cache[id(group)]
-        attacks, skipped = {}, {}
+        replication = replications[id(group)]
+        per_seed = [run.metrics for run in replication.runs]
         for attack in row.attacks:
-            rows_of = [m.get("attacks", {}).get(attack) for m in per_seed]
-            if all(r is None for r in rows_of):
-                skipped[attack] = next((m.get("skipped_attacks", {}).get(attack) for m in per_seed
-                                        if m.get("skipped_attacks", {}).get(attack)), "no figure in metrics.json")
-                continue
-            figs = {}
-            for metric in ("auc", "balanced_accuracy", *(f"tpr_at_fpr.{level}" for level in levels)):
-                sub = metric.split(".", 1)
-
-                def run_ci(m, a=attack, sub=sub):
-                    ci = ((m.get("attacks", {}).get(a) or {}).get("ci") or {})
-                    return ci.get(sub[0]) if len(sub) == 1 else (ci.get(sub[0]) or {}).get(sub[1])
-
-                fig = _figure(summary, per_seed, f"attacks.{attack}.{metric}", run_ci)
-                if fig is not None:
-                    figs[metric] = fig
-            first = next(r for r in rows_of if r is not None)
-            figs["_targets"] = {"members": first.get("n_members"), "nonmembers": first.get("n_nonmembers"),
-                                "levels": list(levels),
-                                "false_positives_allowed": first.get("false_positives_allowed", {}),
-                                "low_n_levels": sorted({lv for r in rows_of if r for lv in r.get("low_n_levels", [])})}
-            figs["_ood"] = {which: {s: _mean([((m.get(which) or {}).get(attack) or {}).get(s) for m in per_seed])
-                                    for s in sorted({s for m in per_seed for s in ((m.get(which) or {}).get(attack) or {})})}
-                            for which in ("ood", "ood_at_tpr50")}
-            attacks[attack] = figs
-        strongest = max((a for a in attacks if attacks[a].get("auc")), key=lambda a: attacks[a]["auc"]["mean"],
-                        default=None)
-        entry.update({
-            "attacks": attacks, "skipped": skipped, "strongest": strongest,
-            "dice": _figure(summary, per_seed, "utility.dice", None),
-            "epsilon": _figure(summary, per_seed, "privacy.epsilon", None),
-            "epsilon_lower": _figure(summary, per_seed, "privacy.audit.epsilon_lower", None),
-            "epsilon_at_audit": _figure(summary, per_seed, "privacy.audit.epsilon_accountant", None),
-            "source_inference": _figure(summary, per_seed, "source_inference.accuracy", None),
-            "runs": [str(group.folder / f"seed-{k:02d}") for k in range(seeds)],
-            "scenario_sha256": [r.get("scenario_sha256") for r in records],
-            "wall_s": [_num((m.get("timing") or {}).get("wall_s")) for m in per_seed],
-            "federation": "+".join(group.threat_models), "strategy": group.scenario.server.strategy,
-            "defenses": group.scenario.defenses.keys(),
-            "untested_defenses": untested_defenses(group.scenario),
-            "adaptive": [a for d in active_defenses(group.scenario) for a in d.adaptive_attacks if a in attacks]
-            + [f"{s} server" for d in active_defenses(group.scenario) for s in d.adaptive_servers
-               if s == group.scenario.server.strategy],
-        })
+            figures = attack_figures(attack, per_seed, levels)
+            if figures is None:
+                entry.skipped[attack] = next((m.skipped_attacks[attack] for m in per_seed if m.skipped_attacks.get(attack)),
+                                             "no figure in metrics.json")
+            else:
+                entry.attacks[attack] = figures
+        scored = [a for a in entry.attacks if entry.attacks[a].auc]
+        entry.strongest = max(scored, key=lambda a: entry.attacks[a].auc.mean, default=None)
+        privacy = [m.privacy for m in per_seed]
+        entry.dice = _run_figure(per_seed, lambda m: m.utility.dice)
+        entry.epsilon = _run_figure(per_seed, lambda m: m.privacy.epsilon if m.privacy else None, rate=False)
+        entry.epsilon_lower = figure_of([p.audit.epsilon_lower if p and p.audit else None for p in privacy], None, False)
+        entry.epsilon_at_audit = figure_of([p.audit.epsilon_accountant if p and p.audit else None for p in privacy],
+                                           None, False)
+        entry.source_inference = _run_figure(
+            per_seed, lambda m: m.source_inference.accuracy if m.source_inference else None)
+        entry.runs = [str(run.folder) for run in replication.runs]
+        entry.scenario_sha256 = [(run.completion or {}).get("scenario_sha256") for run in replication.runs]
+        entry.wall_s = [finite(m.timing.get("wall_s")) for m in per_seed]
+        scenario = group.scenario
+        entry.federation, entry.strategy = "+".join(group.threat_models), scenario.server.strategy
+        entry.defenses, entry.untested_defenses = scenario.defenses.keys(), untested_defenses(scenario)
+        entry.adaptive = ([a for d in active_defenses(scenario) for a in d.adaptive_attacks if a in entry.attacks]
+                          + [f"{s} server" for d in active_defenses(scenario) for s in d.adaptive_servers
+                             if s == scenario.server.strategy])
     return out

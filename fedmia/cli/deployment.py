@@ -54,17 +54,18 @@ def _clear_for_deployment(folder: Path, force: bool) -> None:
 def _finished_or_exit(result, folder: Path, sent) -> None:
     """`flwr run` exits 0 even when the ServerApp failed: the run folder's completion record says
     whether *this* scenario's run finished."""
-    from fedmia.runfolder import COMPLETION, finished_metrics
+    from fedmia.evaluation.run import finished_run
+    from fedmia.runfolder import COMPLETION
 
-    metrics = finished_metrics(folder, sent)
-    if result.returncode != 0 or metrics is None:
+    run = finished_run(folder, sent)
+    if result.returncode != 0 or run is None:
         typer.echo(result.stdout[-4000:] + result.stderr[-4000:], err=True)
         typer.echo(f"the run did not finish: no {folder / COMPLETION} for this scenario (Flower's output above)",
                    err=True)
         raise typer.Exit(1)
     from fedmia.evaluation import summary_table
 
-    out.print(summary_table(metrics))
+    out.print(summary_table(run.metrics.as_json()))
     out.print(f"run folder: {folder}" + ("  (membership: `fedmia evaluate` it with the sites' manifests)"
                                          if sent.data.multi_site else ""))
 

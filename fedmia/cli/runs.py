@@ -86,9 +86,9 @@ def run(
     launched = time.perf_counter() - (process_age() or 0.0)
     metrics = run_scenario(parsed, folder, console=out, verbose=verbose, resume=resume is not None,
                            started=launched, force=force)
-    out.print(summary_table(metrics))
+    out.print(summary_table(metrics.as_json()))
     out.print(f"run folder: {folder}  (report: {folder / 'report.md'}, "
-              f"wall {metrics['timing']['wall_s']:.1f} s)")
+              f"wall {metrics.timing['wall_s']:.1f} s)")
 
 
 def audit_model(
@@ -115,7 +115,7 @@ def audit_model(
     except (ScenarioError, RunFolderError, ManifestError) as error:  # a checkpoint that does not fit, ...
         typer.echo(str(error), err=True)
         raise typer.Exit(USAGE_ERROR)
-    out.print(summary_table(metrics))
+    out.print(summary_table(metrics.as_json()))
     pending = "" if manifests is not None else (" — membership pending: `fedmia evaluate "
                                                 f"{folder} --manifests DIR` with the training records' manifests")
     out.print(f"run folder: {folder}  (report: {folder / 'report.md'}){pending}")
@@ -213,8 +213,8 @@ def replicate(
     table = Table(title=f"{parsed.name}: {seeds} seeds (mean [95% t-interval])")
     table.add_column("figure", overflow="fold")
     table.add_column("mean [95%]", justify="right")
-    for key, row in result["figures"].items():
-        table.add_row(key, f"{row['mean']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]")
+    for key, fig in result.figures.items():
+        table.add_row(key, f"{fig.mean:.3f} [{fig.low:.3f}, {fig.high:.3f}]")
     out.print(table)
     out.print(f"written: {folder / 'replicate.json'}, {folder / 'replicate.csv'}, {folder / 'replicate_roc.png'}")
 
@@ -269,7 +269,7 @@ def evaluate(
     except (RunFolderError, ManifestError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(USAGE_ERROR)
-    out.print(summary_table(metrics))
+    out.print(summary_table(metrics.as_json()))
     out.print(f"written: {run_dir / 'metrics.json'}, {run_dir / 'ledger.json'}, {run_dir / 'report.md'}")
 
 
@@ -312,21 +312,21 @@ def audit(
     result = run_audit(parsed, source=str(scenario), seeds=seeds, out_dir=folder, gate=ceilings, gate_on=gate_on,
                        what_if=extra, junit=junit, pdf=pdf, command=shlex.join(words), console=out)
     for row in result.rows:
-        if row["defense"] != "scenario":
+        if row.defense != "scenario":
             continue
-        if not row["applies"]:
-            out.print(f"{row['threat_model']}: does not apply ({row['why_not']})")
-        elif row["strongest"]:
-            auc = row["attacks"][row["strongest"]]["auc"]
-            out.print(f"{row['threat_model']}: strongest {row['strongest']}, AUC {auc['mean']:.3f}"
-                      + (f" [{auc['low']:.3f}, {auc['high']:.3f}]" if auc["high"] is not None else ""))
+        if not row.applies:
+            out.print(f"{row.threat_model}: does not apply ({row.why_not})")
+        elif row.strongest:
+            auc = row.best.auc
+            out.print(f"{row.threat_model}: strongest {row.strongest}, AUC {auc.mean:.3f}"
+                      + (f" [{auc.low:.3f}, {auc.high:.3f}]" if auc.high is not None else ""))
     if ceilings is not None:
         from fedmia.audit.verdict import on_words
 
         on = on_words(gate_on, seeds)
         for v in result.verdicts:
-            value = f" = {v['value']:.4f} ({v['attack']})" if "value" in v else ""
-            out.print(f"gate {v['threat_model']}: {v['metric']}{value} ceiling {v['ceiling']:g}: {v['status']}")
+            value = f" = {v.value:.4f} ({v.attack})" if v.value is not None else ""
+            out.print(f"gate {v.threat_model}: {v.metric}{value} ceiling {v.ceiling:g}: {v.status}")
         out.print(f"gate: {'FAIL' if result.gate_failed else 'PASS'} (judged on the {on})")
     out.print(f"runs: {result.counts['trained']} trained, {result.counts['reused']} reused")
     if result.pdf_note:

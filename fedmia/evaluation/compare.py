@@ -7,7 +7,6 @@ times, by `fedmia run` or `flwr run`, compare alike.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +17,10 @@ from fedmia.data.plan import MembershipLedger
 from fedmia.evaluation.metrics import paired_difference
 from fedmia.evaluation.plots import plot_roc
 from fedmia.evaluation.report import with_interval
+from fedmia.evaluation.run import Run, load_run
+from fedmia.evaluation.schema import AttackMetrics
 from fedmia.io import write_json_atomic, write_text_atomic
 from fedmia.runfolder import RunFolderError  # noqa: F401  (re-exported: one error for an unusable run folder)
-
-
-def read_run_json(path: Path) -> dict:
-    """A run folder's JSON file; RunFolderError naming the file when it is missing or broken."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise RunFolderError(f"{path}: missing (not a finished run folder)") from None
-    except json.JSONDecodeError as error:
-        raise RunFolderError(f"{path}: not valid JSON ({error})") from None
-
-
-def load_run(folder: Path) -> dict:
-    """A run folder's metrics, checked against metrics.json's schema (fedmia/evaluation/schema.py)."""
-    from fedmia.evaluation.schema import MetricsError, check_metrics
-
-    folder = Path(folder)
-    metrics = read_run_json(folder / "metrics.json")
-    try:
-        check_metrics(metrics, str(folder / "metrics.json"))
-    except MetricsError as error:
-        raise RunFolderError(str(error)) from None
-    return {"folder": folder, "metrics": metrics}
 
 
 def run_scores(folder: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
@@ -61,7 +39,7 @@ def read_scores(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     return ids, {name: np.array([float(row[column]) for row in body]) for column, name in enumerate(header[1:], start=1)}
 
 
-def _difference(a_run, b_run, attack: str, a: dict, b: dict, seed: int = 0) -> dict:
+def _difference(a_run, b_run, attack: str, a: AttackMetrics, b: AttackMetrics, seed: int = 0) -> dict:
     """B − A for one attack: a paired bootstrap when both runs scored the same targets with the
     same membership, else whether the two 95% intervals overlap (independent runs)."""
     (ids_a, member_a, scores_a), (ids_b, member_b, scores_b) = a_run, b_run
@@ -72,9 +50,8 @@ def _difference(a_run, b_run, attack: str, a: dict, b: dict, seed: int = 0) -> d
                    auc=paired["auc"], tpr_at_1pct=paired["tpr"])
         return out
     out["method"] = "95% intervals of independent runs"
-    for key, get in (("auc", lambda m: (m.get("auc"), (m.get("ci") or {}).get("auc"))),
-                     ("tpr_at_1pct", lambda m: (m.get("tpr_at_fpr", {}).get("0.01"),
-                                               ((m.get("ci") or {}).get("tpr_at_fpr") or {}).get("0.01")))):
+    for key, get in (("auc", lambda m: (m.auc, m.ci.auc if m.ci else None)),
+                     ("tpr_at_1pct", lambda m: (m.tpr_at_fpr.get("0.01"), m.ci.tpr_at_fpr.get("0.01") if m.ci else None))):
         (va, ia), (vb, ib) = get(a), get(b)
         if va is None or vb is None or ia is None or ib is None:
             continue
@@ -87,23 +64,22 @@ def compare_runs(folders: list[Path], out_dir: Path, attacks: list[str] | None =
     labels = _unique_labels(runs)
     rows = []
     curves = {}
-    loaded = [run_scores(run["folder"]) for run in runs]
-    first = runs[0]["metrics"].get("attacks", {})
+    loaded = [run_scores(run.folder) for run in runs]
+    first = runs[0].metrics.attacks
     for index, (label, run, data) in enumerate(zip(labels, runs, loaded)):
-        m = run["metrics"]
-        for attack, am in m.get("attacks", {}).items():
+        m = run.metrics
+        for attack, am in m.attacks.items():
             if attacks and attack not in attacks:
                 continue
-            ci = am.get("ci") or {}
-            low = am.get("low_n_levels") or []
+            tpr_ci = am.ci.tpr_at_fpr if am.ci else {}
             row = {
-                "run": label, "attack": attack, "auc": am.get("auc"), "auc_ci": ci.get("auc"),
-                "tpr@0.1%": am.get("tpr_at_fpr", {}).get("0.001"), "tpr@0.1%_ci": (ci.get("tpr_at_fpr") or {}).get("0.001"),
-                "tpr@1%": am.get("tpr_at_fpr", {}).get("0.01"), "tpr@1%_ci": (ci.get("tpr_at_fpr") or {}).get("0.01"),
-                "low_n_levels": low, "false_positives_allowed": am.get("false_positives_allowed"),
-                "dice": m.get("utility", {}).get("dice"),
-                "source_inference": (m.get("source_inference") or {}).get("accuracy"),
-                "isolation_cosine": (m.get("isolation") or {}).get("cosine"),
+                "run": label, "attack": attack, "auc": am.auc, "auc_ci": am.ci.auc if am.ci else None,
+                "tpr@0.1%": am.tpr_at_fpr.get("0.001"), "tpr@0.1%_ci": tpr_ci.get("0.001"),
+                "tpr@1%": am.tpr_at_fpr.get("0.01"), "tpr@1%_ci": tpr_ci.get("0.01"),
+                "low_n_levels": am.low_n_levels, "false_positives_allowed": am.false_positives_allowed,
+                "dice": m.utility.dice,
+                "source_inference": m.source_inference.accuracy if m.source_inference else None,
+                "isolation_cosine": (m.isolation or {}).get("cosine"),
                 "vs_first": None,
             }
             if index > 0 and attack in first and attack in data[2] and attack in loaded[0][2]:
@@ -115,16 +91,16 @@ def compare_runs(folders: list[Path], out_dir: Path, attacks: list[str] | None =
                 curves[f"{label}: {attack}"] = (values, is_member)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_roc(curves, out_dir / "compare_roc.png", title="membership inference across runs (log-log ROC)")
-    result = {"runs": [str(r["folder"]) for r in runs], "rows": rows}
+    result = {"runs": [str(r.folder) for r in runs], "rows": rows}
     write_json_atomic(out_dir / "compare.json", result)
     write_text_atomic(out_dir / "compare.md", _markdown(rows, labels[0]))
     return result, _table(rows, labels[0])
 
 
-def _unique_labels(runs: list[dict]) -> list[str]:
-    labels = [r["metrics"].get("scenario") or r["folder"].name for r in runs]
+def _unique_labels(runs: list[Run]) -> list[str]:
+    labels = [r.label for r in runs]
     if len(set(labels)) < len(labels):
-        labels = [str(r["folder"]) for r in runs]
+        labels = [str(r.folder) for r in runs]
     return labels
 
 

@@ -17,8 +17,9 @@ import numpy as np
 from fedmia.attacks.base import AttackResult
 from fedmia.data.plan import MembershipLedger
 from fedmia.data.sites import ledger_from_manifests, read_manifests, scan_of
-from fedmia.evaluation.compare import RunFolderError, read_run_json, read_scores
-from fedmia.evaluation.schema import check_metrics
+from fedmia.evaluation.compare import RunFolderError, read_scores
+from fedmia.evaluation.run import load_run, read_run_json
+from fedmia.evaluation.schema import RunMetrics, check_metrics
 from fedmia.evaluation.ood import ood_rates
 from fedmia.evaluation.plots import plot_roc
 from fedmia.evaluation.report import render_report
@@ -28,8 +29,9 @@ from fedmia.io import write_json_atomic, write_text_atomic
 ADVERSARY_OUTPUT = "adversary_output.json"  # written by fedmia.pipeline.finish_run
 
 
-def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
-    """Join the run's saved scores with the sites' manifests; rewrite metrics.json, report.md,
+def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> RunMetrics:
+    """Join the run's saved scores with the sites' manifests: the run's complete metrics, built
+    from its pending ones and the membership figures; rewrite metrics.json, report.md,
     roc.png and write ledger.json. `scenario`: the run folder's own scenario.yaml, loaded.
     Raises RunFolderError / ManifestError (message names the file)."""
     run_dir = Path(run_dir)
@@ -37,7 +39,7 @@ def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
         raise RunFolderError(f"{run_dir}: not a multi-site run (its scenario has no data.sites); "
                              "its metrics.json already holds the membership figures")
     output = read_run_json(run_dir / ADVERSARY_OUTPUT)
-    metrics = read_run_json(run_dir / "metrics.json")
+    pending = load_run(run_dir).metrics.as_json()
     if not (run_dir / "scores.csv").is_file():
         raise RunFolderError(f"{run_dir / 'scores.csv'}: missing (not a finished run folder)")
     ids, scores = read_scores(run_dir / "scores.csv")
@@ -54,9 +56,8 @@ def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
                                      scope_client=saved["scope_client"], chosen=saved.get("chosen"),
                                      owners=None if saved["owners"] is None else np.asarray(saved["owners"]))
     membership, curves = membership_section(scenario, ledger, ids, results, len(names))
-    metrics.pop("membership", None)
-    metrics["setup"]["targets"] = membership.pop("targets")
-    metrics["setup"]["members"] = sum(counts.values())
+    metrics = {k: v for k, v in pending.items() if k != "membership"}
+    metrics["setup"] = {**pending["setup"], "targets": membership.pop("targets"), "members": sum(counts.values())}
     metrics.update(membership)
     metrics["ground_truth"] = {"source": f"site manifests in {manifests}", "records_per_site": counts}
     if output.get("ood_scores"):
@@ -67,7 +68,7 @@ def evaluate_with_manifests(scenario, run_dir: Path, manifests: Path) -> dict:
 
     write_json_atomic(run_dir / "ledger.json", ledger.to_json())
     plot_roc(curves, run_dir / "roc.png", title=f"{scenario.name}: membership inference (log-log ROC)")
-    check_metrics(metrics, str(run_dir / "metrics.json"))
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    write_text_atomic(run_dir / "report.md", render_report(metrics, roc_png="roc.png", utility_png="utility.png"))
-    return metrics
+    joined = check_metrics(metrics, str(run_dir / "metrics.json"))
+    write_json_atomic(run_dir / "metrics.json", joined.as_json())
+    write_text_atomic(run_dir / "report.md", render_report(joined.as_json(), roc_png="roc.png", utility_png="utility.png"))
+    return joined

@@ -5,12 +5,17 @@ This is the only module that joins attack scores with ground-truth membership.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from fedmia.defenses import active
 from fedmia.evaluation.isolation import isolation_metrics
 from fedmia.evaluation.privacy import privacy_metrics
 from fedmia.evaluation.metrics import membership_metrics
+from fedmia.evaluation.ood import ood_rates
+from fedmia.evaluation.schema import RunMetrics, check_metrics
 from fedmia.models import describe_model, scenario_model, set_weights
 from fedmia.training import evaluate_utility, pick_device
 
@@ -73,14 +78,50 @@ def membership_section(scenario, ledger, target_ids, results: dict, num_clients:
     return out, curves
 
 
-def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]:
-    """Returns (metrics without timing, ROC curves per attack). Without a ledger (a multi-site
-    audit) the membership figures wait for `fedmia evaluate --manifests` (fedmia/evaluation/manifests.py)."""
+@dataclass(frozen=True)
+class Evaluation:
+    """What the evaluator found, before the run's clock stops: every section of metrics.json but
+    the timing, and the ROC curves to plot. `metrics(timing)` builds the run's one RunMetrics,
+    complete: nothing edits it afterwards."""
+
+    sections: dict[str, Any]
+    curves: dict
+
+    @property
+    def rounds(self) -> list[dict]:
+        return self.sections["utility"]["rounds"]
+
+    def metrics(self, timing: dict[str, float]) -> RunMetrics:
+        return check_metrics({**self.sections, "timing": timing})  # a renamed figure fails here
+
+
+@dataclass(frozen=True)
+class OODScored:
+    """The attacks' scores on each OOD set (`evaluation.ood_scores`), the sets' sizes, and the
+    optimised fakes' steps the budget chose."""
+
+    scores: dict
+    sizes: dict
+    fake_steps: int | None
+
+
+def evaluate_run(scenario, plan, transcript, results: dict, *, ood: OODScored | None = None,
+                 served: tuple[Any, str, Any] | None = None) -> Evaluation:
+    """The run's figures. `ood`: the OOD sets' scores; `served`: (model, what it is, device) when
+    a defense serves another model than the federation's (its utility is the headline; the global
+    model's is kept beside it). Without a ledger (a multi-site audit) the membership figures wait
+    for `fedmia evaluate --manifests` (fedmia/evaluation/manifests.py)."""
     rounds = utility_per_round(scenario, plan, transcript)
     final = rounds[-1] if rounds else {"dice": float("nan"), "miou": float("nan")}
     model = scenario.model
     records = int(sum(len(c) for c in plan.clients))
     grouped = any(c.groups is not None for c in plan.clients)  # NIfTI slices: a scan is the member
+    utility = {"dice": final["dice"], "miou": final["miou"], "rounds": rounds}
+    if served is not None:  # the defense's utility cost is on what is served
+        served_model, released, device = served
+        of_served = evaluate_utility(served_model, plan.heldout, plan.info.num_classes, device)
+        utility = {**utility, "global_model": {"dice": utility["dice"], "miou": utility["miou"]},
+                   "dice": of_served["dice"], "miou": of_served["miou"], "released": released}
     metrics = {
         "scenario": scenario.name,
         "description": scenario.description,
@@ -97,7 +138,7 @@ def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]
             "defenses": describe_defenses(scenario),
             "fpr_convention": "TPR at FPR strictly below each level (the LiRA paper's)",
         },
-        "utility": {"dice": final["dice"], "miou": final["miou"], "rounds": rounds},
+        "utility": utility,
         "attacks": {},
     }
     curves = {}
@@ -106,6 +147,9 @@ def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]
                                                 len(plan.clients), plan)
         metrics["setup"]["targets"] = membership.pop("targets")
         metrics.update(membership)
+        if ood is not None:
+            metrics.update(ood_rates(ood.scores, results, plan.ledger.is_member(plan.targets.ids), ood.sizes))
+            metrics["ood_fake_steps"] = ood.fake_steps  # what the budget chose (evaluation.ood_steps unset)
     else:
         metrics["setup"]["sites"] = [site.name for site in scenario.data.sites]
         metrics["membership"] = ("pending: the sites' manifests give the ground truth; run "
@@ -116,7 +160,7 @@ def evaluate_run(scenario, plan, transcript, results: dict) -> tuple[dict, dict]
     privacy = privacy_metrics(scenario, plan, transcript)
     if privacy is not None:
         metrics["privacy"] = privacy
-    return metrics, curves
+    return Evaluation(metrics, curves)
 
 
 def source_inference_metrics(predicted: np.ndarray, owners: np.ndarray, num_clients: int) -> dict:

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedmia.evaluation.figures import Value
+
 Rate = float | None  # null where a figure is undefined (NaN on write)
 
 
@@ -51,9 +53,23 @@ class Utility(Open):
     rounds: list[dict[str, Any]] = Field(description="per round: dice, miou, clients, failures, ...")
 
 
+class EpsilonCheck(Open):
+    """The empirical lower bound on ε from the run's gradient canaries (evaluation/epsilon_lower.py)."""
+
+    epsilon_lower: Rate = Field(None, description="ε every (ε, δ)-DP training must exceed, at 95% confidence")
+    epsilon_accountant: Rate = Field(None, description="the accountant's ε at the δ of that bound")
+    delta: Rate = Field(None, description="the δ where the bound is tightest against the accountant")
+    consistent: bool | None = Field(None, description="every bound at or below the accountant's ε")
+
+
 class Privacy(Open):
+    """What a defense guarantees (`Defense.privacy_report`), and the evaluator's check of it."""
+
     epsilon: Rate = Field(description="headline ε (the smallest accountant's)")
     delta: Rate = Field(None, description="δ of that ε")
+    mode: str | None = Field(None, description="local (per record) or central (per client)")
+    per_client: dict[str, dict[str, Any]] | None = Field(None, description="local mode: each client's ε and δ")
+    audit: EpsilonCheck | None = Field(None, description="the one-run empirical check of ε, when canaries ran")
 
 
 class SourceInference(Open):
@@ -70,6 +86,17 @@ class RunMetrics(Open):
     privacy: Privacy | None = None
     source_inference: SourceInference | None = None
     isolation: dict[str, Any] | None = None
+    description: str = Field("", description="the scenario's free text")
+    skipped_attacks: dict[str, str] = Field(default_factory=dict, description="attack → why it gave no figure")
+    ood: dict[str, dict[str, Rate]] | None = Field(None, description="attack → OOD set → share called member "
+                                                   "at the attack's own threshold")
+    ood_at_tpr50: dict[str, dict[str, Rate]] | None = Field(None, description="the same at the threshold that "
+                                                            "catches half the member targets")
+    membership: str | None = Field(None, description="a multi-site run's pending ground truth, in words")
+
+    def as_json(self) -> dict:
+        """metrics.json's content: the keys the run set, NaN kept (written as null)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class MetricsError(ValueError):
@@ -99,26 +126,28 @@ def read_metrics(path: Path) -> RunMetrics:
     return check_metrics(raw, str(path))
 
 
-def figures(metrics: RunMetrics) -> dict[str, float]:
-    """Every replicable number of one run under a dotted name ("attacks.loss.auc", ...): what
-    `replicate` averages over seeds. Typed reads: a renamed field fails validation, not here."""
-    out: dict[str, float | None] = {}
+def figures(metrics: RunMetrics) -> dict[str, Value]:
+    """Every replicable number of one run, labelled as replicate.json lists it, each declared a
+    rate in [0, 1] or not here, where it is defined. Typed reads: a renamed field fails
+    validation, not here. Labels are for tables; readers take the typed fields."""
+    out: dict[str, Value] = {}
     for name, attack in metrics.attacks.items():
-        out[f"attacks.{name}.auc"] = attack.auc
+        out[f"attacks.{name}.auc"] = Value(attack.auc)
         for level, tpr in attack.tpr_at_fpr.items():
-            out[f"attacks.{name}.tpr_at_fpr.{level}"] = tpr
-        out[f"attacks.{name}.balanced_accuracy"] = attack.balanced_accuracy
-        out[f"attacks.{name}.tpr_at_threshold"] = attack.tpr_at_threshold
-    out["utility.dice"], out["utility.miou"] = metrics.utility.dice, metrics.utility.miou
+            out[f"attacks.{name}.tpr_at_fpr.{level}"] = Value(tpr)
+        out[f"attacks.{name}.balanced_accuracy"] = Value(attack.balanced_accuracy)
+        out[f"attacks.{name}.tpr_at_threshold"] = Value(attack.tpr_at_threshold)
+    out["utility.dice"], out["utility.miou"] = Value(metrics.utility.dice), Value(metrics.utility.miou)
     if metrics.privacy is not None:
-        out["privacy.epsilon"] = metrics.privacy.epsilon
-        audit = getattr(metrics.privacy, "audit", None) or {}
-        if isinstance(audit, dict):  # the lower bound and the accountant's ε at the δ it was tested at
-            out["privacy.audit.epsilon_lower"] = audit.get("epsilon_lower")
-            out["privacy.audit.epsilon_accountant"] = audit.get("epsilon_accountant")
+        out["privacy.epsilon"] = Value(metrics.privacy.epsilon, rate=False)
+        check = metrics.privacy.audit
+        if check is not None:  # the lower bound and the accountant's ε at the δ it was tested at
+            out["privacy.audit.epsilon_lower"] = Value(check.epsilon_lower, rate=False)
+            out["privacy.audit.epsilon_accountant"] = Value(check.epsilon_accountant, rate=False)
     if metrics.source_inference is not None:
-        out["source_inference.accuracy"] = metrics.source_inference.accuracy
+        out["source_inference.accuracy"] = Value(metrics.source_inference.accuracy)
     if metrics.isolation is not None:
-        for key in ("cosine", "auc_isolated"):
-            out[f"isolation.{key}"] = metrics.isolation.get(key)
-    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out["isolation.cosine"] = Value(metrics.isolation.get("cosine"), rate=False)  # in [-1, 1]
+        out["isolation.auc_isolated"] = Value(metrics.isolation.get("auc_isolated"))
+    # NaN and ±inf are kept (replicate lists every seed's value, and averages the finite ones)
+    return {k: v for k, v in out.items() if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)}
