@@ -16,7 +16,7 @@ from torch import nn
 from fedmia.data.records import Records
 from fedmia.defenses import active, defended_recipe
 from fedmia.defenses.base import ModelRefused
-from fedmia.defenses.audit import add_canary_gradient, audit_canaries
+from fedmia.defenses.canaries import add_canary_gradient, gradient_canaries
 from fedmia.scenario import Scenario
 from fedmia.training import TrainRecipe, augment_batch, batch_loss, batches_per_epoch, make_optimizer, minibatches, set_lr
 
@@ -92,9 +92,11 @@ class LocalRun:
                 return {"refused": 1.0, "refusal": str(refusal)[:300]}
         stats: dict[str, float] = {}
         try:
-            owner = next((d for stage in ("local training", "local gradients")
-                          for d in self.defenses if d.acts_on == stage), None)
-            stats = owner.train(self) if owner is not None else self.minibatches()
+            # the defense that owns local training (distillation), else its gradients (DP-SGD),
+            # trains; else the plain loop (`Defense.train` is None for every other defense)
+            owned = next((s for stage in ("local training", "local gradients") for d in self.defenses
+                          if d.acts_on == stage and (s := d.train(self)) is not None), None)
+            stats = owned if owned is not None else self.minibatches()
         finally:
             for defense in self.defenses:
                 stats = {**stats, **defense.finish(self)}
@@ -155,7 +157,7 @@ def local_training(scenario: Scenario, model, records, recipe: TrainRecipe, *, s
     gradient canaries."""
     defenses = active(scenario)
     audited = {d.audited_client for d in defenses} - {None}
-    canaries = audit_canaries(scenario, model) if partition is not None and partition in audited else None
+    canaries = gradient_canaries(scenario, model) if partition is not None and partition in audited else None
     run = LocalRun(scenario, model, records, recipe, seed, device, public,
                    canaries=canaries.present() if canaries is not None else None,
                    canary_norm=canaries.norm if canaries is not None else 0.0,

@@ -112,7 +112,7 @@ def adversary_view(scenario: Scenario, transcript: Transcript, served=None) -> A
         clients=scenario.clients_per_round,
         local_training=lambda model, records, seed: local_training(
             scenario, model, records, recipe, seed=seed, device=device, public=public),
-        local_defenses=sorted(f"{d.key}:{d.params.model_dump_json()}" for d in active(scenario)
+        local_defenses=sorted(f"{d.name}:{d.params.model_dump_json()}" for d in active(scenario)
                               if d.acts_on in LOCAL_STAGES),
         seed=scenario.seed,
         cache_dir=scenario.runtime.cache_dir,
@@ -140,10 +140,8 @@ def fit_release(scenario: Scenario, plan, model):
     """What the federation serves instead of the bare final model, if a defense acting on the
     release replaces it. Fitted on the defenders' side (it may read member records); the attacks
     get only its query API. Returns (served module, its name) or None."""
-    for defense in active(scenario):
-        if defense.acts_on == "release":
-            return defense.release(model, plan, pick_device(scenario.runtime.device))
-    return None
+    device = pick_device(scenario.runtime.device)
+    return next((served for defense in active(scenario) if (served := defense.release(model, plan, device))), None)
 
 
 # the phases of a run that add up to its wall time (with `other_s`, what none of them covers);

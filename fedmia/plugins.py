@@ -124,8 +124,7 @@ def plugin_parameters(group: str, name: str) -> tuple[str, str, list[tuple[str, 
 
     registry = family(group).registry()
     entry = registry.get(name)
-    target = getattr(entry, "cls", entry)
-    params = getattr(entry, "params_model", None) or getattr(target, "Params", None)
+    params = entry.Params  # every family's one contract (fedmia/registry.py)
     package = " ".join(p for p in registry.package(name) if p)
     rows = []
     for field_name, field in (params.model_fields.items() if params is not None else []):
@@ -133,4 +132,4 @@ def plugin_parameters(group: str, name: str) -> tuple[str, str, list[tuple[str, 
         annotation = field.annotation.__name__ if plain else str(field.annotation).replace("typing.", "")
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         rows.append((field_name, annotation, default, field.description or ""))
-    return package, " ".join((inspect.getdoc(target) or "").split()), rows
+    return package, " ".join((inspect.getdoc(entry) or "").split()), rows

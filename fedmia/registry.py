@@ -145,10 +145,18 @@ class Registry(Generic[T]):
         if group is not None:
             _REGISTRIES[group] = self
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, Params: type | None = None) -> Callable[[T], T]:
+        """Register a plug-in under `name`. The one contract of every family: a plug-in carries
+        its name as `name` and its parameters' pydantic model as `Params` (None: it takes none).
+        A class declares `Params` itself (its family's base class gives the default); a function
+        (a loader, a partitioner, an OOD set) gets the `Params` passed here."""
+
         def add(entry: T) -> T:
             if name in self._entries and self._entries[name] is not entry:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
+            entry.name = name
+            if not isinstance(entry, type):
+                entry.Params = Params
             self._entries[name] = entry
             return entry
 

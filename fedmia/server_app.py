@@ -32,11 +32,11 @@ from fedmia.transcript import RoundView, Transcript
 
 def make_strategy(scenario: Scenario, on_round_end: Callable[[RoundView], None] | None = None,
                   resume_from: Transcript | None = None):
-    entry = strategies.STRATEGIES.get(scenario.server.strategy)
-    params = entry.params_model.model_validate(scenario.server.params())
+    cls = strategies.STRATEGIES.get(scenario.server.strategy)
+    params = cls.Params.model_validate(scenario.server.params())
     info = build_plan(scenario).info
     model = scenario_model(scenario, info, seed=scenario.seed)
-    strategy = entry.cls(
+    strategy = cls(
         scenario=scenario,
         initial_weights=get_weights(model),
         weight_names=weight_names(model),
@@ -45,8 +45,7 @@ def make_strategy(scenario: Scenario, on_round_end: Callable[[RoundView], None] 
         resume_from=resume_from,
     )
     for defense in active(scenario):  # e.g. central DP: Flower's clipping-and-noise wrapper
-        if hasattr(defense, "wrap_strategy"):
-            strategy = defense.wrap_strategy(strategy, scenario)
+        strategy = defense.wrap_strategy(strategy, scenario)
     return strategy
 
 
@@ -154,10 +153,7 @@ def run_federation(grid, context: Context, scenario: Scenario,
 
 def fit_workflow(scenario: Scenario):
     """The fit workflow a defense acting on aggregation supplies (SecAgg+), else Flower's default."""
-    for defense in active(scenario):
-        if hasattr(defense, "fit_workflow"):
-            return defense.fit_workflow()
-    return None
+    return next((workflow for defense in active(scenario) if (workflow := defense.fit_workflow()) is not None), None)
 
 
 def make_server_app(scenario: Scenario | None = None, *, result: Handover | None = None,

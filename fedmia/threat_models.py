@@ -39,7 +39,6 @@ def hides_client_updates(scenario: Scenario) -> bool:
 
 def register_threat_model(name: str):
     def add(cls: type[ThreatModel]) -> type[ThreatModel]:
-        cls.name = name
         return THREAT_MODELS.register(name)(cls)
 
     return add
@@ -50,6 +49,7 @@ class ThreatModel:
     override `why_not` and `derive`."""
 
     name: ClassVar[str] = ""
+    Params: ClassVar[None] = None  # a threat model takes no parameters: it derives them
     title: ClassVar[str] = ""
     adversary: ClassVar[str] = ""  # who it is and what it does, in one sentence
     sees: ClassVar[str] = ""  # what it reads

@@ -204,10 +204,10 @@ def plugin_problems(scenario: Scenario) -> list[tuple[str, str]]:
         check("model", lambda: probe.append(models.build_model(scenario.model, in_channels=1, num_classes=2)))
     if check("server.strategy", lambda: strategies.STRATEGIES.get(scenario.server.strategy)):
         entry = strategies.STRATEGIES.get(scenario.server.strategy)
-        params, found = _params_problems(entry.params_model, scenario.server.params(), "server")
+        params, found = _params_problems(entry.Params, scenario.server.params(), "server")
         problems += found
-        if params is not None and hasattr(entry.cls, "problems"):  # the strategy's own cross-checks
-            problems += entry.cls.problems(scenario, params)
+        if params is not None:  # the strategy's own cross-checks
+            problems += entry.problems(scenario, params)
     for i, spec in enumerate(scenario.attacks):
         if check(f"attacks.{i}.name", lambda name=spec.name: attacks.ATTACKS.get(name)):
             problems += _params_problems(attacks.ATTACKS.get(spec.name).Params, spec.params(), f"attacks.{i}")[1]

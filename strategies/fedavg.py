@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -41,6 +41,18 @@ def weighted_mean(metrics: list[tuple[int, dict]]) -> dict:
 
 @register_strategy("fedavg", FedAvgParams)
 class ObservingFedAvg(FedAvg):
+    """The honest server, and the base class of every fedmia strategy: it records what the
+    server sees (the transcript); a malicious strategy overrides `tailor` (what each client is
+    sent) and, to cross-check its parameters against the scenario, `problems`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+
+    @classmethod
+    def problems(cls, scenario, params: BaseModel) -> list[tuple[str, str]]:
+        """(key, message) of each scenario setting this strategy cannot run with; none here."""
+        return []
+
     def __init__(
         self,
         *,

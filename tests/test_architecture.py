@@ -87,7 +87,7 @@ def test_a_new_attack_strategy_dataset_defense_partitioner_and_ood_set_are_one_f
     assert list(inverted.ids) == ["ood-example-inverted:00000", "ood-example-inverted:00001", "ood-example-inverted:00002"]
     assert inverted.images.shape[1:] == plan.heldout.images.shape[1:] and inverted.images.min() >= 0
     strategy = make_strategy(scenario)
-    assert type(strategy).strategy_name == "example-scaled-broadcast" and strategy.params.factor == 0.5
+    assert type(strategy).name == "example-scaled-broadcast" and strategy.params.factor == 0.5
     model = scenario_model(scenario, plan.info, seed=0)
     initial = get_weights(model)
     before = plugins["defense"].HorizontalFlip.calls

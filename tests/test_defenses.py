@@ -203,8 +203,8 @@ def test_secagg_matches_plain_training_and_survives_a_dropout(write_scenario, tm
 def _audited_dp_sgd(noise_used: float, noise_claimed: float, canaries: int = 200) -> dict:
     """One client's DP-SGD through Opacus with gradient canaries; the audit's lower bound against
     the accountants' ε for the noise the run *claims* to use."""
-    from fedmia.defenses.audit import draw_canaries, trainable_dimension
-    from fedmia.evaluation.audit import audit_metrics, canary_scores
+    from fedmia.defenses.canaries import draw_canaries, trainable_dimension
+    from fedmia.evaluation.epsilon_lower import epsilon_check, canary_scores
     from fedmia.evaluation.privacy import local_epsilons
     from fedmia.models import weight_names
     from fedmia.transcript import Reply, RoundView
@@ -223,7 +223,7 @@ def _audited_dp_sgd(noise_used: float, noise_claimed: float, canaries: int = 200
     trainable = [names.index(n) for n, p in model.named_parameters() if p.requires_grad]
     scores, source = canary_scores(transcript, trainable, drawn.coordinates, partition=0)
     history = [(noise_claimed, stats["dp-sample-rate"], stats["dp-steps"])]
-    return audit_metrics(scores, drawn.inserted, 1e-5, lambda d: min(local_epsilons(history, d).values()), source)
+    return epsilon_check(scores, drawn.inserted, 1e-5, lambda d: min(local_epsilons(history, d).values()), source)
 
 
 def test_one_run_audit_respects_the_accountant_and_catches_noise_at_the_wrong_scale():
@@ -243,12 +243,12 @@ def test_the_empirical_bound_has_power_where_the_accountant_allows_it():
     """dp-local's audit as the issue found it: 100 canaries, all 50 guesses right, tested only at
     δ = 0.004, bounded ε below by 1.25. A thousand canaries (the default now) tested at four δ
     fixed in advance, Bonferroni-corrected, bound it by more than 3× that."""
-    from fedmia.evaluation.audit import audit_metrics, one_run_epsilon_lower
+    from fedmia.evaluation.epsilon_lower import epsilon_check, one_run_epsilon_lower
 
     assert one_run_epsilon_lower(100, 50, 50, 0.004) == pytest.approx(1.254, abs=1e-3)
     inserted = np.arange(1000) % 2 == 0
     perfect = np.where(inserted, 1.0, -1.0) + np.linspace(0, 0.1, 1000)  # every guess right
-    result = audit_metrics(perfect, inserted, 0.004, lambda d: 15.0 + math.log(0.004 / d), "test")
+    result = epsilon_check(perfect, inserted, 0.004, lambda d: 15.0 + math.log(0.004 / d), "test")
     assert result["correct"] == result["guesses"] == 500
     assert result["epsilon_lower"] > 3 * 1.254 and result["delta"] < 0.004
     assert result["gap"] == pytest.approx(result["epsilon_accountant"] / result["epsilon_lower"])
@@ -258,7 +258,7 @@ def test_the_empirical_bound_has_power_where_the_accountant_allows_it():
 def test_one_run_bound_matches_the_paper():
     """Steinke, Nasr & Jagielski (2023), Appendix D: m = r = 100, v = 75, δ = 0 gives ε ≥ 0.702;
     with every guess right the bound has the closed form −ln(β^(−1/r) − 1)."""
-    from fedmia.evaluation.audit import one_run_epsilon_lower
+    from fedmia.evaluation.epsilon_lower import one_run_epsilon_lower
 
     assert one_run_epsilon_lower(100, 100, 75, 0.0) == pytest.approx(0.70221, abs=1e-4)
     assert one_run_epsilon_lower(16, 16, 16, 0.0) == pytest.approx(-math.log(0.05 ** (-1 / 16) - 1), abs=1e-6)

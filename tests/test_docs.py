@@ -78,8 +78,8 @@ def test_every_plugin_parameter_has_a_description():
             models[f"defense {name} ({cls.Params.__module__})"] = cls.Params
     for name in strategies.STRATEGIES.names():
         entry = strategies.STRATEGIES.get(name)
-        if _shipped(entry.cls):
-            models[f"strategy {name} ({entry.params_model.__module__})"] = entry.params_model
+        if _shipped(entry):
+            models[f"strategy {name} ({entry.Params.__module__})"] = entry.Params
     from fedmia.data.datasets import DATASETS
 
     for name in DATASETS.names():

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from fedmia.data.datasets import load_dataset
 from fedmia.defenses import clipping
-from fedmia.defenses.audit import draw_canaries, trainable_dimension
+from fedmia.defenses.canaries import draw_canaries, trainable_dimension
 from fedmia.defenses.dp import to_dp_compatible, train_local_dp
 from fedmia.models import build_model, get_weights
 from fedmia.scenario import ModelSpec

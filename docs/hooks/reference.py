@@ -364,7 +364,7 @@ def params_models() -> dict[str, type[BaseModel]]:
     for name, cls in plugins["defenses"].items():
         out[f"defense {name}"] = cls.Params
     for name, entry in plugins["strategies"].items():
-        out[f"strategy {name}"] = entry.params_model
+        out[f"strategy {name}"] = entry.Params
     return out
 
 
@@ -406,8 +406,8 @@ def plugins_markdown() -> str:
 
     lines += ["## Strategies", "", "Named by `server.strategy`; parameters are the other keys of `server:`.", ""]
     for name, entry in plugins["strategies"].items():
-        lines += [f"### `{name}`", "", *_package_line("strategies", name), _doc(entry.cls), ""]
-        lines += _params_table(entry.params_model)
+        lines += [f"### `{name}`", "", *_package_line("strategies", name), _doc(entry), ""]
+        lines += _params_table(entry.Params)
     return "\n".join(lines)
 
 

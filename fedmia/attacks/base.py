@@ -247,7 +247,6 @@ ATTACKS: Registry[type[Attack]] = Registry("attack", "fedmia.attacks")
 
 def register_attack(name: str):
     def add(cls: type[Attack]) -> type[Attack]:
-        cls.name = name
         return ATTACKS.register(name)(cls)
 
     return add

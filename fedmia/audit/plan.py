@@ -157,4 +157,4 @@ def untested_defenses(scenario: Scenario) -> list[str]:
     them rests only on adversaries who ignore them."""
     from fedmia.defenses import active
 
-    return [defense.key for defense in active(scenario) if not (defense.adaptive_attacks or defense.adaptive_servers)]
+    return [defense.name for defense in active(scenario) if not (defense.adaptive_attacks or defense.adaptive_servers)]

@@ -43,8 +43,7 @@ def register_dataset(name: str, params: type[BaseModel]) -> Callable[[Loader], L
     """Register a loader under `name` whose options are validated by `params` (kept as `loader.Params`)."""
 
     def add(loader: Loader) -> Loader:
-        loader.Params = params
-        return DATASETS.register(name)(loader)
+        return DATASETS.register(name, params)(loader)
 
     return add
 

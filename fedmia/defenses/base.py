@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from fedmia.defenses.report import Privacy
 from fedmia.registry import Registry
 
 STAGES = ("received model", "local batch", "local loss", "local gradients", "local training", "aggregation",
@@ -38,7 +39,7 @@ class Params(BaseModel):
 
 
 class Defense:
-    key: ClassVar[str]
+    name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = Params
     acts_on: ClassVar[str]
     conflicts: ClassVar[dict[str, str]] = {}
@@ -66,7 +67,7 @@ class Defense:
         """The client that trains on gradient canaries for an empirical check of ε, if any."""
         return None
 
-    def privacy_report(self, scenario, plan, transcript) -> dict | None:
+    def privacy_report(self, scenario, plan, transcript) -> Privacy | None:
         """The guarantee this defense gives (metrics.json `privacy`: ε from its accountants)."""
         return None
 
@@ -77,6 +78,26 @@ class Defense:
     def recipe(self, recipe):
         """Local loss stage: the training recipe under this defense (e.g. smoothed targets)."""
         return recipe
+
+    # ---- the hooks of the stage a defense owns; the engine calls each on every active defense,
+    # and these defaults change nothing ----------------------------------------------------------
+    def train(self, run) -> dict[str, float] | None:
+        """Local training / local gradients: the whole of a client's local training (DP-SGD,
+        distillation) and its reply metrics, or None to leave it to the plain minibatches."""
+        return None
+
+    def wrap_strategy(self, strategy, scenario):
+        """Aggregation: the server strategy under this defense, wrapping it as Flower's DP
+        wrappers do (central DP, thresholded aggregation); the strategy itself when it acts elsewhere."""
+        return strategy
+
+    def fit_workflow(self):
+        """Aggregation: a Flower fit workflow in place of the default one (SecAgg+), or None."""
+        return None
+
+    def release(self, model, plan, device) -> tuple[Any, str] | None:
+        """Release: (the module served instead of the federation's `model`, its name), or None."""
+        return None
 
     def __init__(self, params: BaseModel):
         self.params = params
@@ -92,7 +113,7 @@ class Defense:
         return raw
 
     def describe(self) -> str:
-        return self.key
+        return self.name
 
     def problems(self, scenario) -> list[tuple[str, str]]:
         return []
@@ -146,7 +167,7 @@ def register_defense(key: str, acts_on: str):
         raise ValueError(f"defense {key!r}: acts_on must be one of {STAGES}, found {acts_on!r}")
 
     def add(cls: type[Defense]) -> type[Defense]:
-        cls.key, cls.acts_on = key, acts_on
+        cls.acts_on = acts_on
         return DEFENSES.register(key)(cls)
 
     return add

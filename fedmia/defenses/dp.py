@@ -32,8 +32,9 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedmia.data.records import Records
 from fedmia.defenses import clipping
-from fedmia.defenses.audit import dirac_sum
+from fedmia.defenses.canaries import dirac_sum
 from fedmia.defenses.base import Defense, Params, register_defense
+from fedmia.defenses.report import Privacy
 from fedmia.defenses.norms import to_dp_compatible  # noqa: F401  (re-exported)
 from fedmia.training import TrainRecipe, augment_batch, make_optimizer, record_losses, set_lr
 
@@ -81,10 +82,10 @@ class DifferentialPrivacy(Defense):
     def audited_client(self) -> int | None:
         return self.params.audit_client if self.params.audit_canaries else None
 
-    def privacy_report(self, scenario, plan, transcript) -> dict:
+    def privacy_report(self, scenario, plan, transcript) -> Privacy:
         from fedmia.defenses.dp_accounting import accounted  # dp-accounting only where ε is computed
 
-        return accounted(self.params, scenario, plan, transcript)
+        return Privacy.model_validate(accounted(self.params, scenario, plan, transcript))
 
     def epsilon_at(self, scenario, transcript, delta: float, client: int | None = None) -> float:
         from fedmia.defenses.dp_accounting import epsilon_at
@@ -242,7 +243,7 @@ def noise_for_budget(target_epsilon: float, delta: float, q: float, total_steps:
 @functools.cache
 def _per_sample_optimizer() -> type:
     """Opacus's `DPOptimizer`, whose clipped sum also takes `p.canary_sum` where a step set one:
-    the gradient canaries' clipped gradients, already summed (fedmia/defenses/audit.py). As
+    the gradient canaries' clipped gradients, already summed (fedmia/defenses/canaries.py). As
     per-sample rows each canary would be a model-sized tensor; a thousand of them do not fit."""
     from opacus.optimizers import DPOptimizer
 
@@ -286,7 +287,7 @@ def train_local_dp(model: nn.Module, records: Records, recipe: TrainRecipe | Non
                    optimizer_name: str | None = None, momentum: float = 0.9, weight_decay: float = 0.0,
                    label_smoothing: float = 0.0) -> dict:
     """DP-SGD epochs; returns the last epoch's mean loss and what the accountant needs.
-    `canaries`: coordinates of gradient canaries this client holds (fedmia/defenses/audit.py);
+    `canaries`: coordinates of gradient canaries this client holds (fedmia/defenses/canaries.py);
     each joins a Poisson batch with the records' rate and is clipped and noised like them.
     `transform`: a per-record batch transform (crop); label smoothing and weight decay apply as
     in plain training (the per-sample loss includes the smoothing). `engine`: how the clipped sum

@@ -64,7 +64,7 @@ class ThresholdedSecAgg(Defense):
             out.append(("defenses.thresholded-secagg.min_clients",
                         f"expected at most the clients a round samples ({scenario.clients_per_round}), "
                         f"found {self.params.min_clients}: nothing would ever be released"))
-        others = [key for key in scenario.defenses.root if key != self.key]
+        others = [key for key in scenario.defenses.root if key != self.name]
         for key in others:
             if key == "secagg" or (key == "dp" and getattr(scenario.defenses.root[key], "mode", None) == "central"):
                 out.append(("defenses.thresholded-secagg", f"does not compose with defenses.{key}: both decide what "

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedmia.defenses.report import EpsilonCheck, Privacy  # noqa: F401  (metrics.json's `privacy`)
 from fedmia.evaluation.figures import Value
 
 Rate = float | None  # null where a figure is undefined (NaN on write)
@@ -51,25 +52,6 @@ class Utility(Open):
     dice: Rate = Field(description="held-out Dice of what is served")
     miou: Rate = Field(description="held-out mIoU of what is served")
     rounds: list[dict[str, Any]] = Field(description="per round: dice, miou, clients, failures, ...")
-
-
-class EpsilonCheck(Open):
-    """The empirical lower bound on ε from the run's gradient canaries (evaluation/epsilon_lower.py)."""
-
-    epsilon_lower: Rate = Field(None, description="ε every (ε, δ)-DP training must exceed, at 95% confidence")
-    epsilon_accountant: Rate = Field(None, description="the accountant's ε at the δ of that bound")
-    delta: Rate = Field(None, description="the δ where the bound is tightest against the accountant")
-    consistent: bool | None = Field(None, description="every bound at or below the accountant's ε")
-
-
-class Privacy(Open):
-    """What a defense guarantees (`Defense.privacy_report`), and the evaluator's check of it."""
-
-    epsilon: Rate = Field(description="headline ε (the smallest accountant's)")
-    delta: Rate = Field(None, description="δ of that ε")
-    mode: str | None = Field(None, description="local (per record) or central (per client)")
-    per_client: dict[str, dict[str, Any]] | None = Field(None, description="local mode: each client's ε and δ")
-    audit: EpsilonCheck | None = Field(None, description="the one-run empirical check of ε, when canaries ran")
 
 
 class SourceInference(Open):

@@ -26,7 +26,7 @@ from torch import nn
 
 # the family base lives apart so that family modules (smp.py, module.py, a user's) import it
 # without importing this package's __init__ (which imports them): no cycle
-from fedmia.models.family import MODEL_FAMILIES, ModelFamily, NoOptions, register_model_family  # noqa: E402,F401
+from fedmia.models.family import MODEL_FAMILIES, ModelFamily, NoParams, register_model_family  # noqa: E402,F401
 
 
 def family_of(spec) -> ModelFamily:
@@ -34,10 +34,10 @@ def family_of(spec) -> ModelFamily:
 
 
 def _options(family: ModelFamily, spec) -> Any:
-    if family.Options is None:
+    if family.Params is None:
         return dict(spec.options)
     try:
-        return family.Options.model_validate(spec.options)
+        return family.Params.model_validate(spec.options)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

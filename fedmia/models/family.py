@@ -16,24 +16,23 @@ MODEL_FAMILIES: Registry[type["ModelFamily"]] = Registry("model family", "fedmia
 
 def register_model_family(name: str) -> Callable[[type["ModelFamily"]], type["ModelFamily"]]:
     def add(cls: type[ModelFamily]) -> type[ModelFamily]:
-        cls.name = name
         return MODEL_FAMILIES.register(name)(cls)
 
     return add
 
 
-class NoOptions(BaseModel):
+class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ModelFamily:
-    """A way to build the federation's network. Subclass, set `Options` (a pydantic model that
+    """A way to build the federation's network. Subclass, set `Params` (a pydantic model that
     validates `model.options`; None passes them through as a dict) and override `build`, which
     returns an nn.Module mapping (N, in_channels, H, W) to (N, num_classes, H, W) logits. The
     seed is set before `build` is called: draw random weights with torch's global generator."""
 
     name: ClassVar[str]
-    Options: ClassVar[type[BaseModel] | None] = NoOptions
+    Params: ClassVar[type[BaseModel] | None] = NoParams
 
     def build(self, spec, in_channels: int, num_classes: int, options: Any) -> nn.Module:
         raise NotImplementedError

@@ -45,7 +45,7 @@ class ModuleFamily(ModelFamily):
     """Any nn.Module: `model.factory` ('package.module:callable') called with in_channels,
     num_classes and `model.options` as keyword arguments."""
 
-    Options = None  # the factory's keyword arguments, passed as they are
+    Params = None  # the factory's keyword arguments, passed as they are
 
     def build(self, spec, in_channels: int, num_classes: int, options) -> nn.Module:
         factory = resolve_factory(spec.factory)

@@ -46,7 +46,7 @@ class TinyUNet(nn.Module):
 class TinyUNetFamily(ModelFamily):
     """A two-level plain-PyTorch U-Net (`model.options.width`)."""
 
-    Options = TinyUNetOptions
+    Params = TinyUNetOptions
 
     def build(self, spec, in_channels, num_classes, options):
         return TinyUNet(in_channels, num_classes, options.width)

@@ -1,7 +1,7 @@
 """Empirical lower bound on ε from one training run (Steinke, Nasr & Jagielski, NeurIPS 2023).
 
 The run carried m gradient canaries, each inserted into the audited client's training with a
-fair coin (`fedmia/defenses/audit.py`). The auditor scores every canary from what it observes —
+fair coin (`fedmia/defenses/canaries.py`). The auditor scores every canary from what it observes —
 the audited client's update when the server sees it, else the released aggregate — as the
 movement of the canary's coordinate against its gradient, summed over rounds (under central DP
 only the released models count: that is what central DP protects). It guesses
@@ -99,7 +99,7 @@ def canary_scores(transcript, trainable_positions: list[int], coordinates: np.nd
     return scores, source
 
 
-def audit_metrics(scores: np.ndarray, inserted: np.ndarray, delta: float, epsilon_at: Callable[[float], float],
+def epsilon_check(scores: np.ndarray, inserted: np.ndarray, delta: float, epsilon_at: Callable[[float], float],
                   source: str) -> dict:
     """The one-run test at each δ of `DELTA_SCALES` × `delta` (`epsilon_at(δ)`: the accountant's
     ε there); the headline figures are those at the δ where the bound is tightest against it."""

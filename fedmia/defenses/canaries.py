@@ -6,7 +6,7 @@ inserted canary as one more training record whose gradient is a Dirac vector —
 coordinate, zero elsewhere (Nasr et al. 2023's gradient canaries: the worst case a clipped
 record can be). Under DP-SGD a canary joins each Poisson batch with the records' rate q and is
 clipped, summed and noised by Opacus like any record; in plain training it joins the shuffled
-minibatches. Only the evaluator reads the coins (`fedmia/evaluation/audit.py`); the auditor's
+minibatches. Only the evaluator reads the coins (`fedmia/evaluation/epsilon_lower.py`); the auditor's
 scores use the coordinates alone.
 """
 
@@ -64,7 +64,7 @@ def add_canary_gradient(params: dict[str, torch.Tensor], coordinates: np.ndarray
         p.grad = summed[name] if p.grad is None else p.grad + summed[name]
 
 
-def audit_canaries(scenario, model: torch.nn.Module) -> Canaries | None:
+def gradient_canaries(scenario, model: torch.nn.Module) -> Canaries | None:
     """The scenario's DP-audit canaries (the same draw on the client and the evaluator)."""
     dp = scenario.defenses.dp
     if dp is None or not dp.audit_canaries:
