@@ -153,10 +153,10 @@ class LocalRun:
 def local_training(scenario: Scenario, model, records, recipe: TrainRecipe, *, seed: int, device,
                    public=None, partition: int | None = None) -> dict[str, float]:
     """One client's local training under the scenario's defenses (the evaluator replays it).
-    The audited client (a defense's `audited_client`: DP's canary check) also trains on its
+    The canary client (a defense's `canary_client`: DP's check of ε) also trains on its
     gradient canaries."""
     defenses = active(scenario)
-    audited = {d.audited_client for d in defenses} - {None}
+    audited = {d.canary_client for d in defenses} - {None}
     canaries = gradient_canaries(scenario, model) if partition is not None and partition in audited else None
     run = LocalRun(scenario, model, records, recipe, seed, device, public,
                    canaries=canaries.present() if canaries is not None else None,

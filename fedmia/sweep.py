@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,45 @@ def run_or_reuse(folder: Path, scenario: Scenario, console=None) -> tuple[RunMet
         "resumed" if resume else "ran")
 
 
-def run_sweep(path: Path, out_dir: Path, console=None) -> list[dict]:
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of a sweep: its label, the values it set, and its run's typed figures."""
+
+    label: str
+    assignment: dict[str, Any]
+    metrics: RunMetrics
+    folder: Path
+
+    @property
+    def epsilon(self) -> float | None:
+        return self.metrics.privacy.epsilon if self.metrics.privacy else None
+
+    def figure(self, attack: str, metric: str) -> tuple[float | None, list | None]:
+        """(value, 95% interval) of an attack's `auc` or TPR at 1% FPR (`tpr@1%`)."""
+        m = self.metrics.attacks[attack]
+        if metric == "auc":
+            return m.auc, m.ci.auc if m.ci else None
+        return m.tpr_at_fpr.get("0.01"), m.ci.tpr_at_fpr.get("0.01") if m.ci else None
+
+    def csv_row(self) -> dict:
+        """One line of sweep.csv: the label, the swept values, utility, ε, then each attack's
+        AUC and TPR at 1% FPR with their intervals (JSON) — column names are the table's."""
+        row = {"label": self.label,
+               **{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in self.assignment.items()},
+               "dice": self.metrics.utility.dice, "miou": self.metrics.utility.miou, "epsilon": self.epsilon,
+               "run": str(self.folder)}
+        for attack in self.metrics.attacks:
+            for metric in ("auc", "tpr@1%"):
+                value, interval = self.figure(attack, metric)
+                row[f"{attack}.{metric}"] = value
+                row[f"{attack}.{metric}.ci"] = json.dumps(interval) if interval else None
+        return row
+
+
+def run_sweep(path: Path, out_dir: Path, console=None) -> list[SweepPoint]:
     spec, points = load_sweep(path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    swept = []
     done: dict[str, RunMetrics] = {}
     for i, (assignment, scenario) in enumerate(points):
         folder = out_dir / f"point-{i:02d}"
@@ -133,25 +169,10 @@ def run_sweep(path: Path, out_dir: Path, console=None) -> list[dict]:
             console.print(f"[bold]point {i}[/]: {assignment} — {how}")
         done[key] = metrics
         label = spec.labels[i] if spec.labels else ", ".join(f"{k.split('.')[-1]}={v}" for k, v in assignment.items())
-        rows.append(_row(label, assignment, metrics, folder))
-    _write_csv(out_dir / "sweep.csv", rows)
-    plot_privacy_utility(rows, out_dir / "privacy_utility.png", title=spec.name)
-    return rows
-
-
-def _row(label: str, assignment: dict, metrics: RunMetrics, folder: Path) -> dict:
-    """One line of sweep.csv (its columns: the swept values, then each attack's figures)."""
-    row = {"label": label, **{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in assignment.items()},
-           "dice": metrics.utility.dice, "miou": metrics.utility.miou,
-           "epsilon": metrics.privacy.epsilon if metrics.privacy else None, "run": str(folder)}
-    for attack, m in metrics.attacks.items():
-        auc_ci = m.ci.auc if m.ci else None
-        tpr_ci = m.ci.tpr_at_fpr.get("0.01") if m.ci else None
-        row[f"{attack}.auc"] = m.auc
-        row[f"{attack}.auc.ci"] = json.dumps(auc_ci) if auc_ci else None
-        row[f"{attack}.tpr@1%"] = m.tpr_at_fpr.get("0.01")
-        row[f"{attack}.tpr@1%.ci"] = json.dumps(tpr_ci) if tpr_ci else None
-    return row
+        swept.append(SweepPoint(label, assignment, metrics, folder))
+    _write_csv(out_dir / "sweep.csv", [point.csv_row() for point in swept])
+    plot_privacy_utility(swept, out_dir / "privacy_utility.png", title=spec.name)
+    return swept
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -163,43 +184,42 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def _ordered(rows: list[dict]) -> bool:
+def _ordered(points: list[SweepPoint]) -> bool:
     """Lines join points only along one numeric swept parameter (σ, ε): categorical points
     (none, argmax, crop, DP…) have no order, and a line through them would mean nothing."""
-    swept = [k for k in rows[0] if k not in ("label", "dice", "miou", "epsilon", "run") and "." in k
-             and not k.endswith((".auc", ".tpr@1%", ".ci"))]
-    return len(swept) == 1 and all(isinstance(r.get(swept[0]), (int, float)) and not isinstance(r.get(swept[0]), bool)
-                                   for r in rows)
+    swept = list(points[0].assignment)
+    return len(swept) == 1 and all(isinstance(p.assignment.get(swept[0]), (int, float))
+                                   and not isinstance(p.assignment.get(swept[0]), bool) for p in points)
 
 
-def plot_privacy_utility(rows: list[dict], path: Path, *, title: str) -> None:
+def plot_privacy_utility(points: list[SweepPoint], path: Path, *, title: str) -> None:
     """x: Dice; y: each attack's TPR@1% FPR (left) and AUC (right) with 95% interval bars;
     points labelled (ε); lines only when the swept parameter is ordered."""
     from fedmia.evaluation.plots import distinct_colours
 
-    attacks = sorted({k[: -len(".auc")] for row in rows for k in row if k.endswith(".auc")})
-    ordered = _ordered(rows)
+    attacks = sorted({a for p in points for a in p.metrics.attacks})
+    ordered = _ordered(points)
     colours = dict(zip(attacks, distinct_colours(len(attacks))))
     fig = _new_figure((11.0, 5.0))
     for ax, metric, name in ((fig.add_subplot(1, 2, 1), "tpr@1%", "TPR at 1% FPR"),
                              (fig.add_subplot(1, 2, 2), "auc", "ROC AUC")):
         for attack in attacks:
-            points = [r for r in rows if r.get(f"{attack}.{metric}") is not None]
-            if not points:
+            shown = [(p, *p.figure(attack, metric)) for p in points if attack in p.metrics.attacks]
+            shown = [(p, v, ci) for p, v, ci in shown if v is not None]
+            if not shown:
                 continue
-            x = [r["dice"] for r in points]
-            y = [r[f"{attack}.{metric}"] for r in points]
-            cis = [json.loads(r[f"{attack}.{metric}.ci"]) if r.get(f"{attack}.{metric}.ci") else [v, v]
-                   for r, v in zip(points, y)]
+            x = [p.metrics.utility.dice for p, _, _ in shown]
+            y = [v for _, v, _ in shown]
+            cis = [ci if ci else [v, v] for _, v, ci in shown]
             errors = [[max(0.0, v - lo) for v, (lo, _) in zip(y, cis)], [max(0.0, hi - v) for v, (_, hi) in zip(y, cis)]]
             ax.errorbar(x, y, yerr=errors, fmt="o-" if ordered else "o", color=colours[attack], label=attack,
                         capsize=3, markersize=4, linewidth=1)
-        for i, r in enumerate(rows):  # one label per point, above its strongest attack, staggered
-            values = [r[f"{a}.{metric}"] for a in attacks if r.get(f"{a}.{metric}") is not None]
+        for i, p in enumerate(points):  # one label per point, above its strongest attack, staggered
+            values = [v for a in attacks if a in p.metrics.attacks and (v := p.figure(a, metric)[0]) is not None]
             if values:
-                eps = r.get("epsilon")
-                text = r["label"] + (f" (ε={eps:.3g})" if isinstance(eps, (int, float)) and math.isfinite(eps) else "")
-                ax.annotate(text, (r["dice"], max(values)), fontsize=7, xytext=(4, 6 + 8 * (i % 3)),
+                eps = p.epsilon
+                text = p.label + (f" (ε={eps:.3g})" if isinstance(eps, (int, float)) and math.isfinite(eps) else "")
+                ax.annotate(text, (p.metrics.utility.dice, max(values)), fontsize=7, xytext=(4, 6 + 8 * (i % 3)),
                             textcoords="offset points", arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
         ax.set_xlabel("Dice on held-out data (utility)")
         ax.set_ylabel(name + " (95% interval)")

@@ -124,3 +124,18 @@ def stops_flwr_run(home: Path):
         ours |= {c for p in ours for c in child_pids(p)}
         stop_pids(ours)
         assert not [p for p in ours if alive(p)]
+
+
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_ray(request):
+    """The unit tier (tests/unit/: pure logic, `pytest tests/unit` in under 30 s) holds only tests
+    that start no Ray: one that does belongs one folder up."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if UNIT in Path(request.node.path).resolve().parents:
+        assert ray is None or not ray.is_initialized(), "a unit test started Ray: it belongs in tests/, not tests/unit/"

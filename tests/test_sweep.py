@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,15 +41,20 @@ def test_points_and_errors(tmp_path, write_scenario):
 def test_privacy_utility_plot_joins_only_ordered_points(tmp_path):
     """Categorical settings (none, argmax, crop…) are points with interval bars, not a zig-zag;
     an ordered parameter (σ) gets lines."""
-    from fedmia.sweep import _ordered, plot_privacy_utility
+    from fedmia.evaluation.schema import check_metrics
+    from fedmia.sweep import SweepPoint, _ordered, plot_privacy_utility
 
     def row(label, value, dice, auc):
-        return {"label": label, "defenses.dp.noise_multiplier" if isinstance(value, float) else "defenses": value,
-                "dice": dice, "miou": dice, "epsilon": None, "run": "x", "loss.auc": auc,
-                "loss.auc.ci": f"[{auc - 0.05}, {auc + 0.05}]", "loss.tpr@1%": 0.1, "loss.tpr@1%.ci": "[0.05, 0.2]"}
+        metrics = check_metrics({"scenario": label, "setup": {}, "utility": {"dice": dice, "miou": dice, "rounds": []},
+                                 "attacks": {"loss": {"auc": auc, "tpr_at_fpr": {"0.01": 0.1}, "n_members": 10,
+                                                      "n_nonmembers": 100,
+                                                      "ci": {"auc": [auc - 0.05, auc + 0.05], "level": 0.95,
+                                                             "tpr_at_fpr": {"0.01": [0.05, 0.2]}, "method": "b"}}}})
+        key = "defenses.dp.noise_multiplier" if isinstance(value, float) else "defenses"
+        return SweepPoint(label, {key: value}, metrics, Path("x"))
 
     sigmas = [row(f"s{v}", v, 0.7 - v / 10, 0.9 - v / 5) for v in (0.5, 1.0, 2.0)]
-    kinds = [row(k, json_value, 0.7, 0.8) for k, json_value in (("none", "{}"), ("argmax", '{"output": 1}'))]
+    kinds = [row(k, value, 0.7, 0.8) for k, value in (("none", {}), ("argmax", {"output": 1}))]
     assert _ordered(sigmas) and not _ordered(kinds)
     for rows, name in ((sigmas, "ordered.png"), (kinds, "points.png")):
         plot_privacy_utility(rows, tmp_path / name, title="t")
@@ -59,14 +65,14 @@ def test_privacy_utility_plot_joins_only_ordered_points(tmp_path):
 def test_sweep_runs_points_and_reuses_finished_ones(tmp_path, write_scenario, stops_its_processes):
     path = _sweep(tmp_path, write_scenario, {"defenses.output": [None, {"mode": "argmax"}]},
                   labels=["none", "argmax"])
-    rows = run_sweep(path, tmp_path / "out")
-    assert [r["label"] for r in rows] == ["none", "argmax"]
+    points = run_sweep(path, tmp_path / "out")
+    assert [p.label for p in points] == ["none", "argmax"]
     with open(tmp_path / "out" / "sweep.csv") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 2 and "loss.auc" in table[0] and "dice" in table[0]
     assert (tmp_path / "out" / "privacy_utility.png").stat().st_size > 0
     # Same model, so same Dice; the API differs, so the loss attack's scores differ.
-    assert rows[0]["dice"] == rows[1]["dice"]
+    assert points[0].metrics.utility.dice == points[1].metrics.utility.dice
     stamps = [(tmp_path / "out" / f"point-0{i}" / "metrics.json").stat().st_mtime_ns for i in (0, 1)]
     run_sweep(path, tmp_path / "out")  # everything is finished: nothing runs again
     assert stamps == [(tmp_path / "out" / f"point-0{i}" / "metrics.json").stat().st_mtime_ns for i in (0, 1)]

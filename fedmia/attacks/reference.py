@@ -6,18 +6,16 @@ The adversary's reference models — how they train (federated by default) and t
 
 Per-record statistic: the logit-scaled confidence of the true class, φ = log(p_y / (1 − p_y)),
 per pixel, with each model's φ centred on its OUT population records. Two aggregations over the
-image (`aggregation`), both measured on `runs/lira` with 8 references and 100 + 100 targets
-(`python bench/lira_aggregation.py runs/lira`):
+image (`aggregation`):
   mean       one Gaussian per record on the image-mean φ;
   pixel-sum  one Gaussian per record *and pixel*, log-likelihood ratios (online) or log-CDFs
-             (offline) summed over pixels, each per-pixel std floored at `pixel_floor` (1.0).
-Online, pixel-sum won: AUC 0.854 / TPR@1% 0.25 against 0.681 / 0.10 for the mean (an earlier
-set of references: 0.749 vs 0.656) — but only with the floor; at floors 0.05–0.3 the sum
-trusts hundreds of strongly correlated pixels as independent evidence and TPR@1% fell to
-0.02–0.04. Offline, pixel-sum lost at every floor (AUC 0.50–0.54 vs 0.727 for the mean). Those
-comparisons read the run's own ledger, so neither decides a default: both attacks default to the
-mean, fixed in advance (the paper's), and `aggregation: auto` lets the adversary choose by
-rehearsal on its own reference models (`_Lira._choose_aggregation`). RMIA uses the mean probability.
+             (offline) summed over pixels, each per-pixel std floored at `pixel_floor` (1.0):
+             without the floor the sum trusts hundreds of correlated pixels as independent.
+Both attacks default to the mean, fixed in advance (the paper's): the comparisons that favoured
+pixel-sum online read a run's own ledger, so they decide no default (measured figures:
+bench/RESULTS.md, "LiRA's aggregation over the image"). `aggregation: auto` lets the adversary
+choose by rehearsal on its own reference models (`_Lira._choose_aggregation`). RMIA uses the
+mean probability.
 """
 
 from __future__ import annotations

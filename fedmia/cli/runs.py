@@ -237,7 +237,7 @@ def sweep(
                    "after `fedmia evaluate --manifests`; run each point with `fedmia replicate --manifests`", err=True)
         raise typer.Exit(USAGE_ERROR)
     folder = out_dir or Path("runs") / spec.name
-    rows = run_sweep(file, folder, console=out)
+    rows = [point.csv_row() for point in run_sweep(file, folder, console=out)]
     from rich.table import Table
 
     table = Table(title=f"sweep {spec.name}")

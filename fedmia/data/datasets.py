@@ -5,8 +5,8 @@ pydantic model of its options (a `DatasetParams`: unknown keys and wrong types a
 field described — `fedmia describe NAME` and the generated reference list them). A loader is
 called as `loader(records=..., image_size=..., seed=..., options=...)` and returns
 `(Records, DatasetInfo)`; `options` is the scenario's `data.options` validated into an instance
-of its `Params`. A loader registered with plain `@DATASETS.register(name)` declares no model and
-gets `options` as a dict, to check itself (`read_options` and the `*_option` helpers below).
+of its `Params`. A loader registered with plain `@DATASETS.register(name)` declares no model
+(`Params` None) and gets `options` as a dict, to check itself.
 A loader that can read part of its pool cheaply also takes `rows=` (positions in the
 `records`-long pool, in the order wanted): a client then loads only its own records. Loaders
 without it still work — `load_dataset` loads the pool and takes the rows.
@@ -17,7 +17,6 @@ imported when a scenario names it.
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import Any, Callable
 
 import numpy as np
@@ -102,35 +101,11 @@ def load_dataset(
     return data, info
 
 
-def read_options(dataset: str, options: dict, defaults: dict[str, Any]) -> dict[str, Any]:
-    """For a loader without `Params`: merge `options` over `defaults`, rejecting keys the dataset
-    does not know (typos fail loudly)."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"{dataset}: unknown option(s) {', '.join(map(repr, unknown))}; "
-            f"expected some of: {', '.join(sorted(defaults))}"
-        )
-    return {**defaults, **options}
-
-
 def int_option(dataset: str, key: str, value: Any, *, minimum: int) -> int:
     # bool is an int subclass, but `max_digits=True` is surely a mistake.
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{dataset}: {key} must be an integer >= {minimum}, found {value!r}")
     return int(value)
-
-
-def float_option(dataset: str, key: str, value: Any, *, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= minimum:
-        raise ValueError(f"{dataset}: {key} must be a number >= {minimum}, found {value!r}")
-    return float(value)
-
-
-def bool_option(dataset: str, key: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{dataset}: {key} must be true or false, found {value!r}")
-    return bool(value)
 
 
 def require_image_size(dataset: str, image_size: int, minimum: int) -> None:

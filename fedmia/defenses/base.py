@@ -63,7 +63,7 @@ class Defense:
         return {}
 
     @property
-    def audited_client(self) -> int | None:
+    def canary_client(self) -> int | None:
         """The client that trains on gradient canaries for an empirical check of ε, if any."""
         return None
 

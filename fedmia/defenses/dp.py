@@ -79,7 +79,7 @@ class DifferentialPrivacy(Defense):
             self.acts_on = "aggregation"
 
     @property
-    def audited_client(self) -> int | None:
+    def canary_client(self) -> int | None:
         return self.params.audit_client if self.params.audit_canaries else None
 
     def privacy_report(self, scenario, plan, transcript) -> Privacy:

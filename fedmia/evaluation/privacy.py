@@ -2,7 +2,7 @@
 
 Each defense accounts for itself (`Defense.privacy_report`: DP's accountants live beside DP,
 fedmia/defenses/dp_accounting.py); the evaluator adds the empirical lower bound from the run's
-gradient canaries (`Defense.audited_client`), which only it may read (their coins are ground truth).
+gradient canaries (`Defense.canary_client`), which only it may read (their coins are ground truth).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def privacy_metrics(scenario, plan, transcript) -> Privacy | None:
     defenses = active(scenario)
     out = next((report for d in defenses if (report := d.privacy_report(scenario, plan, transcript)) is not None),
                None)
-    auditing = next((d for d in defenses if d.audited_client is not None), None)
+    auditing = next((d for d in defenses if d.canary_client is not None), None)
     if out is not None and auditing is not None:
         out = out.model_copy(update={"audit": EpsilonCheck.model_validate(_check(scenario, transcript, out, auditing))})
     return out
@@ -34,7 +34,7 @@ def _check(scenario, transcript, accounted: Privacy, defense) -> dict:
     from fedmia.evaluation.epsilon_lower import epsilon_check, canary_scores
     from fedmia.models import scenario_model
 
-    audit_client = defense.audited_client
+    audit_client = defense.canary_client
     model = scenario_model(scenario, build_plan(scenario).info)
     canaries = gradient_canaries(scenario, model)
     names = transcript.weight_names
