@@ -24,6 +24,7 @@ from fedmia.data.plan import build_plan
 from fedmia.defenses import active
 from fedmia.models import get_weights, scenario_model, weight_names
 from fedmia.pipeline import finish_run, prepare_run_folder
+from fedmia.message_rounds import run_message_rounds
 from fedmia.scenario import Scenario
 from fedmia.timeline import mark
 from fedmia.validation import scenario_from_run_config
@@ -128,9 +129,10 @@ class PacedGrid(Grid):
 
 def run_federation(grid, context: Context, scenario: Scenario,
                    on_round_end: Callable[[RoundView], None] | None = None,
-                   checkpoint: Path | None = None, resume: bool = False) -> Transcript:
+                   checkpoint: Path | None = None, resume: bool = False, client_api: str = "legacy") -> Transcript:
     """Run the rounds; with `checkpoint`, save the transcript there after every round, and with
-    `resume`, continue from the rounds already saved there."""
+    `resume`, continue from the rounds already saved there. `client_api`: "legacy" (fedmia's own
+    client, SecAgg+) or "message" (a Message-API ClientApp, `fedmia/message_rounds.py`)."""
     previous = Transcript.load(checkpoint) if resume and checkpoint and (checkpoint / "index.json").exists() else None
 
     def after_round(view: RoundView) -> None:
@@ -144,11 +146,23 @@ def run_federation(grid, context: Context, scenario: Scenario,
         remaining = scenario.federation.rounds - (previous.rounds[-1].round if previous and previous.rounds else 0)
         if remaining > 0:
             wait_for_clients(grid, scenario)
-            legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)
-            DefaultWorkflow(fit_workflow=fit_workflow(scenario))(PacedGrid(grid), legacy)
+            if client_api == "message":
+                refuse_on_message_api(scenario)
+                run_message_rounds(PacedGrid(grid), strategy, remaining)
+            else:
+                legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy)
+                DefaultWorkflow(fit_workflow=fit_workflow(scenario))(PacedGrid(grid), legacy)
         for view in strategy.transcript.rounds:  # one whose federated evaluation never came
             strategy.end_round(view, evaluated=True)
     return strategy.transcript
+
+
+def refuse_on_message_api(scenario: Scenario) -> None:
+    """SecAgg+ runs only on Flower's legacy path in flwr 1.41 (`secaggplus_mod` answers with
+    legacy `FitRes` records): a Message-API app cannot run under it."""
+    if fit_workflow(scenario) is not None:
+        raise ValueError(f"scenario '{scenario.name}': defenses.secagg: SecAgg+ runs only on Flower's legacy "
+                         "client API in flwr 1.41; a Message-API ClientApp cannot run under it")
 
 
 def fit_workflow(scenario: Scenario):
@@ -158,7 +172,7 @@ def fit_workflow(scenario: Scenario):
 
 def make_server_app(scenario: Scenario | None = None, *, result: Handover | None = None,
                     on_round_end: Callable[[RoundView], None] | None = None,
-                    checkpoint: Path | None = None, resume: bool = False) -> ServerApp:
+                    checkpoint: Path | None = None, resume: bool = False, client_api: str = "legacy") -> ServerApp:
     """With `result`, the transcript is handed back through it (in-process simulation);
     without, the app reads `scenario` and `out` from the run config and finishes the run."""
     app = ServerApp()
@@ -173,7 +187,7 @@ def make_server_app(scenario: Scenario | None = None, *, result: Handover | None
         if result is not None:
             result.federation_started = started
         try:
-            transcript = run_federation(grid, context, current, on_round_end,
+            transcript = run_federation(grid, context, current, on_round_end, client_api=client_api,
                                         checkpoint=checkpoint or out_dir / "transcript", resume=resume)
             simulation_s = time.perf_counter() - started
             if result is not None:

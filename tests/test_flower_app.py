@@ -65,3 +65,72 @@ def test_the_example_flower_app_trains_on_its_own_and_its_network_is_audited(tmp
     assert metrics["setup"]["targets"] == {"members": 8, "nonmembers": 12}
     assert metrics["utility"]["dice"] > 0.3  # the app's model segments: its one logit read as two classes
     assert 0 <= metrics["attacks"]["loss"]["auc"] <= 1
+
+
+def test_fedmias_server_strategy_drives_the_unchanged_message_api_app(tmp_path, monkeypatch, stops_its_processes):
+    """The example app's ClientApp (Message API: `msg.content["arrays"]` in, `"arrays"` and
+    `"metrics"` out), imported as it is, under fedmia's ServerApp in Flower's Ray simulation: a
+    strategy that sends each node its own model (here: scaled by the node's rank) reaches each
+    node, every reply is recorded, and the round's aggregate is FedAvg's example-weighted mean."""
+    import threading
+
+    import numpy as np
+    from flwr.simulation import run_simulation
+    from pydantic import BaseModel
+
+    from fedmia.data.sites import write_example_audit
+    from fedmia.ray_start import backend_config
+    from fedmia.server_app import Handover, make_server_app
+    from fedmia.validation import parse_scenario
+    from strategies import STRATEGIES, register_strategy
+    from strategies.fedavg import ObservingFedAvg
+
+    data = write_example_audit(tmp_path / "data", sites=("a", "b"), per_site=6, shared=2, others=2,
+                               population=4, test=4, size=(40, 32))
+    # the app reads its folder from $SEGAPP_DATA (run_simulation passes no run config); Ray's
+    # workers inherit the environment and import the app from the PYTHONPATH
+    monkeypatch.setenv("SEGAPP_DATA", str(data / "a"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(APP))
+
+    class NoParams(BaseModel):
+        pass
+
+    if "test-per-node" not in STRATEGIES.names():
+        @register_strategy("test-per-node", NoParams)
+        class PerNode(ObservingFedAvg):
+            def tailor(self, server_round, weights, instructions):
+                return [(proxy, [w * (1 + 0.5 * k) if w.dtype.kind == "f" else w for w in weights], config)
+                        for k, (proxy, config) in enumerate(instructions)]
+
+    scenario = parse_scenario({
+        "name": "segapp-message-api", "seed": 0,
+        "data": {"dataset": "folder", "image_size": 32, "options": {"channels": 3, "mask_mode": "binary"},
+                 "sites": [{"name": s, "path": str(data / s)} for s in ("a", "b")],
+                 "auditor": {k: str(data / "auditor" / k) for k in ("targets", "population", "test")}},
+        "model": {"family": "module", "factory": "segapp.task:Net", "head": "sigmoid", "in_channels": 3},
+        "federation": {"clients": 2, "rounds": 1, "local_epochs": 1, "batch_size": 4},
+        "server": {"strategy": "test-per-node"}, "attacks": ["loss"], "evaluation": {"ood": []}}, "test")
+    from segapp.client_app import app as client_app  # the app's own, unchanged
+
+    handover = Handover()
+    server_app = make_server_app(scenario, result=handover, client_api="message")
+    runner = threading.Thread(target=run_simulation, kwargs=dict(
+        server_app=server_app, client_app=client_app, num_supernodes=2, backend_name="ray",
+        backend_config=backend_config(scenario)), daemon=True)
+    runner.start()
+    assert handover.ended.wait(600), "the simulation did not end"
+    runner.join(120)
+    assert handover.error is None, handover.error
+    (view,) = handover.transcript.rounds
+    assert view.failures == 0 and len(view.replies) == 2, view.failure_messages
+    sent = {node: weights for node, weights in view.sent.items()}
+    first, second = sorted(sent)
+    assert not np.allclose(sent[first][0], sent[second][0])  # each node got its own model
+    for reply in view.replies:  # and trained from it: its reply is nearer what it was sent
+        mine, other = sent[reply.node_id], sent[second if reply.node_id == first else first]
+        assert np.abs(reply.weights[0] - mine[0]).sum() < np.abs(reply.weights[0] - other[0]).sum()
+    counts = np.array([r.num_examples for r in view.replies], dtype=float)
+    assert counts.sum() == 6  # the app's own partitions of its folder, every record once
+    expected = sum(c / counts.sum() * r.weights[0] for c, r in zip(counts, view.replies))
+    np.testing.assert_allclose(view.aggregate[0], expected, rtol=1e-5, atol=1e-6)
