@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,77 @@ def test_fedmias_server_strategy_drives_the_unchanged_message_api_app(tmp_path, 
     assert counts.sum() == 6  # the app's own partitions of its folder, every record once
     expected = sum(c / counts.sum() * r.weights[0] for c, r in zip(counts, view.replies))
     np.testing.assert_allclose(view.aggregate[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def _app_scenario(tmp_path, data, **server) -> Path:
+    scenario = {"name": "segapp-audit-app", "seed": 0,
+                "data": {"dataset": "folder", "image_size": 64, "options": {"channels": 3, "mask_mode": "binary"},
+                         "sites": [{"name": "consortium", "path": str(data / "consortium")}],
+                         "auditor": {k: str(data / "auditor" / k) for k in ("targets", "population", "test")}},
+                "model": {"family": "module", "factory": "segapp.task:Net", "head": "sigmoid", "in_channels": 3},
+                # one client per site folder; the app's own clients are its SuperNodes (--supernodes)
+                "federation": {"clients": 1, "rounds": 1, "local_epochs": 1, "batch_size": 8},
+                "server": {"strategy": "fedavg", **server},
+                "attacks": ["loss", "update-loss-drop"], "evaluation": {"tpr_at_fpr": [0.1], "ood": []}}
+    path = tmp_path / "audit-app.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
+def test_audit_app_runs_the_apps_own_client_under_fedmias_server(tmp_path, monkeypatch, stops_its_processes):
+    """`fedmia audit-app examples/flower-app SCENARIO`: the app's ClientApp from its pyproject,
+    its run config with `--run-config` over it, two SuperNodes splitting its folder their own
+    way, fedmia's honest server keeping every reply; black-box and update attacks, and the
+    membership figures from the site's manifest."""
+    from typer.testing import CliRunner
+
+    from fedmia.cli import app
+    from fedmia.data.sites import write_example_audit, write_manifest
+
+    data = write_example_audit(tmp_path / "data", sites=("consortium",), per_site=12, shared=6, others=8,
+                               population=8, test=6, size=(72, 64))
+    write_manifest(data / "consortium", "consortium", tmp_path / "manifests" / "consortium.json")
+    monkeypatch.syspath_prepend(str(APP))  # the scenario's factory (segapp.task:Net)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("SEGAPP_DATA", str(tmp_path / "nowhere"))  # only --run-config points at the data
+    result = CliRunner().invoke(app, ["audit-app", str(APP), str(_app_scenario(tmp_path, data)), "--supernodes", "2",
+                                      "--run-config", f"data-path='{data / 'consortium'}'", "--run-config",
+                                      "local-epochs=1", "--manifests", str(tmp_path / "manifests"),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["setup"]["targets"] == {"members": 6, "nonmembers": 8}
+    assert metrics["utility"]["rounds"][0]["clients"] == 2  # both of the app's SuperNodes replied
+    assert 0 <= metrics["attacks"]["update-loss-drop"]["auc"] <= 1 and 0 <= metrics["attacks"]["loss"]["auc"] <= 1
+    assert (tmp_path / "run" / "completed.json").is_file()
+
+
+def test_an_app_fedmia_cannot_run_is_refused_in_one_line_naming_it(tmp_path, monkeypatch):
+    """No [tool.flwr.app.components], a clientapp that does not import, a run-config key the app
+    does not declare: exit 2, one line naming the app and the cause, no run folder finished."""
+    from typer.testing import CliRunner
+
+    from fedmia.cli import app
+    from fedmia.data.sites import write_example_audit
+
+    data = write_example_audit(tmp_path / "data", sites=("consortium",), per_site=4, shared=2, others=2,
+                               population=2, test=2, size=(72, 64))
+    monkeypatch.syspath_prepend(str(APP))  # the scenario's factory
+    scenario = _app_scenario(tmp_path, data)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "pyproject.toml").write_text('[project]\nname = "bare"\n')
+    broken = tmp_path / "broken"
+    shutil.copytree(APP, broken, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (broken / "pyproject.toml").read_text().replace("segapp.client_app:app", "segapp.no_such_module:app")
+    (broken / "pyproject.toml").write_text(text)
+    cases = [([str(bare)], f"{bare / 'pyproject.toml'}: [tool.flwr.app.components] clientapp: missing"),
+             ([str(broken)], "app segapp (") , ([str(APP), "--run-config", "epochs=3"],
+                                                "app segapp: --run-config 'epochs=3': expected KEY=VALUE with KEY one of")]
+    for words, message in cases:
+        result = CliRunner().invoke(app, ["audit-app", words[0], str(scenario), *words[1:], "--out",
+                                          str(tmp_path / "never")])
+        assert result.exit_code == 2 and message in result.stderr, (words, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "never" / "completed.json").exists()
+    result = CliRunner().invoke(app, ["audit-app", str(broken), str(scenario), "--out", str(tmp_path / "never")])
+    assert "'segapp.no_such_module:app' does not import" in result.stderr

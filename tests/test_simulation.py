@@ -175,12 +175,17 @@ def test_client_crash_prob_crashes_that_share_of_clients_the_same_way_every_run(
 
 
 def test_run_simulation_is_called_by_one_adapter_only():
-    """Flower deprecates `run_simulation`; fedmia/runner.py holds the one call (README says why)."""
-    callers = [path.relative_to(REPO).as_posix()
-               for folder in ("fedmia", "strategies", "bench", "tests")
-               for path in (REPO / folder).rglob("*.py")
-               if "run_simulation(" in path.read_text() and path.name != "test_simulation.py"]
-    assert callers == ["fedmia/runner.py"]
+    """Flower deprecates `run_simulation`; fedmia/runner.py holds the one call (README says why).
+    A user's own app runs through Flower's `_run_simulation` (its run config reaches the app's
+    clients only there, in flwr 1.41): fedmia/audit_app.py holds that one call."""
+    def callers(call: str) -> list[str]:
+        return sorted(path.relative_to(REPO).as_posix()
+                      for folder in ("fedmia", "strategies", "bench", "tests")
+                      for path in (REPO / folder).rglob("*.py")
+                      if call in path.read_text().replace("_" + call, "") and path.name != "test_simulation.py")
+
+    assert callers("run_simulation(") == ["fedmia/runner.py"]
+    assert callers("_run_simulation(") == ["fedmia/audit_app.py"]
 
 
 @pytest.mark.slow  # ~1 min: a second Ray node; `pytest -m slow` runs it

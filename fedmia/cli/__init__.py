@@ -1,6 +1,6 @@
-"""`fedmia` command line: init, validate, run, audit, audit-model, compare, replicate, sweep,
-deploy-local, deploy, manifest, evaluate, credentials, schema, describe, list (`fedmia --help`).
-Each command lives in `runs`, `deployment` or `plugins`; all are registered below, in the order
+"""`fedmia` command line: init, validate, run, audit, audit-model, audit-app, compare, replicate,
+sweep, deploy-local, deploy, manifest, evaluate, credentials, schema, describe, list (`fedmia
+--help`). Each command lives in `runs`, `apps`, `deployment` or `plugins`; all are registered below, in the order
 `fedmia --help` lists them.
 
 Scenario problems print as `FILE: key.path: message` on stderr and exit with code 2 — never a
@@ -15,7 +15,7 @@ import sys
 import click
 import typer
 
-from fedmia.cli import deployment, plugins, runs
+from fedmia.cli import apps, deployment, plugins, runs
 from fedmia.cli.common import USAGE_ERROR
 from fedmia.scenario import ScenarioError
 
@@ -43,6 +43,7 @@ app.command()(runs.init)
 app.command()(runs.validate)
 app.command()(runs.run)
 app.command("audit-model")(runs.audit_model)
+app.command("audit-app")(apps.audit_app)
 app.command()(runs.compare)
 app.command()(runs.replicate)
 app.command()(runs.sweep)
