@@ -70,10 +70,12 @@ def from_reply(reply: Message, names: list[str], shapes: list[tuple]) -> tuple[l
         raise BadReply(f"node {node}: the reply's arrays do not fit the network: {len(missing)} of its "
                        f"{len(names)} entries are missing (first: {missing[0]!r})")
     weights = [record[n].numpy() for n in names]
-    wrong = next(((n, w.shape, s) for n, w, s in zip(names, weights, shapes) if tuple(w.shape) != tuple(s)), None)
+    wrong = next(((n, w.shape, s) for n, w, s in zip(names, weights, shapes) if w.size != int(np.prod(s))), None)
     if wrong:
         raise BadReply(f"node {node}: the reply's arrays do not fit the network: {wrong[0]!r} has shape "
                        f"{wrong[1]}, expected {wrong[2]}")
+    # a 0-d buffer (BatchNorm's num_batches_tracked) comes back 0-d; the transcript keeps it 1-d
+    weights = [w.reshape(s) for w, s in zip(weights, shapes)]
     metrics = dict(reply.content.metric_records[METRICS]) if METRICS in reply.content.metric_records else {}
     examples = int(metrics.get(EXAMPLES, 1))
     return weights, metrics, examples

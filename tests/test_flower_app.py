@@ -137,26 +137,30 @@ def test_fedmias_server_strategy_drives_the_unchanged_message_api_app(tmp_path, 
     np.testing.assert_allclose(view.aggregate[0], expected, rtol=1e-5, atol=1e-6)
 
 
-def _app_scenario(tmp_path, data, **server) -> Path:
+def _app_scenario(tmp_path, data, factory="segapp.task:Net", attacks=("loss", "update-loss-drop"), **server) -> Path:
     scenario = {"name": "segapp-audit-app", "seed": 0,
                 "data": {"dataset": "folder", "image_size": 64, "options": {"channels": 3, "mask_mode": "binary"},
                          "sites": [{"name": "consortium", "path": str(data / "consortium")}],
                          "auditor": {k: str(data / "auditor" / k) for k in ("targets", "population", "test")}},
-                "model": {"family": "module", "factory": "segapp.task:Net", "head": "sigmoid", "in_channels": 3},
+                "model": {"family": "module", "factory": factory, "head": "sigmoid", "in_channels": 3},
                 # one client per site folder; the app's own clients are its SuperNodes (--supernodes)
                 "federation": {"clients": 1, "rounds": 1, "local_epochs": 1, "batch_size": 8},
                 "server": {"strategy": "fedavg", **server},
-                "attacks": ["loss", "update-loss-drop"], "evaluation": {"tpr_at_fpr": [0.1], "ood": []}}
+                "attacks": list(attacks), "evaluation": {"tpr_at_fpr": [0.1], "ood": []}}
     path = tmp_path / "audit-app.yaml"
     path.write_text(yaml.safe_dump(scenario))
     return path
 
 
-def test_audit_app_runs_the_apps_own_client_under_fedmias_server(tmp_path, monkeypatch, stops_its_processes):
+@pytest.mark.parametrize("network, strategy, attack", [("unet", "fedavg", "update-loss-drop"),
+                                                       ("resnet18-unet", "trap-weights", "trap-weights")])
+def test_audit_app_runs_the_apps_own_client_under_fedmias_server(tmp_path, monkeypatch, stops_its_processes,
+                                                                 network, strategy, attack):
     """`fedmia audit-app examples/flower-app SCENARIO`: the app's ClientApp from its pyproject,
     its run config with `--run-config` over it, two SuperNodes splitting its folder their own
-    way, fedmia's honest server keeping every reply; black-box and update attacks, and the
-    membership figures from the site's manifest."""
+    way, fedmia's server keeping every reply — the honest one (its GroupNorm U-Net) and trap
+    weights (its ResNet-18 U-Net: detectors planted in the app's own encoder); black-box and
+    white-box attacks, and the membership figures from the site's manifest."""
     from typer.testing import CliRunner
 
     from fedmia.cli import app
@@ -168,15 +172,18 @@ def test_audit_app_runs_the_apps_own_client_under_fedmias_server(tmp_path, monke
     monkeypatch.syspath_prepend(str(APP))  # the scenario's factory (segapp.task:Net)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("SEGAPP_DATA", str(tmp_path / "nowhere"))  # only --run-config points at the data
-    result = CliRunner().invoke(app, ["audit-app", str(APP), str(_app_scenario(tmp_path, data)), "--supernodes", "2",
+    factory = {"unet": "segapp.task:Net", "resnet18-unet": "segapp.task:ResNetUNet"}[network]
+    scenario = _app_scenario(tmp_path, data, factory, ("loss", attack), strategy=strategy)
+    result = CliRunner().invoke(app, ["audit-app", str(APP), str(scenario), "--supernodes", "2",
                                       "--run-config", f"data-path='{data / 'consortium'}'", "--run-config",
-                                      "local-epochs=1", "--manifests", str(tmp_path / "manifests"),
-                                      "--out", str(tmp_path / "run")])
+                                      "local-epochs=1", "--run-config", f"network='{network}'",
+                                      "--manifests", str(tmp_path / "manifests"), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["setup"]["targets"] == {"members": 6, "nonmembers": 8}
     assert metrics["utility"]["rounds"][0]["clients"] == 2  # both of the app's SuperNodes replied
-    assert 0 <= metrics["attacks"]["update-loss-drop"]["auc"] <= 1 and 0 <= metrics["attacks"]["loss"]["auc"] <= 1
+    assert 0 <= metrics["attacks"][attack]["auc"] <= 1 and 0 <= metrics["attacks"]["loss"]["auc"] <= 1
+    assert metrics["setup"]["server"] == strategy
     assert (tmp_path / "run" / "completed.json").is_file()
 
 

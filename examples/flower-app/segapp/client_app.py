@@ -6,7 +6,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from segapp.task import Net, load_data, test, train
+from segapp.task import load_data, network, test, train
 
 app = ClientApp()
 
@@ -24,7 +24,7 @@ def _loader(context: Context):
 @app.train()
 def train_fn(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
-    model = Net()
+    model = network(_setting(context, "network", "unet"))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     loader = _loader(context)
     loss = train(model, loader, _setting(context, "local-epochs", 2), _setting(context, "lr", 0.003))
@@ -35,7 +35,7 @@ def train_fn(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
-    model = Net()
+    model = network(_setting(context, "network", "unet"))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     loader = _loader(context)
     loss, dice = test(model, loader)

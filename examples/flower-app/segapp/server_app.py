@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from segapp.task import Net
+from segapp.task import network
 
 app = ServerApp()
 
@@ -19,6 +19,7 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(context.run_config.get("num-server-rounds", 3))
     torch.manual_seed(0)
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=rounds)
+    initial = network(str(context.run_config.get("network", "unet"))).state_dict()
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=rounds)
     out = str(context.run_config.get("final-model", "")) or os.environ.get("SEGAPP_OUT", "final_model.pt")
     torch.save(result.arrays.to_torch_state_dict(), out)

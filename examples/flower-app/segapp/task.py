@@ -1,8 +1,9 @@
 """segapp: the network, the data and the local training (what `flwr new`'s PyTorch template puts
 in task.py).
 
-The network is a small U-Net with GroupNorm and one output logit per pixel (sigmoid:
-p(lesion)); it takes RGB images in [0, 1] at a fixed size. Each hospital reads its own folder
+The network (run config `network`) is a small U-Net with GroupNorm (`unet`, the default) or a
+U-Net on a ResNet-18 encoder from segmentation-models-pytorch (`resnet18-unet`); both give one
+output logit per pixel (sigmoid: p(lesion)) and take RGB images in [0, 1] at a fixed size. Each hospital reads its own folder
 (images/ and masks/, matched by file name) and keeps the records whose file name hashes to its
 partition. Training: BCE + soft Dice, Adam.
 """
@@ -44,6 +45,27 @@ class Net(nn.Module):
         u2 = self.dec2(torch.cat([self.up2(b), d2], 1))
         u1 = self.dec1(torch.cat([self.up1(u2), d1], 1))
         return self.head(u1)
+
+
+def ResNetUNet() -> nn.Module:
+    """A U-Net on a ResNet-18 encoder three stages deep (segmentation-models-pytorch, BatchNorm),
+    RGB in, one logit out. smp keeps the encoder stages a depth-3 decoder never reads; they are
+    replaced by Identity, so every message carries only weights that train."""
+    import segmentation_models_pytorch as smp
+
+    net = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(64, 32, 16),
+                   in_channels=3, classes=1)
+    net.encoder.layer3, net.encoder.layer4 = nn.Identity(), nn.Identity()
+    return net
+
+
+NETWORKS = {"unet": Net, "resnet18-unet": ResNetUNet}
+
+
+def network(name: str = "unet") -> nn.Module:
+    if name not in NETWORKS:
+        raise ValueError(f"network {name!r}: expected one of {', '.join(NETWORKS)}")
+    return NETWORKS[name]()
 
 
 def data_folder(configured: str = "") -> Path:
