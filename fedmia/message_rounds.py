@@ -81,6 +81,16 @@ def from_reply(reply: Message, names: list[str], shapes: list[tuple]) -> tuple[l
     return weights, metrics, examples
 
 
+def app_error(reason: str) -> str:
+    """What the app raised, from Flower's error reply (a Ray traceback whose end says it)."""
+    text = str(reason).strip()
+    if "Message: " in text:
+        text = text.rsplit("Message: ", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and set(line.strip()) != {"^"}]
+    last = lines[-1] if lines else "no reason given"
+    return last[:-2] if last.endswith("'>") else last  # the close of the repr Flower wraps it in
+
+
 def run_message_rounds(grid, strategy, num_rounds: int, *, timeout: float | None = None) -> None:
     """`num_rounds` rounds of `strategy` (an `ObservingFedAvg`) against Message-API clients. A
     node that fails, raises inside `train`, or replies out of contract is a failure of its round
@@ -105,7 +115,7 @@ def run_message_rounds(grid, strategy, num_rounds: int, *, timeout: float | None
         for reply in grid.send_and_receive(messages, timeout=timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                failures.append(RuntimeError(f"node {node}: {reply.error.reason}"))
+                failures.append(RuntimeError(f"node {node}: the app failed: {app_error(reply.error.reason)}"))
                 continue
             try:
                 weights, metrics, examples = from_reply(reply, names, shapes)

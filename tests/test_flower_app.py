@@ -216,3 +216,18 @@ def test_an_app_fedmia_cannot_run_is_refused_in_one_line_naming_it(tmp_path, mon
         assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "never" / "completed.json").exists()
     result = CliRunner().invoke(app, ["audit-app", str(broken), str(scenario), "--out", str(tmp_path / "never")])
     assert "'segapp.no_such_module:app' does not import" in result.stderr
+
+
+def test_an_app_that_raises_inside_train_fails_the_run_in_one_line(tmp_path, stops_its_processes):
+    """At run time (exit 1): what the app raised, after the node's id; the run is not finished."""
+    from fedmia.data.sites import write_example_audit
+
+    data = write_example_audit(tmp_path / "data", sites=("consortium",), per_site=4, shared=2, others=2,
+                               population=2, test=2, size=(72, 64))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "fedmia.cli", "audit-app", str(APP), str(_app_scenario(tmp_path, data)),
+                           "--supernodes", "2", "--run-config", f"data-path='{tmp_path / 'nowhere'}'",
+                           "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "the app failed: [Errno 2] No such file or directory" in done.stderr and "nowhere" in done.stderr
+    assert not (tmp_path / "run" / "completed.json").exists()

@@ -45,3 +45,13 @@ def test_a_reply_out_of_contract_names_the_cause():
     wrong = to_arrays([np.zeros((3, 3), dtype=np.float32), np.zeros(2, dtype=np.float32)], NAMES)
     with pytest.raises(BadReply, match="'conv.weight' has shape \\(3, 3\\), expected \\(2, 3\\)"):
         from_reply(reply(RecordDict({"arrays": wrong})), NAMES, SHAPES)
+
+
+def test_what_the_app_raised_is_found_at_the_end_of_flowers_error_reply():
+    from fedmia.message_rounds import app_error
+
+    reason = ("Traceback (most recent call last):\n  File \"ray_actor.py\", line 65, in run\n    raise ClientAppException(str(ex))"
+              "\n           ^^^^^^^^\nflwr.clientapp.client_app.ClientAppException: \nException ClientAppException "
+              "occurred. Message: [Errno 2] No such file or directory: 'data/images''>\n")
+    assert app_error(reason) == "[Errno 2] No such file or directory: 'data/images'"
+    assert app_error("ValueError: the app's own words") == "ValueError: the app's own words"
