@@ -141,6 +141,25 @@ def _simulate(app: FlowerApp, server_app, client_app, supernodes: int, overrides
     return thread
 
 
+def app_scenario(scenario, nodes: int):
+    """The scenario as the app runs it: `federation.clients` counts the app's SuperNodes (the
+    scenario's own count is its site folders)."""
+    return scenario.model_copy(update={"federation": scenario.federation.model_copy(update={"clients": nodes})})
+
+
+def refuse_client_defenses(scenario, app: FlowerApp) -> None:
+    """A defense that acts in the clients' training is the app's to apply, not fedmia's: naming
+    one in the scenario would audit a defense that never ran."""
+    from fedmia.defenses import active
+    from fedmia.defenses.base import LOCAL_STAGES
+
+    inside = [d.name for d in active(scenario) if d.acts_on in (*LOCAL_STAGES, "received model")]
+    if inside:
+        raise AppError(f"app {app.name}: defenses.{inside[0]} acts in the clients' training, which is the app's own "
+                       "code: fedmia cannot apply it there; expected defenses of the server, the release or the "
+                       "query API only")
+
+
 def audit_app(folder: Path, scenario, out_dir: Path, *, run_config: list[str] = (), supernodes: int | None = None,
               manifests: Path | None = None, force: bool = False):
     """Run the app's ClientApp under the scenario's server strategy; finish the run folder (and,
@@ -155,14 +174,13 @@ def audit_app(folder: Path, scenario, out_dir: Path, *, run_config: list[str] = 
     overrides = parse_overrides(list(run_config), app)
     client_app = load_client_app(app)
     refuse_on_message_api(scenario)
-    nodes = supernodes or app.supernodes or scenario.federation.clients
+    refuse_client_defenses(scenario, app)
     if manifests is not None:
         from fedmia.data.sites import read_manifests
 
         read_manifests(Path(manifests), [site.name for site in scenario.data.sites])
-    # the app's clients are the SuperNodes; the scenario's clients count what it describes
-    fed = scenario.federation.model_copy(update={"clients": nodes})
-    running = scenario.model_copy(update={"federation": fed})
+    nodes = supernodes or app.supernodes or scenario.federation.clients
+    running = app_scenario(scenario, nodes)
     out_dir = Path(out_dir)
     prepare_run_folder(out_dir, running, force=force)
     # Ray's workers import the app's package from the PYTHONPATH they inherit
@@ -181,3 +199,31 @@ def audit_app(folder: Path, scenario, out_dir: Path, *, run_config: list[str] = 
     if manifests is not None:
         metrics = evaluate_with_manifests(running, out_dir, manifests)
     return metrics
+
+
+@dataclass(frozen=True)
+class AppRuns:
+    """How `replicate` and `audit` train one seed when the federation is a user's app: its
+    ClientApp under the seed's scenario (`audit_app`), a finished run of the same reused."""
+
+    folder: Path
+    run_config: tuple[str, ...] = ()
+    supernodes: int | None = None
+    manifests: Path | None = None
+
+    def nodes(self, scenario) -> int:
+        return self.supernodes or read_app(self.folder).supernodes or scenario.federation.clients
+
+    def finished(self, out_dir: Path, scenario):
+        """The run's metrics when `out_dir` holds this app's finished run of `scenario`, else None."""
+        from fedmia.evaluation.run import finished_run
+
+        run = finished_run(out_dir, app_scenario(scenario, self.nodes(scenario)))
+        return run.metrics if run is not None and run.metrics.membership is None else None
+
+    def __call__(self, out_dir: Path, scenario, console=None):
+        metrics = self.finished(out_dir, scenario)
+        if metrics is not None:
+            return metrics, "reused"
+        return audit_app(self.folder, scenario, out_dir, run_config=list(self.run_config), supernodes=self.supernodes,
+                         manifests=self.manifests, force=True), "ran"

@@ -51,9 +51,11 @@ class Replication:
 
 
 def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None,
-                  manifests: Path | None = None) -> Replication:
+                  manifests: Path | None = None, train=None) -> Replication:
     """`manifests`: the sites' manifests of a multi-site scenario (its seeds change the
-    initialisation and the clients' seeds, not the sites' records), joined with each seed's run."""
+    initialisation and the clients' seeds, not the sites' records), joined with each seed's run.
+    `train(folder, scenario, console) -> (metrics, how)` trains or reuses one seed: fedmia's own
+    federation by default (`sweep.run_or_reuse`), a user's Flower app with `audit_app.AppRuns`."""
     from fedmia.evaluation.manifests import evaluate_with_manifests
     from fedmia.sweep import run_or_reuse
 
@@ -67,7 +69,7 @@ def run_replicate(scenario: Scenario, seeds: int, out_dir: Path, console=None,
         folder = out_dir / f"seed-{k:02d}"
         if console is not None:
             console.print(f"[bold]seed {point.seed}[/]")
-        metrics, how = run_or_reuse(folder, point, console)
+        metrics, how = (train or run_or_reuse)(folder, point, console)
         if console is not None and how != "ran":
             console.print(f"[bold]seed {point.seed}[/] — {how}")
         if scenario.data.multi_site:

@@ -231,3 +231,34 @@ def test_an_app_that_raises_inside_train_fails_the_run_in_one_line(tmp_path, sto
     assert done.returncode == 1, done.stderr[-2000:]
     assert "the app failed: [Errno 2] No such file or directory" in done.stderr and "nowhere" in done.stderr
     assert not (tmp_path / "run" / "completed.json").exists()
+
+
+def test_fedmia_audit_of_an_app_runs_every_threat_model_that_applies(tmp_path, monkeypatch, stops_its_processes):
+    """`fedmia audit SCENARIO --app DIR --manifests M`: one report over the threat models, each
+    federation the app's own ClientApp; trap weights do not apply to a network without an
+    encoder they recognise, and say so; a second invocation trains nothing."""
+    from typer.testing import CliRunner
+
+    from fedmia.cli import app
+    from fedmia.data.sites import write_example_audit, write_manifest
+
+    data = write_example_audit(tmp_path / "data", sites=("consortium",), per_site=12, shared=6, others=8,
+                               population=8, test=6, size=(72, 64))
+    write_manifest(data / "consortium", "consortium", tmp_path / "manifests" / "consortium.json")
+    monkeypatch.syspath_prepend(str(APP))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")]))
+    words = ["audit", str(_app_scenario(tmp_path, data)), "--seeds", "1", "--out", str(tmp_path / "audit"),
+             "--app", str(APP), "--supernodes", "2", "--manifests", str(tmp_path / "manifests"),
+             "--run-config", f"data-path='{data / 'consortium'}'", "--run-config", "local-epochs=1"]
+    result = CliRunner().invoke(app, words)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    rows = {r["threat_model"]: r for r in report["rows"] if r["defense"] == "scenario"}
+    assert rows["black-box"]["applies"] and rows["client-updates"]["applies"]
+    assert rows["black-box"]["attacks"]["loss"]["targets"] == {"members": 6, "nonmembers": 8, "levels": ["0.1"],
+                                                              "false_positives_allowed": {"0.1": 0},
+                                                              "low_n_levels": ["0.1"]}
+    assert not rows["trap-weights"]["applies"] and "has no `encoder`" in rows["trap-weights"]["why_not"]
+    assert (tmp_path / "audit" / "audit.html").stat().st_size > 10_000
+    again = CliRunner().invoke(app, words)
+    assert again.exit_code == 0 and "runs: 0 trained, 1 reused" in again.output, again.output

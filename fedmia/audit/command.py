@@ -36,12 +36,15 @@ class AuditResult:
 
 def run_audit(scenario: Scenario, *, source: str, seeds: int, out_dir: Path, gate: dict | None = None,
               gate_on: str = "upper", what_if: list[tuple[str, dict]] = (), junit: Path | None = None,
-              pdf: bool = False, command: str = "", console=None) -> AuditResult:
+              pdf: bool = False, command: str = "", console=None, manifests: Path | None = None,
+              runs=None) -> AuditResult:
+    """`manifests`: a multi-site federation's ground truth (the sites' manifests); `runs`: how a
+    seed trains — a user's Flower app (`fedmia.audit_app.AppRuns`) instead of fedmia's client."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     rows, groups, sets = plan_audit(scenario, what_if, source, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts, replications = run_groups(groups, seeds, console)
+    counts, replications = run_groups(groups, seeds, console, manifests=manifests, runs=runs)
     levels = [str(f) for f in scenario.evaluation.tpr_at_fpr]
     summary = summarise_rows(rows, replications, levels)
     verdicts = judge(summary, gate, gate_on, seeds) if gate else []

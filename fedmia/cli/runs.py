@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import click
 import typer
@@ -284,16 +284,37 @@ def audit(
     what_if: Optional[Path] = typer.Option(None, "--what-if", help="YAML list of {label, defenses}: extra rows, "
                                            "each replacing the scenario's defenses"),
     pdf: bool = typer.Option(False, "--pdf", help="also audit.pdf, by headless Chromium when it is installed"),
+    manifests: Optional[Path] = typer.Option(None, "--manifests", help="a multi-site scenario: the sites' "
+                                             "manifests (`fedmia manifest`), its ground truth"),
+    app_dir: Optional[Path] = typer.Option(None, "--app", help="audit your Flower app: its ClientApp, unchanged, "
+                                           "under each threat model's server (docs/flower-app.md)"),
+    run_config: List[str] = typer.Option([], "--run-config", help="with --app: KEY=VALUE over the app's "
+                                         "[tool.flwr.app.config]"),
+    supernodes: Optional[int] = typer.Option(None, "--supernodes", min=1, help="with --app: the app's clients"),
 ) -> None:
     """Audit a federation against every threat model; write audit.html (one self-contained report) and audit.json; with --gate, exit 1 when a ceiling is exceeded."""
     import shlex
 
     parsed = load_or_exit(scenario)
-    check_data_or_exit(scenario, parsed)
-    if parsed.data.multi_site:
-        typer.echo(f"{scenario}: data.sites: a multi-site scenario is audited with fedmia deploy and fedmia "
-                   "evaluate; expected a single-pool scenario", err=True)
+    check_data_or_exit(scenario, parsed, sites_here=parsed.data.multi_site)
+    if parsed.data.multi_site and manifests is None:
+        typer.echo(f"{scenario}: data.sites: a multi-site scenario's membership comes from its sites' manifests: "
+                   "give --manifests DIR", err=True)
         raise typer.Exit(USAGE_ERROR)
+    runs = None
+    if app_dir is not None:
+        from fedmia.audit_app import AppError, AppRuns, load_client_app, parse_overrides, read_app, \
+            refuse_client_defenses
+
+        try:
+            found = read_app(app_dir)
+            parse_overrides(run_config, found)
+            load_client_app(found)
+            refuse_client_defenses(parsed, found)
+        except AppError as error:
+            typer.echo(str(error), err=True)
+            raise typer.Exit(USAGE_ERROR)
+        runs = AppRuns(found.folder, tuple(run_config), supernodes, manifests)
     from fedmia.audit import load_gate, load_what_if, run_audit
 
     try:
@@ -305,12 +326,16 @@ def audit(
         raise typer.Exit(USAGE_ERROR)
     folder = out_dir or Path("runs") / f"{parsed.name}-audit"
     words = ["fedmia", "audit", str(scenario), "--seeds", str(seeds), "--out", str(folder)]
-    for flag, value in (("--gate", gate), ("--what-if", what_if), ("--junit", junit)):
+    for flag, value in (("--gate", gate), ("--what-if", what_if), ("--junit", junit), ("--manifests", manifests),
+                        ("--app", app_dir), ("--supernodes", supernodes)):
         if value is not None:
             words += [flag, str(value)]
+    for word in run_config:
+        words += ["--run-config", word]
     words += (["--gate-on", gate_on] if gate_on != "upper" else []) + (["--pdf"] if pdf else [])
     result = run_audit(parsed, source=str(scenario), seeds=seeds, out_dir=folder, gate=ceilings, gate_on=gate_on,
-                       what_if=extra, junit=junit, pdf=pdf, command=shlex.join(words), console=out)
+                       what_if=extra, junit=junit, pdf=pdf, command=shlex.join(words), console=out,
+                       manifests=manifests, runs=runs)
     for row in result.rows:
         if row.defense != "scenario":
             continue
