@@ -45,6 +45,11 @@ class FlowerApp:
     config: dict[str, Any]  # [tool.flwr.app.config]
     supernodes: int | None  # the local simulation federation's num-supernodes, if it says
 
+    @property
+    def description(self) -> str:
+        """Who trained, as metrics.json's setup says it."""
+        return f"app {self.name}: its ClientApp ({self.clientapp}), unchanged"
+
 
 def read_app(folder: Path) -> FlowerApp:
     """The app in `folder`; AppError naming the file and key when it is not a Flower app."""
@@ -87,6 +92,47 @@ def load_client_app(app: FlowerApp):
         raise AppError(f"app {app.name}: clientapp {app.clientapp!r} is not a flwr ClientApp "
                        f"(found {type(client_app).__name__})")
     return client_app
+
+
+def compose_app(app: FlowerApp, into: Path) -> Path:
+    """The app with fedmia's ServerApp in place of its own, for `flwr run` on a deployment: a
+    copy of its folder whose pyproject names `fedmia.server_app:message_app` as serverapp and
+    declares the run-config keys that ServerApp reads (`scenario-b64`, `out`, `client`: the app's
+    description for metrics.json). Its ClientApp,
+    package and config stay as they are. The pyproject is edited as text: the stdlib reads TOML
+    but does not write it, and only two lines change."""
+    import re
+    import shutil
+
+    into = Path(into)
+    if into.exists():
+        shutil.rmtree(into)
+    shutil.copytree(app.folder, into, ignore=shutil.ignore_patterns("__pycache__", ".git", "*.egg-info", "*.pt"))
+    text = (into / "pyproject.toml").read_text()
+    text, swapped = re.subn(r'(?m)^(\s*serverapp\s*=\s*)"[^"]*"', r'\1"fedmia.server_app:message_app"', text)
+    if not swapped:  # no serverapp line of its own: add one beside the clientapp
+        text = re.sub(r'(?m)^(\s*clientapp\s*=.*)$', r'\1\nserverapp = "fedmia.server_app:message_app"', text, count=1)
+    keys = [key for key in ("scenario-b64", "out", "client") if key not in app.config]
+    if keys:
+        declared = "".join(f'{key} = ""\n' for key in keys)
+        if "[tool.flwr.app.config]" in text:
+            text = text.replace("[tool.flwr.app.config]\n", "[tool.flwr.app.config]\n" + declared, 1)
+        else:
+            text += "\n[tool.flwr.app.config]\n" + declared
+    (into / "pyproject.toml").write_text(text)
+    return into
+
+
+def toml_config(values: dict[str, Any]) -> str:
+    """`flwr run --run-config`'s form of a mapping: space-separated KEY=VALUE, TOML values."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return "'" + str(v) + "'"
+
+    return " ".join(f"{key}={value(v)}" for key, v in values.items())
 
 
 def parse_overrides(words: list[str], app: FlowerApp) -> dict[str, Any]:
@@ -195,7 +241,7 @@ def audit_app(folder: Path, scenario, out_dir: Path, *, run_config: list[str] = 
     if result.transcript is None:
         raise result.flower_error or RuntimeError(f"app {app.name}: the simulation ended without a transcript")
     metrics = finish_run(running, result.transcript, out_dir, timing={"simulation_s": result.simulation_s},
-                         started=started)
+                         started=started, client=app.description)
     if manifests is not None:
         metrics = evaluate_with_manifests(running, out_dir, manifests)
     return metrics

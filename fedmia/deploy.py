@@ -10,7 +10,6 @@ in containers. Every process started here is stopped here, by PID.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -146,8 +145,9 @@ class LocalDeployment:
             time.sleep(0.3)
         raise TimeoutError(f"SuperLink did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
-    def run(self, scenario, out_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-        return flwr_run(scenario, out_dir, "local-deploy", self.env, self.workdir, timeout)
+    def run(self, scenario, out_dir: Path, timeout: float = 600, app: Path | None = None,
+            extra: str = "") -> subprocess.CompletedProcess:
+        return flwr_run(scenario, out_dir, "local-deploy", self.env, self.workdir, timeout, app, extra)
 
     def stop(self) -> None:
         """Stop every process started here and everything they started (SuperExec, ServerApp and
@@ -161,19 +161,20 @@ class LocalDeployment:
 
 
 def flwr_run(scenario, out_dir: Path, federation: str, env: dict, cwd: Path,
-             timeout: float | None = None) -> subprocess.CompletedProcess:
-    """`flwr run` of this app. `scenario`: a file (its absolute path is sent: the ServerApp and
-    ClientApps open it, whatever directory they were started in) or a `Scenario`, sent whole
-    (for SuperNodes on other machines, which have no copy of the file). `out` is made absolute:
-    the ServerApp writes it on the SuperLink's machine."""
+             timeout: float | None = None, app: Path | None = None, extra: str = "") -> subprocess.CompletedProcess:
+    """`flwr run` of this app (or of `app`: a user's app composed with fedmia's ServerApp,
+    `audit_app.compose_app`; `extra`: its own run config). `scenario`: a file (its absolute path
+    is sent: the ServerApp and ClientApps open it, whatever directory they were started in) or a
+    `Scenario`, sent whole (for SuperNodes on other machines, which have no copy of the file).
+    `out` is made absolute: the ServerApp writes it on the SuperLink's machine."""
     if isinstance(scenario, (str, Path)):
         config = f"scenario='{Path(scenario).resolve()}'"
     else:
         from fedmia.validation import encode_for_run_config
 
         config = f"scenario-b64='{encode_for_run_config(scenario)}'"
-    config += f" out='{Path(out_dir).resolve()}'"
-    return subprocess.run([_bin("flwr"), "run", str(REPO), federation, "--stream", "--run-config", config],
+    config += f" out='{Path(out_dir).resolve()}'" + (f" {extra}" if extra else "")
+    return subprocess.run([_bin("flwr"), "run", str(app or REPO), federation, "--stream", "--run-config", config],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

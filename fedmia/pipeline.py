@@ -150,7 +150,7 @@ PHASES = ("startup_s", "simulation_s", "attacks_s", "ood_s", "evaluation_s")
 
 
 def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, timing: dict,
-               console: Console | None = None, started: float | None = None) -> RunMetrics:
+               console: Console | None = None, started: float | None = None, client: str | None = None) -> RunMetrics:
     out_dir = Path(out_dir)
     # every reply stays on disk until the attacks and the evaluation have read it; the
     # scenario's `keep_transcript` prunes at the end
@@ -187,7 +187,8 @@ def finish_run(scenario: Scenario, transcript: Transcript, out_dir: Path, *, tim
     # ---- evaluation: the only place that reads the ground truth ----
     evaluation = evaluate_run(scenario, plan, transcript, results,
                               ood=OODScored(scored, sizes, steps) if scenario.evaluation.ood else None,
-                              served=(served, release[1], view.device) if release is not None else None)
+                              served=(served, release[1], view.device) if release is not None else None,
+                              client=client)
     if plan.ledger is not None:
         write_json_atomic(out_dir / "ledger.json", plan.ledger.to_json())
     else:  # a multi-site audit: what `fedmia evaluate --manifests` joins with the sites' ground truth

@@ -201,9 +201,13 @@ def make_server_app(scenario: Scenario | None = None, *, result: Handover | None
         finally:
             if result is not None:  # the runner waits on it (fedmia.runner)
                 result.ended.set()
-        finish_run(current, transcript, out_dir, timing={"simulation_s": simulation_s})
+        # a user's app composed with this ServerApp says who trained (`audit_app.compose_app`)
+        client = str(context.run_config.get("client", "")) or None if client_api == "message" else None
+        finish_run(current, transcript, out_dir, timing={"simulation_s": simulation_s}, client=client)
 
     return app
 
 
 app = make_server_app()
+# the ServerApp `flwr run` starts for a user's own Message-API app (`fedmia deploy-local --app`)
+message_app = make_server_app(client_api="message")

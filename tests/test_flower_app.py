@@ -262,3 +262,38 @@ def test_fedmia_audit_of_an_app_runs_every_threat_model_that_applies(tmp_path, m
     assert (tmp_path / "audit" / "audit.html").stat().st_size > 10_000
     again = CliRunner().invoke(app, words)
     assert again.exit_code == 0 and "runs: 0 trained, 1 reused" in again.output, again.output
+
+
+# slow: a whole loopback deployment (SuperLink, two SuperNodes, flwr run), beside a simulation
+@pytest.mark.slow
+def test_the_app_on_the_deployment_engine_gives_the_figures_of_the_simulation(tmp_path, stops_its_processes):
+    """`fedmia deploy-local SCENARIO --app DIR`: the app's folder composed with fedmia's ServerApp,
+    one SuperNode per app client (Flower's partition-id / num-partitions), `flwr run` of it with
+    the app's run config; after `fedmia evaluate --manifests`, every figure equals the simulated
+    run's (`fedmia audit-app`, same scenario and seed; the app seeds its training by partition
+    and round)."""
+    from fedmia.data.sites import write_example_audit, write_manifest
+
+    data = write_example_audit(tmp_path / "data", sites=("consortium",), per_site=12, shared=6, others=8,
+                               population=8, test=6, size=(72, 64))
+    write_manifest(data / "consortium", "consortium", tmp_path / "manifests" / "consortium.json")
+    scenario = str(_app_scenario(tmp_path, data))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")])}
+    cli = [sys.executable, "-m", "fedmia.cli"]
+    app_words = ["--app", str(APP), "--supernodes", "2", "--run-config", f"data-path='{data / 'consortium'}'"]
+    simulated = subprocess.run([*cli, "audit-app", str(APP), scenario, *app_words[2:], "--manifests",
+                                str(tmp_path / "manifests"), "--out", str(tmp_path / "sim")],
+                               env=env, capture_output=True, text=True, timeout=600)
+    assert simulated.returncode == 0, simulated.stderr[-3000:]
+    deployed = subprocess.run([*cli, "deploy-local", scenario, *app_words, "--out", str(tmp_path / "dep"),
+                               "--workdir", str(tmp_path / "work")], env=env, capture_output=True, text=True,
+                              timeout=900)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    joined = subprocess.run([*cli, "evaluate", str(tmp_path / "dep"), "--manifests", str(tmp_path / "manifests")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    sim, dep = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("sim", "dep"))
+    assert dep["utility"]["rounds"][0]["clients"] == 2
+    for figures in (sim, dep):
+        figures.pop("timing")
+    assert dep == sim

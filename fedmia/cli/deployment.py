@@ -4,7 +4,7 @@ credentials."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -20,6 +20,10 @@ def deploy_local(
     tls: bool = typer.Option(False, "--tls", help="TLS with a throw-away self-signed CA"),
     auth: bool = typer.Option(False, "--auth", help="SuperNode authentication (registered keys only; implies --tls)"),
     force: bool = typer.Option(False, "--force", help="a run folder that holds a run: move that run aside first"),
+    app_dir: Optional[Path] = typer.Option(None, "--app", help="your Flower app: its ClientApp, unchanged, on the "
+                                           "SuperNodes under fedmia's ServerApp (docs/flower-app.md)"),
+    run_config: List[str] = typer.Option([], "--run-config", help="with --app: KEY=VALUE over its config"),
+    supernodes: Optional[int] = typer.Option(None, "--supernodes", min=1, help="with --app: the app's clients"),
 ) -> None:
     """Run a scenario on Flower's deployment engine on this machine: a SuperLink and one
     SuperNode per client as separate processes (127.0.0.1 only), then `flwr run`."""
@@ -28,6 +32,8 @@ def deploy_local(
     parsed = load_or_exit(scenario)
     check_data_or_exit(scenario, parsed, sites_here=True)
     folder = out_dir or Path("runs") / parsed.name
+    if app_dir is not None:
+        return _deploy_app(parsed, app_dir, run_config, supernodes, folder, workdir, force)
     _clear_for_deployment(folder, force)
     resume_with(f"every process it started was stopped; a deployment starts afresh: the same command with --force "
                 f"moves the unfinished run in {folder} aside")
@@ -39,6 +45,39 @@ def deploy_local(
                   f"logs in {workdir}")
         sent = parsed.with_absolute_paths(keep_site_paths=False)
         result = deployment.run(sent, folder)
+    _finished_or_exit(result, folder, sent)
+
+
+def _deploy_app(parsed, app_dir: Path, run_config: list[str], supernodes: Optional[int], folder: Path,
+                workdir: Path, force: bool) -> None:
+    """A user's app on the loopback deployment: its folder composed with fedmia's ServerApp
+    (`audit_app.compose_app`), one SuperNode per app client with Flower's partition-id and
+    num-partitions, `flwr run` of the composed app with the app's own run config."""
+    from fedmia.audit_app import (AppError, app_scenario, compose_app, load_client_app, parse_overrides, read_app,
+                                  refuse_client_defenses, toml_config)
+    from fedmia.deploy import local_deployment
+    from fedmia.server_app import refuse_on_message_api
+
+    try:
+        app = read_app(app_dir)
+        overrides = parse_overrides(run_config, app)
+        load_client_app(app)
+        refuse_client_defenses(parsed, app)
+        refuse_on_message_api(parsed)
+    except (AppError, ValueError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(USAGE_ERROR)
+    nodes = supernodes or app.supernodes or parsed.federation.clients
+    _clear_for_deployment(folder, force)
+    resume_with(f"every process it started was stopped; the same command with --force moves the unfinished run in "
+                f"{folder} aside")
+    composed = compose_app(app, Path(workdir).resolve() / "app")
+    sent = app_scenario(parsed.with_absolute_paths(), nodes)
+    with local_deployment(nodes, workdir) as deployment:
+        out.print(f"SuperLink on 127.0.0.1:{deployment.superlink_port}, {nodes} SuperNodes running app {app.name}; "
+                  f"logs in {workdir}")
+        result = deployment.run(sent, folder, app=composed,
+                                extra=toml_config({**overrides, "client": app.description}))
     _finished_or_exit(result, folder, sent)
 
 

@@ -265,7 +265,15 @@ def evaluate(
         typer.echo(f"{run_dir}: not a fedmia run folder (no scenario.yaml in it)", err=True)
         raise typer.Exit(USAGE_ERROR)
     try:
-        metrics = evaluate_with_manifests(load_or_exit(saved), run_dir, manifests)
+        # the run's own record of its scenario, as it ran (validated when the run started; a
+        # user's app counts its SuperNodes as clients): its schema, not today's plan checks
+        from fedmia.evaluation.run import load_run
+
+        metrics = evaluate_with_manifests(load_run(run_dir).scenario, run_dir, manifests)
+    except ScenarioError as error:
+        for line in error.lines():
+            typer.echo(line, err=True)
+        raise typer.Exit(USAGE_ERROR)
     except (RunFolderError, ManifestError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(USAGE_ERROR)

@@ -106,7 +106,7 @@ class OODScored:
 
 
 def evaluate_run(scenario, plan, transcript, results: dict, *, ood: OODScored | None = None,
-                 served: tuple[Any, str, Any] | None = None) -> Evaluation:
+                 served: tuple[Any, str, Any] | None = None, client: str | None = None) -> Evaluation:
     """The run's figures. `ood`: the OOD sets' scores; `served`: (model, what it is, device) when
     a defense serves another model than the federation's (its utility is the headline; the global
     model's is kept beside it). Without a ledger (a multi-site audit) the membership figures wait
@@ -115,6 +115,10 @@ def evaluate_run(scenario, plan, transcript, results: dict, *, ood: OODScored | 
     final = rounds[-1] if rounds else {"dice": float("nan"), "miou": float("nan")}
     model = scenario.model
     records = int(sum(len(c) for c in plan.clients))
+    # a user's own Flower app trained the federation: say so, and what the adversary's own
+    # reference and shadow models trained with (the scenario's recipe, fedmia's loop)
+    app = {"client": client, "reference_models": "trained with the scenario's recipe in fedmia's training loop, "
+           "not through the app's ClientApp"} if client else {}
     grouped = any(c.groups is not None for c in plan.clients)  # NIfTI slices: a scan is the member
     utility = {"dice": final["dice"], "miou": final["miou"], "rounds": rounds}
     if served is not None:  # the defense's utility cost is on what is served
@@ -137,6 +141,7 @@ def evaluate_run(scenario, plan, transcript, results: dict, *, ood: OODScored | 
             "server": scenario.server.strategy,
             "defenses": describe_defenses(scenario),
             "fpr_convention": "TPR at FPR strictly below each level (the LiRA paper's)",
+            **app,
         },
         "utility": utility,
         "attacks": {},

@@ -24,6 +24,8 @@ def _loader(context: Context):
 @app.train()
 def train_fn(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
+    # seeded by partition and round: the same run trains the same on any engine
+    torch.manual_seed(1000 * int(context.node_config["partition-id"]) + int(msg.content["config"].get("server-round", 0)))
     model = network(_setting(context, "network", "unet"))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     loader = _loader(context)
