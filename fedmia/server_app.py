@@ -159,10 +159,16 @@ def run_federation(grid, context: Context, scenario: Scenario,
 
 def refuse_on_message_api(scenario: Scenario) -> None:
     """SecAgg+ runs only on Flower's legacy path in flwr 1.41 (`secaggplus_mod` answers with
-    legacy `FitRes` records): a Message-API app cannot run under it."""
+    legacy `FitRes` records): a Message-API app cannot run under it. An aggregation that sums
+    client *updates* (thresholded aggregation) would get the app's whole model instead."""
     if fit_workflow(scenario) is not None:
         raise ValueError(f"scenario '{scenario.name}': defenses.secagg: SecAgg+ runs only on Flower's legacy "
                          "client API in flwr 1.41; a Message-API ClientApp cannot run under it")
+    hidden = [d.name for d in active(scenario) if d.hides_client_updates]
+    if hidden:
+        raise ValueError(f"scenario '{scenario.name}': defenses.{hidden[0]}: aggregates the clients' updates, and a "
+                         "Message-API app replies with its whole model; expected no secure-aggregation defense "
+                         "for an app")
 
 
 def fit_workflow(scenario: Scenario):

@@ -72,22 +72,33 @@ class ThresholdedSecAgg(Defense):
         return out
 
     def wrap_strategy(self, strategy, scenario):
-        """The strategy's aggregation receives, from every client, the released mean instead of
-        the client's own update (as under SecAgg+, where every FitRes carries the aggregate)."""
+        """The strategy behind an ideal thresholded secure aggregation (it holds the strategy, as
+        Flower's DP wrappers do)."""
+        return ThresholdedAggregation(strategy, self.params.min_clients)
+
+
+class ThresholdedAggregation:
+    """A strategy wrapped by thresholded secure aggregation: its aggregation receives, from every
+    client, the released mean instead of the client's own update (as under SecAgg+, where every
+    FitRes carries the aggregate); every other hook and attribute is the wrapped strategy's."""
+
+    def __init__(self, strategy, min_clients: int):
+        self.strategy, self.min_clients = strategy, min_clients
+
+    def __getattr__(self, name: str):
+        if name == "strategy":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
+
+    def aggregate_fit(self, server_round, results, failures):
         from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
-        aggregate_fit, min_clients = strategy.aggregate_fit, self.params.min_clients
-
-        def released_aggregate_fit(server_round, results, failures):
-            if results:
-                updates = [parameters_to_ndarrays(fit_res.parameters) for _, fit_res in results]
-                mean, withheld = thresholded_mean(updates, [fit_res.num_examples for _, fit_res in results],
-                                                  min_clients)
-                parameters = ndarrays_to_parameters(mean)
-                for _, fit_res in results:
-                    fit_res.parameters = parameters
-                    fit_res.metrics["withheld-share"] = withheld  # what the server learns anyway
-            return aggregate_fit(server_round, results, failures)
-
-        strategy.aggregate_fit = released_aggregate_fit  # one hook, on this instance only
-        return strategy
+        if results:
+            updates = [parameters_to_ndarrays(fit_res.parameters) for _, fit_res in results]
+            mean, withheld = thresholded_mean(updates, [fit_res.num_examples for _, fit_res in results],
+                                              self.min_clients)
+            parameters = ndarrays_to_parameters(mean)
+            for _, fit_res in results:
+                fit_res.parameters = parameters
+                fit_res.metrics["withheld-share"] = withheld  # what the server learns anyway
+        return self.strategy.aggregate_fit(server_round, results, failures)
