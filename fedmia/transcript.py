@@ -30,6 +30,14 @@ from fedmia.io import write_bytes_atomic, write_json_atomic
 Weights = list[np.ndarray]
 
 
+class StoredWeights(list):
+    """A model read back from a saved round: its arrays, and `token`, what it is (file, its
+    version, group) — the same for every read of it, unlike the list's `id()`, which the next
+    model read may reuse once this one is freed (`fedmia.attacks.base.cache_token`)."""
+
+    token: tuple = ()
+
+
 class _RoundFile:
     """A saved round's `.npz`: one group of arrays (one model's weights) read per request."""
 
@@ -47,7 +55,6 @@ class _RoundFile:
 def _read_group(path: str, mtime_ns: int, name: str) -> Weights | None:
     """Read-only arrays, so a consumer that changed them in place (and so the cached copy
     another consumer gets next) fails loudly instead."""
-    del mtime_ns  # part of the cache key only
     prefix = name + "/"
     with np.load(path) as data:
         keys = sorted(k for k in data.files if k.startswith(prefix))
@@ -56,7 +63,9 @@ def _read_group(path: str, mtime_ns: int, name: str) -> Weights | None:
         arrays = [data[k] for k in keys]
     for array in arrays:
         array.flags.writeable = False
-    return arrays
+    stored = StoredWeights(arrays)
+    stored.token = ("stored", path, mtime_ns, name)
+    return stored
 
 
 class _StoredSent(Mapping):

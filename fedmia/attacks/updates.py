@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from fedmia.attacks.base import AdversaryView, Attack, AttackResult, pixel_summaries, register_attack
+from fedmia.attacks.base import AdversaryView, Attack, AttackResult, cache_token, pixel_summaries, register_attack
 from fedmia.data.records import Records
 from fedmia.training import train_local
 from fedmia.transcript import RoundView
@@ -118,7 +118,7 @@ class UpdateLossDrop(Attack):
 
     def _replay(self, view: AdversaryView, records: Records, sent, size: int) -> np.ndarray:
         # Clients sent the same model (FedAvg, or one poisoned broadcast) share one replay.
-        key = (id(records), id(sent), size)
+        key = (cache_token(records), cache_token(sent), size)
         if key not in self._replayed:
             self._replayed[key] = replayed_drop(view, records, sent, size, self.params.replays)
         return self._replayed[key]

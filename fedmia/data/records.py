@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
+
+_TOKENS = itertools.count()
 
 
 def _smallest_integer(masks: np.ndarray) -> np.ndarray:
@@ -32,8 +36,12 @@ class Records:
     # group's position in the dataset's pool, the unit of `records=` and `rows=` for such a
     # dataset; the plan (fedmia/data/plan.py) never splits a group.
     groups: np.ndarray | None = None
+    # Names this object for caches, never reused (an `id()` is, once the object is freed): a
+    # cache keyed by id returned another set's figures (fedmia/attacks/base.py `cache_token`).
+    token: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "token", (os.getpid(), next(_TOKENS)))
         # Coerce dtypes once here so every consumer can rely on them (frozen, hence __setattr__).
         images = np.asarray(self.images, dtype=np.float32)
         masks = _smallest_integer(np.asarray(self.masks))
