@@ -206,6 +206,25 @@ def refuse_client_defenses(scenario, app: FlowerApp) -> None:
                        "query API only")
 
 
+def prepare_app(folder: Path, scenario, run_config=()) -> tuple[FlowerApp, dict[str, Any], Any]:
+    """(the app, its run-config overrides, its ClientApp), checked against the scenario before
+    anything runs: what every command that runs an app refuses in one line (AppError, or
+    ValueError for a defense the Message path cannot carry)."""
+    from fedmia.server_app import refuse_on_message_api
+
+    app = read_app(folder)
+    overrides = parse_overrides(list(run_config), app)
+    client_app = load_client_app(app)
+    refuse_on_message_api(scenario)
+    refuse_client_defenses(scenario, app)
+    return app, overrides, client_app
+
+
+def app_clients(app: FlowerApp, supernodes: int | None, scenario) -> int:
+    """The app's clients (SuperNodes): as asked, else its own federation's, else the scenario's."""
+    return supernodes or app.supernodes or scenario.federation.clients
+
+
 def audit_app(folder: Path, scenario, out_dir: Path, *, run_config: list[str] = (), supernodes: int | None = None,
               manifests: Path | None = None, force: bool = False):
     """Run the app's ClientApp under the scenario's server strategy; finish the run folder (and,
@@ -213,19 +232,15 @@ def audit_app(folder: Path, scenario, out_dir: Path, *, run_config: list[str] = 
     from fedmia.evaluation.manifests import evaluate_with_manifests
     from fedmia.pipeline import finish_run, prepare_run_folder
     from fedmia.ray_start import backend_config
-    from fedmia.server_app import Handover, make_server_app, refuse_on_message_api
+    from fedmia.server_app import Handover, make_server_app
 
     started = time.perf_counter()
-    app = read_app(folder)
-    overrides = parse_overrides(list(run_config), app)
-    client_app = load_client_app(app)
-    refuse_on_message_api(scenario)
-    refuse_client_defenses(scenario, app)
+    app, overrides, client_app = prepare_app(folder, scenario, run_config)
     if manifests is not None:
         from fedmia.data.sites import read_manifests
 
         read_manifests(Path(manifests), [site.name for site in scenario.data.sites])
-    nodes = supernodes or app.supernodes or scenario.federation.clients
+    nodes = app_clients(app, supernodes, scenario)
     running = app_scenario(scenario, nodes)
     out_dir = Path(out_dir)
     prepare_run_folder(out_dir, running, force=force)
@@ -258,7 +273,7 @@ class AppRuns:
     manifests: Path | None = None
 
     def nodes(self, scenario) -> int:
-        return self.supernodes or read_app(self.folder).supernodes or scenario.federation.clients
+        return app_clients(read_app(self.folder), self.supernodes, scenario)
 
     def finished(self, out_dir: Path, scenario):
         """The run's metrics when `out_dir` holds this app's finished run of `scenario`, else None."""

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fedmia.cli.common import USAGE_ERROR, load_or_exit, out
+from fedmia.cli.common import USAGE_ERROR, load_or_exit, print_audited_run
 from fedmia.scenario import ScenarioError
 
 
@@ -27,7 +27,6 @@ def audit_app(
     """Run your Flower app's ClientApp, unchanged, under fedmia's (malicious) ServerApp in Flower's simulation; attack and report it like a federation of fedmia's own."""
     from fedmia.audit_app import AppError, audit_app as run_app
     from fedmia.data.sites import ManifestError
-    from fedmia.evaluation import summary_table
     from fedmia.runfolder import RunFolderError
 
     parsed = load_or_exit(scenario)
@@ -38,7 +37,4 @@ def audit_app(
     except (AppError, ScenarioError, RunFolderError, ManifestError, ValueError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(USAGE_ERROR)
-    out.print(summary_table(metrics.as_json()))
-    pending = "" if manifests is not None else (" — membership pending: `fedmia evaluate "
-                                                f"{folder} --manifests DIR` with the sites' manifests")
-    out.print(f"run folder: {folder}  (report: {folder / 'report.md'}){pending}")
+    print_audited_run(metrics, folder, manifests, "the sites' manifests")

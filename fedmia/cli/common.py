@@ -59,3 +59,14 @@ def check_data_or_exit(path: Path, parsed, *, sites_here: bool = False) -> None:
     except ValueError as error:
         typer.echo(f"{path}: {where}: {error}", err=True)
         raise typer.Exit(USAGE_ERROR)
+
+
+def print_audited_run(metrics, folder: Path, manifests: Path | None, whose: str) -> None:
+    """The summary of a run audited outside `fedmia run` (a trained model, a user's app), and
+    how to get its membership figures when no manifests were given."""
+    from fedmia.evaluation import summary_table
+
+    out.print(summary_table(metrics.as_json()))
+    pending = "" if manifests is not None else (f" — membership pending: `fedmia evaluate {folder} --manifests DIR` "
+                                                f"with {whose}")
+    out.print(f"run folder: {folder}  (report: {folder / 'report.md'}){pending}")

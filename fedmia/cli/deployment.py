@@ -53,21 +53,15 @@ def _deploy_app(parsed, app_dir: Path, run_config: list[str], supernodes: Option
     """A user's app on the loopback deployment: its folder composed with fedmia's ServerApp
     (`audit_app.compose_app`), one SuperNode per app client with Flower's partition-id and
     num-partitions, `flwr run` of the composed app with the app's own run config."""
-    from fedmia.audit_app import (AppError, app_scenario, compose_app, load_client_app, parse_overrides, read_app,
-                                  refuse_client_defenses, toml_config)
+    from fedmia.audit_app import AppError, app_clients, app_scenario, compose_app, prepare_app, toml_config
     from fedmia.deploy import local_deployment
-    from fedmia.server_app import refuse_on_message_api
 
     try:
-        app = read_app(app_dir)
-        overrides = parse_overrides(run_config, app)
-        load_client_app(app)
-        refuse_client_defenses(parsed, app)
-        refuse_on_message_api(parsed)
+        app, overrides, _ = prepare_app(app_dir, parsed, run_config)
     except (AppError, ValueError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(USAGE_ERROR)
-    nodes = supernodes or app.supernodes or parsed.federation.clients
+    nodes = app_clients(app, supernodes, parsed)
     _clear_for_deployment(folder, force)
     resume_with(f"every process it started was stopped; the same command with --force moves the unfinished run in "
                 f"{folder} aside")

@@ -14,7 +14,8 @@ from fedmia.io import process_age
 from fedmia.stopping import resume_with
 from fedmia.scenario import ScenarioError, parse_schema, read_yaml
 
-from fedmia.cli.common import USAGE_ERROR, check_data_or_exit, folder_or_exit, load_or_exit, out
+from fedmia.cli.common import (USAGE_ERROR, check_data_or_exit, folder_or_exit, load_or_exit, out,
+                               print_audited_run)
 
 
 def init(
@@ -102,7 +103,6 @@ def audit_model(
     force: bool = typer.Option(False, "--force", help="a run folder that holds a run: move that run aside first"),
 ) -> None:
     """Audit a model you already trained: every black-box attack, the OOD sets and utility on the auditor's folders, into the same run folder and report as a federation's."""
-    from fedmia.evaluation import summary_table
     from fedmia.runner import audit_trained_model
 
     from fedmia.data.sites import ManifestError
@@ -115,10 +115,7 @@ def audit_model(
     except (ScenarioError, RunFolderError, ManifestError) as error:  # a checkpoint that does not fit, ...
         typer.echo(str(error), err=True)
         raise typer.Exit(USAGE_ERROR)
-    out.print(summary_table(metrics.as_json()))
-    pending = "" if manifests is not None else (" — membership pending: `fedmia evaluate "
-                                                f"{folder} --manifests DIR` with the training records' manifests")
-    out.print(f"run folder: {folder}  (report: {folder / 'report.md'}){pending}")
+    print_audited_run(metrics, folder, manifests, "the training records' manifests")
 
 
 def _validate_while_ray_starts(path: Path, verbose: bool, *, folder: Optional[Path], force: bool):
@@ -311,15 +308,11 @@ def audit(
         raise typer.Exit(USAGE_ERROR)
     runs = None
     if app_dir is not None:
-        from fedmia.audit_app import AppError, AppRuns, load_client_app, parse_overrides, read_app, \
-            refuse_client_defenses
+        from fedmia.audit_app import AppError, AppRuns, prepare_app
 
         try:
-            found = read_app(app_dir)
-            parse_overrides(run_config, found)
-            load_client_app(found)
-            refuse_client_defenses(parsed, found)
-        except AppError as error:
+            found, _, _ = prepare_app(app_dir, parsed, run_config)
+        except (AppError, ValueError) as error:
             typer.echo(str(error), err=True)
             raise typer.Exit(USAGE_ERROR)
         runs = AppRuns(found.folder, tuple(run_config), supernodes, manifests)
